@@ -1,0 +1,101 @@
+use crate::EntityKind;
+
+/// Errors raised while parsing or validating tidalDB's core definitions.
+///
+/// Every variant names the offending input so that the message can be shown to a
+/// user unchanged. The wire layer maps variants to SQLSTATEs (see [`CoreError::sqlstate`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    #[error("invalid identifier {name:?}: {reason}")]
+    BadIdentifier { name: String, reason: &'static str },
+    #[error("signal {name:?} already exists")]
+    DuplicateSignal { name: String },
+    #[error("signal {name:?} does not exist")]
+    UnknownSignal { name: String },
+    #[error("table for entity kind {kind} already exists")]
+    DuplicateTable { kind: EntityKind },
+    #[error("no table is defined for entity kind {kind}")]
+    UnknownTable { kind: EntityKind },
+    #[error("column {column:?} is declared twice")]
+    DuplicateColumn { column: String },
+    #[error("column {column:?}: {reason}")]
+    BadColumn { column: String, reason: String },
+    #[error("invalid window {text:?}: {reason}")]
+    BadWindow { text: String, reason: &'static str },
+    #[error("invalid interval {text:?}: {reason}")]
+    BadInterval { text: String, reason: &'static str },
+    #[error("half-life {text:?} is out of range: must be between 1 second and 10 years")]
+    HalfLifeOutOfRange { text: String },
+    #[error("unknown entity kind {text:?} (expected item, user or creator)")]
+    UnknownKind { text: String },
+    #[error("unknown mark {text:?} (expected seen, liked or hidden)")]
+    UnknownMark { text: String },
+    #[error("invalid timestamp {text:?}: {reason}")]
+    BadTimestamp { text: String, reason: &'static str },
+    #[error("signal {signal:?} has no window {window}; declared windows are {declared}")]
+    UndeclaredWindow { signal: String, window: String, declared: String },
+    #[error("{what} does not accept the window 'all'")]
+    AllWindowNotAllowed { what: &'static str },
+    #[error("weight {weight} is not a finite number")]
+    NonFiniteWeight { weight: f64 },
+    #[error("event time {ts} is more than {skew_s} seconds in the future (now {now})")]
+    FutureTimestamp { ts: crate::Timestamp, now: crate::Timestamp, skew_s: u64 },
+    #[error("signal {signal:?} is defined on {expected}, not on {got}")]
+    WrongKind { signal: String, expected: EntityKind, got: EntityKind },
+    #[error("value for column {column:?}: {reason}")]
+    BadValue { column: String, reason: String },
+    #[error("malformed encoded data: {0}")]
+    Decode(&'static str),
+}
+
+/// A coarse classification of errors, shared by every layer, from which the wire edge
+/// derives a SQLSTATE. Kept here so each crate's error enum can say what it is
+/// without knowing about PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Malformed statement or definition (SQLSTATE 42601).
+    Syntax,
+    /// A parameter value out of range or not allowed (22023).
+    InvalidParameter,
+    /// An object that does not exist (42704 / 42P01).
+    UndefinedObject,
+    /// An object that already exists (42710).
+    DuplicateObject,
+    /// A unique key violated (23505).
+    UniqueViolation,
+    /// A NOT NULL constraint violated (23502).
+    NotNull,
+    /// Bad data in a value (22P02 / 22000).
+    DataException,
+    /// Storage or internal failure (XX000 / 58030).
+    Internal,
+    /// The database cannot accept writes until restarted (58030).
+    Unavailable,
+}
+
+impl CoreError {
+    /// The class of this error, for SQLSTATE mapping at the wire edge.
+    pub fn class(&self) -> ErrorClass {
+        use CoreError::*;
+        match self {
+            BadIdentifier { .. } | BadWindow { .. } | BadInterval { .. } => ErrorClass::Syntax,
+            DuplicateSignal { .. } | DuplicateTable { .. } | DuplicateColumn { .. } => {
+                ErrorClass::DuplicateObject
+            }
+            UnknownSignal { .. } | UnknownTable { .. } => ErrorClass::UndefinedObject,
+            HalfLifeOutOfRange { .. }
+            | UnknownKind { .. }
+            | UnknownMark { .. }
+            | UndeclaredWindow { .. }
+            | AllWindowNotAllowed { .. }
+            | NonFiniteWeight { .. }
+            | FutureTimestamp { .. }
+            | WrongKind { .. }
+            | BadColumn { .. } => ErrorClass::InvalidParameter,
+            BadTimestamp { .. } | BadValue { .. } => ErrorClass::DataException,
+            Decode(_) => ErrorClass::Internal,
+        }
+    }
+}

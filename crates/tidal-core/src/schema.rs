@@ -1,0 +1,692 @@
+//! Schema: signal definitions and entity tables, with validation that names the problem.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::codec::{Decoder, Encoder};
+use crate::{CoreError, DecaySpec, EntityKind, Window};
+
+/// Longest identifier, as PostgreSQL's NAMEDATALEN − 1.
+pub const IDENTIFIER_BYTES_MAX: usize = 63;
+/// Most windows one signal may declare.
+pub const SIGNAL_WINDOWS_MAX: usize = 16;
+/// Most signals one database may define.
+pub const SIGNALS_MAX: usize = 4_096;
+/// Most columns in an entity table (PostgreSQL's limit).
+pub const TABLE_COLUMNS_MAX: usize = 1_600;
+/// Largest vector dimension (pgvector's limit).
+pub const VECTOR_DIMENSIONS_MAX: u32 = 16_000;
+
+/// Checks that `name` is a plain SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`, ≤ 63 bytes.
+pub fn validate_identifier(name: &str) -> Result<(), CoreError> {
+    let bad = |reason| CoreError::BadIdentifier { name: name.to_string(), reason };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(bad("identifiers cannot be empty")),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return Err(bad("must start with a letter or underscore"));
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(bad("only letters, digits and underscores are allowed"));
+    }
+    if name.len() > IDENTIFIER_BYTES_MAX {
+        return Err(bad("longer than 63 bytes"));
+    }
+    Ok(())
+}
+
+/// Dense id of a signal, assigned at CREATE and never reused, so events of a dropped
+/// signal can never be confused with a new signal of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SignalId(pub u32);
+
+impl fmt::Display for SignalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A per-user state bit that a signal sets on the entity (`MARKS seen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mark {
+    Seen,
+    Liked,
+    Hidden,
+}
+
+impl Mark {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mark::Seen => "seen",
+            Mark::Liked => "liked",
+            Mark::Hidden => "hidden",
+        }
+    }
+    fn tag(self) -> u8 {
+        match self {
+            Mark::Seen => 1,
+            Mark::Liked => 2,
+            Mark::Hidden => 3,
+        }
+    }
+    fn from_tag(t: u8) -> Option<Mark> {
+        match t {
+            1 => Some(Mark::Seen),
+            2 => Some(Mark::Liked),
+            3 => Some(Mark::Hidden),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for Mark {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "seen" => Ok(Mark::Seen),
+            "liked" => Ok(Mark::Liked),
+            "hidden" => Ok(Mark::Hidden),
+            _ => Err(CoreError::UnknownMark { text: s.to_string() }),
+        }
+    }
+}
+
+/// `CREATE SIGNAL name ON kind DECAY ... WINDOWS (...)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalDef {
+    pub id: SignalId,
+    pub name: String,
+    pub kind: EntityKind,
+    pub decay: DecaySpec,
+    /// Sorted, without duplicates.
+    pub windows: Vec<Window>,
+    pub marks: Option<Mark>,
+}
+
+impl SignalDef {
+    /// Builds a definition, normalising windows (sorted, deduplicated) and validating
+    /// the name. The id is assigned by [`Schema::apply`].
+    pub fn new(
+        name: &str,
+        kind: EntityKind,
+        decay: DecaySpec,
+        windows: impl IntoIterator<Item = Window>,
+    ) -> Result<SignalDef, CoreError> {
+        validate_identifier(name)?;
+        let mut windows: Vec<Window> = windows.into_iter().collect();
+        windows.sort();
+        windows.dedup();
+        if windows.len() > SIGNAL_WINDOWS_MAX {
+            return Err(CoreError::BadWindow {
+                text: format!("{} windows", windows.len()),
+                reason: "a signal may declare at most 16 windows",
+            });
+        }
+        Ok(SignalDef { id: SignalId(0), name: name.to_string(), kind, decay, windows, marks: None })
+    }
+
+    pub fn with_marks(mut self, mark: Mark) -> SignalDef {
+        self.marks = Some(mark);
+        self
+    }
+
+    /// Checks that `w` is declared on this signal.
+    pub fn require_window(&self, w: Window) -> Result<(), CoreError> {
+        if self.windows.contains(&w) {
+            return Ok(());
+        }
+        Err(CoreError::UndeclaredWindow {
+            signal: self.name.clone(),
+            window: w.to_string(),
+            declared: self.windows_text(),
+        })
+    }
+
+    /// `'1h', '1d'` style list for messages and SHOW SIGNALS.
+    pub fn windows_text(&self) -> String {
+        let v: Vec<String> = self.windows.iter().map(|w| w.to_string()).collect();
+        v.join(", ")
+    }
+
+    pub fn encode(&self, e: &mut Encoder) {
+        e.u32(self.id.0);
+        e.str(&self.name);
+        e.u8(self.kind.tag());
+        match self.decay {
+            DecaySpec::Exponential { half_life_us, .. } => {
+                e.u8(1);
+                e.i64(half_life_us);
+            }
+            DecaySpec::None => e.u8(0),
+        }
+        e.u32(self.windows.len() as u32);
+        for w in &self.windows {
+            e.u32(w.to_code());
+        }
+        e.u8(self.marks.map_or(0, Mark::tag));
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<SignalDef, CoreError> {
+        let id = SignalId(d.u32()?);
+        let name = d.str()?.to_string();
+        let kind = EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad entity kind"))?;
+        let decay = match d.u8()? {
+            0 => DecaySpec::None,
+            1 => DecaySpec::exponential_micros(d.i64()?)
+                .map_err(|_| CoreError::Decode("bad half-life"))?,
+            _ => return Err(CoreError::Decode("bad decay tag")),
+        };
+        let n = d.u32()? as usize;
+        if n > SIGNAL_WINDOWS_MAX {
+            return Err(CoreError::Decode("too many windows"));
+        }
+        let mut windows = Vec::with_capacity(n);
+        for _ in 0..n {
+            windows.push(Window::from_code(d.u32()?).ok_or(CoreError::Decode("bad window"))?);
+        }
+        let marks = match d.u8()? {
+            0 => None,
+            t => Some(Mark::from_tag(t).ok_or(CoreError::Decode("bad mark"))?),
+        };
+        Ok(SignalDef { id, name, kind, decay, windows, marks })
+    }
+}
+
+/// Column types an entity table may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    BigInt,
+    Int,
+    Double,
+    Real,
+    Boolean,
+    Text,
+    Timestamp,
+    TextArray,
+    /// `VECTOR(n)`.
+    Vector(u32),
+}
+
+impl ColumnType {
+    fn tag(self) -> (u8, u32) {
+        match self {
+            ColumnType::BigInt => (1, 0),
+            ColumnType::Int => (2, 0),
+            ColumnType::Double => (3, 0),
+            ColumnType::Real => (4, 0),
+            ColumnType::Boolean => (5, 0),
+            ColumnType::Text => (6, 0),
+            ColumnType::Timestamp => (7, 0),
+            ColumnType::TextArray => (8, 0),
+            ColumnType::Vector(n) => (9, n),
+        }
+    }
+    fn from_tag(t: u8, n: u32) -> Option<ColumnType> {
+        Some(match t {
+            1 => ColumnType::BigInt,
+            2 => ColumnType::Int,
+            3 => ColumnType::Double,
+            4 => ColumnType::Real,
+            5 => ColumnType::Boolean,
+            6 => ColumnType::Text,
+            7 => ColumnType::Timestamp,
+            8 => ColumnType::TextArray,
+            9 => ColumnType::Vector(n),
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ColumnType::BigInt => f.write_str("bigint"),
+            ColumnType::Int => f.write_str("integer"),
+            ColumnType::Double => f.write_str("double precision"),
+            ColumnType::Real => f.write_str("real"),
+            ColumnType::Boolean => f.write_str("boolean"),
+            ColumnType::Text => f.write_str("text"),
+            ColumnType::Timestamp => f.write_str("timestamp"),
+            ColumnType::TextArray => f.write_str("text[]"),
+            ColumnType::Vector(n) => write!(f, "vector({n})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+impl ColumnDef {
+    pub fn new(name: &str, ty: ColumnType) -> ColumnDef {
+        ColumnDef { name: name.to_string(), ty }
+    }
+}
+
+/// An entity table: `CREATE TABLE items (...) WITH (kind = 'item')`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    pub kind: EntityKind,
+    /// Column 0 is always `id BIGINT`.
+    pub columns: Vec<ColumnDef>,
+    /// Columns indexed for full-text search (`text_fields`).
+    pub text_fields: Vec<String>,
+}
+
+impl TableDef {
+    /// Validates and builds a table definition. `id BIGINT` must be present; it is
+    /// moved to position 0 if declared elsewhere.
+    pub fn new(
+        kind: EntityKind,
+        columns: Vec<ColumnDef>,
+        text_fields: Vec<String>,
+    ) -> Result<TableDef, CoreError> {
+        if columns.len() > TABLE_COLUMNS_MAX {
+            return Err(CoreError::BadColumn {
+                column: format!("{} columns", columns.len()),
+                reason: format!("a table may have at most {TABLE_COLUMNS_MAX} columns"),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &columns {
+            validate_identifier(&c.name)?;
+            if !seen.insert(c.name.to_ascii_lowercase()) {
+                return Err(CoreError::DuplicateColumn { column: c.name.clone() });
+            }
+            if let ColumnType::Vector(n) = c.ty {
+                if n == 0 || n > VECTOR_DIMENSIONS_MAX {
+                    return Err(CoreError::BadColumn {
+                        column: c.name.clone(),
+                        reason: format!("vector dimension must be 1 to {VECTOR_DIMENSIONS_MAX}"),
+                    });
+                }
+            }
+        }
+        let id_pos = columns.iter().position(|c| c.name.eq_ignore_ascii_case("id")).ok_or_else(
+            || CoreError::BadColumn {
+                column: "id".into(),
+                reason: "every entity table needs an `id BIGINT PRIMARY KEY` column".into(),
+            },
+        )?;
+        if columns[id_pos].ty != ColumnType::BigInt {
+            return Err(CoreError::BadColumn {
+                column: "id".into(),
+                reason: "must be BIGINT".into(),
+            });
+        }
+        let expect = |name: &str, ty: ColumnType, what: &str| -> Result<(), CoreError> {
+            match columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+                Some(c) if c.ty != ty => Err(CoreError::BadColumn {
+                    column: c.name.clone(),
+                    reason: format!("on {kind} this column is {what} and must be {ty}"),
+                }),
+                _ => Ok(()),
+            }
+        };
+        if kind == EntityKind::Item {
+            expect("creator_id", ColumnType::BigInt, "the creator reference")?;
+            expect("created_at", ColumnType::Timestamp, "the creation time")?;
+        }
+        for f in &text_fields {
+            match columns.iter().find(|c| c.name.eq_ignore_ascii_case(f)) {
+                Some(c) if c.ty == ColumnType::Text => {}
+                Some(c) => {
+                    return Err(CoreError::BadColumn {
+                        column: c.name.clone(),
+                        reason: "text_fields must name TEXT columns".into(),
+                    });
+                }
+                None => {
+                    return Err(CoreError::BadColumn {
+                        column: f.clone(),
+                        reason: "text_fields names a column that does not exist".into(),
+                    });
+                }
+            }
+        }
+        let mut columns = columns;
+        let id = columns.remove(id_pos);
+        columns.insert(0, id);
+        Ok(TableDef { kind, columns, text_fields })
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn encode(&self, e: &mut Encoder) {
+        e.u8(self.kind.tag());
+        e.u32(self.columns.len() as u32);
+        for c in &self.columns {
+            e.str(&c.name);
+            let (t, n) = c.ty.tag();
+            e.u8(t);
+            e.u32(n);
+        }
+        e.u32(self.text_fields.len() as u32);
+        for f in &self.text_fields {
+            e.str(f);
+        }
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<TableDef, CoreError> {
+        let kind = EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad entity kind"))?;
+        let n = d.u32()? as usize;
+        if n > TABLE_COLUMNS_MAX {
+            return Err(CoreError::Decode("too many columns"));
+        }
+        let mut columns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = d.str()?.to_string();
+            let (t, dim) = (d.u8()?, d.u32()?);
+            let ty = ColumnType::from_tag(t, dim).ok_or(CoreError::Decode("bad column type"))?;
+            columns.push(ColumnDef { name, ty });
+        }
+        let n = d.u32()? as usize;
+        if n > TABLE_COLUMNS_MAX {
+            return Err(CoreError::Decode("too many text fields"));
+        }
+        let mut text_fields = Vec::with_capacity(n);
+        for _ in 0..n {
+            text_fields.push(d.str()?.to_string());
+        }
+        Ok(TableDef { kind, columns, text_fields })
+    }
+}
+
+/// A schema change, as carried in the WAL. Applying one is deterministic, so replay
+/// rebuilds the same schema (including signal ids).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SchemaChange {
+    CreateSignal(SignalDef),
+    DropSignal { name: String },
+    CreateTable(TableDef),
+    DropTable { kind: EntityKind },
+}
+
+impl SchemaChange {
+    pub fn encode(&self, e: &mut Encoder) {
+        match self {
+            SchemaChange::CreateSignal(s) => {
+                e.u8(1);
+                s.encode(e);
+            }
+            SchemaChange::DropSignal { name } => {
+                e.u8(2);
+                e.str(name);
+            }
+            SchemaChange::CreateTable(t) => {
+                e.u8(3);
+                t.encode(e);
+            }
+            SchemaChange::DropTable { kind } => {
+                e.u8(4);
+                e.u8(kind.tag());
+            }
+        }
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<SchemaChange, CoreError> {
+        Ok(match d.u8()? {
+            1 => SchemaChange::CreateSignal(SignalDef::decode(d)?),
+            2 => SchemaChange::DropSignal { name: d.str()?.to_string() },
+            3 => SchemaChange::CreateTable(TableDef::decode(d)?),
+            4 => SchemaChange::DropTable {
+                kind: EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad kind"))?,
+            },
+            _ => return Err(CoreError::Decode("unknown schema change")),
+        })
+    }
+}
+
+/// The whole schema: signals by name and one table per entity kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schema {
+    signals: BTreeMap<String, SignalDef>,
+    tables: BTreeMap<EntityKind, TableDef>,
+    next_signal_id: u32,
+    /// Bumped by every applied change, so caches can tell a schema has moved on.
+    pub version: u64,
+}
+
+impl Schema {
+    pub fn new() -> Schema {
+        Schema { next_signal_id: 1, ..Schema::default() }
+    }
+
+    pub fn signal(&self, name: &str) -> Result<&SignalDef, CoreError> {
+        self.signals
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| CoreError::UnknownSignal { name: name.to_string() })
+    }
+
+    pub fn signal_by_id(&self, id: SignalId) -> Option<&SignalDef> {
+        self.signals.values().find(|s| s.id == id)
+    }
+
+    pub fn signals(&self) -> impl Iterator<Item = &SignalDef> {
+        self.signals.values()
+    }
+
+    pub fn table(&self, kind: EntityKind) -> Result<&TableDef, CoreError> {
+        self.tables.get(&kind).ok_or(CoreError::UnknownTable { kind })
+    }
+
+    pub fn tables(&self) -> impl Iterator<Item = &TableDef> {
+        self.tables.values()
+    }
+
+    /// Checks a change against this schema without applying it. For CREATE SIGNAL the
+    /// returned change carries the id the signal will get.
+    pub fn prepare(&self, change: SchemaChange) -> Result<SchemaChange, CoreError> {
+        match change {
+            SchemaChange::CreateSignal(mut s) => {
+                validate_identifier(&s.name)?;
+                s.name = s.name.to_ascii_lowercase();
+                if self.signals.contains_key(&s.name) {
+                    return Err(CoreError::DuplicateSignal { name: s.name });
+                }
+                if self.signals.len() >= SIGNALS_MAX {
+                    return Err(CoreError::BadIdentifier {
+                        name: s.name,
+                        reason: "the database already has the maximum of 4096 signals",
+                    });
+                }
+                s.id = SignalId(self.next_signal_id);
+                Ok(SchemaChange::CreateSignal(s))
+            }
+            SchemaChange::DropSignal { name } => {
+                let s = self.signal(&name)?;
+                Ok(SchemaChange::DropSignal { name: s.name.clone() })
+            }
+            SchemaChange::CreateTable(t) => {
+                if self.tables.contains_key(&t.kind) {
+                    return Err(CoreError::DuplicateTable { kind: t.kind });
+                }
+                Ok(SchemaChange::CreateTable(t))
+            }
+            SchemaChange::DropTable { kind } => {
+                self.table(kind)?;
+                Ok(SchemaChange::DropTable { kind })
+            }
+        }
+    }
+
+    /// Applies a change produced by [`Schema::prepare`] (or read back from the WAL).
+    pub fn apply(&mut self, change: &SchemaChange) -> Result<(), CoreError> {
+        match change {
+            SchemaChange::CreateSignal(s) => {
+                if self.signals.contains_key(&s.name) {
+                    return Err(CoreError::DuplicateSignal { name: s.name.clone() });
+                }
+                self.next_signal_id = self.next_signal_id.max(s.id.0 + 1);
+                self.signals.insert(s.name.clone(), s.clone());
+            }
+            SchemaChange::DropSignal { name } => {
+                self.signals
+                    .remove(name)
+                    .ok_or_else(|| CoreError::UnknownSignal { name: name.clone() })?;
+            }
+            SchemaChange::CreateTable(t) => {
+                if self.tables.contains_key(&t.kind) {
+                    return Err(CoreError::DuplicateTable { kind: t.kind });
+                }
+                self.tables.insert(t.kind, t.clone());
+            }
+            SchemaChange::DropTable { kind } => {
+                self.tables.remove(kind).ok_or(CoreError::UnknownTable { kind: *kind })?;
+            }
+        }
+        self.version += 1;
+        Ok(())
+    }
+
+    pub fn encode(&self, e: &mut Encoder) {
+        e.u64(self.version);
+        e.u32(self.next_signal_id);
+        e.u32(self.signals.len() as u32);
+        for s in self.signals.values() {
+            s.encode(e);
+        }
+        e.u32(self.tables.len() as u32);
+        for t in self.tables.values() {
+            t.encode(e);
+        }
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<Schema, CoreError> {
+        let version = d.u64()?;
+        let next_signal_id = d.u32()?;
+        let mut schema = Schema { version, next_signal_id, ..Schema::default() };
+        let n = d.u32()? as usize;
+        if n > SIGNALS_MAX {
+            return Err(CoreError::Decode("too many signals"));
+        }
+        for _ in 0..n {
+            let s = SignalDef::decode(d)?;
+            schema.signals.insert(s.name.clone(), s);
+        }
+        let n = d.u32()?;
+        if n > 3 {
+            return Err(CoreError::Decode("too many tables"));
+        }
+        for _ in 0..n {
+            let t = TableDef::decode(d)?;
+            schema.tables.insert(t.kind, t);
+        }
+        Ok(schema)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(name: &str) -> SignalDef {
+        SignalDef::new(
+            name,
+            EntityKind::Item,
+            DecaySpec::exponential("7 days").unwrap(),
+            ["24h", "1h", "1h", "all"].iter().map(|w| Window::parse(w).unwrap()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn windows_sorted_and_deduplicated() {
+        let s = sig("view");
+        assert_eq!(s.windows, vec![Window::Minutes(60), Window::Minutes(1440), Window::All]);
+        assert!(s.require_window(Window::Minutes(60)).is_ok());
+        let err = s.require_window(Window::Minutes(15)).unwrap_err();
+        assert!(err.to_string().contains("no window 15m"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut schema = Schema::new();
+        let c = schema.prepare(SchemaChange::CreateSignal(sig("like"))).unwrap();
+        schema.apply(&c).unwrap();
+        let e = schema.prepare(SchemaChange::CreateSignal(sig("LIKE"))).unwrap_err();
+        assert_eq!(e, CoreError::DuplicateSignal { name: "like".into() });
+        let e = SignalDef::new("1bad", EntityKind::Item, DecaySpec::None, []).unwrap_err();
+        assert!(matches!(e, CoreError::BadIdentifier { .. }));
+        let e = SignalDef::new("has space", EntityKind::Item, DecaySpec::None, []).unwrap_err();
+        assert!(e.to_string().contains("has space"));
+        assert!(matches!(
+            schema.prepare(SchemaChange::DropSignal { name: "nope".into() }),
+            Err(CoreError::UnknownSignal { .. })
+        ));
+    }
+
+    #[test]
+    fn signal_ids_are_never_reused() {
+        let mut schema = Schema::new();
+        let a = schema.prepare(SchemaChange::CreateSignal(sig("a"))).unwrap();
+        schema.apply(&a).unwrap();
+        schema.apply(&SchemaChange::DropSignal { name: "a".into() }).unwrap();
+        let b = schema.prepare(SchemaChange::CreateSignal(sig("a"))).unwrap();
+        schema.apply(&b).unwrap();
+        assert_ne!(schema.signal("a").unwrap().id, SignalId(1));
+    }
+
+    #[test]
+    fn table_validation() {
+        let cols = |v: &[(&str, ColumnType)]| v.iter().map(|(n, t)| ColumnDef::new(n, *t)).collect();
+        let t = TableDef::new(
+            EntityKind::Item,
+            cols(&[("title", ColumnType::Text), ("id", ColumnType::BigInt)]),
+            vec!["title".into()],
+        )
+        .unwrap();
+        assert_eq!(t.columns[0].name, "id");
+        assert!(TableDef::new(EntityKind::Item, cols(&[("title", ColumnType::Text)]), vec![]).is_err());
+        assert!(matches!(
+            TableDef::new(
+                EntityKind::User,
+                cols(&[("id", ColumnType::BigInt), ("ID", ColumnType::Text)]),
+                vec![]
+            ),
+            Err(CoreError::DuplicateColumn { .. })
+        ));
+        assert!(TableDef::new(
+            EntityKind::Item,
+            cols(&[("id", ColumnType::BigInt), ("created_at", ColumnType::Text)]),
+            vec![]
+        )
+        .is_err());
+        assert!(TableDef::new(
+            EntityKind::Item,
+            cols(&[("id", ColumnType::BigInt), ("e", ColumnType::Vector(0))]),
+            vec![]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn schema_round_trip() {
+        let mut schema = Schema::new();
+        for n in ["view", "like"] {
+            let c = schema.prepare(SchemaChange::CreateSignal(sig(n))).unwrap();
+            schema.apply(&c).unwrap();
+        }
+        let t = TableDef::new(
+            EntityKind::User,
+            vec![ColumnDef::new("id", ColumnType::BigInt), ColumnDef::new("v", ColumnType::Vector(4))],
+            vec![],
+        )
+        .unwrap();
+        schema.apply(&SchemaChange::CreateTable(t)).unwrap();
+        let mut e = Encoder::new();
+        schema.encode(&mut e);
+        let buf = e.into_inner();
+        let mut d = Decoder::new(&buf);
+        assert_eq!(Schema::decode(&mut d).unwrap(), schema);
+        d.finish().unwrap();
+    }
+}
