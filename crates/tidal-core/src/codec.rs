@@ -17,7 +17,9 @@ impl Encoder {
         Encoder { buf: Vec::new() }
     }
     pub fn with_capacity(n: usize) -> Encoder {
-        Encoder { buf: Vec::with_capacity(n) }
+        Encoder {
+            buf: Vec::with_capacity(n),
+        }
     }
     pub fn into_inner(self) -> Vec<u8> {
         self.buf
@@ -74,9 +76,16 @@ impl<'a> Decoder<'a> {
     pub fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CoreError> {
-        let end = self.pos.checked_add(n).ok_or(CoreError::Decode("length overflow"))?;
-        let s = self.buf.get(self.pos..end).ok_or(CoreError::Decode("unexpected end of data"))?;
+    /// The next `n` raw bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], CoreError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or_else(|| CoreError::Decode("length overflow"))?;
+        let s = self
+            .buf
+            .get(self.pos..end)
+            .ok_or_else(|| CoreError::Decode("unexpected end of data"))?;
         self.pos = end;
         Ok(s)
     }

@@ -11,7 +11,10 @@ pub const HALF_LIFE_MICROS_MAX: i64 = 36_525 * MICROS_PER_DAY / 10;
 pub enum DecaySpec {
     /// `score(at) = Σ wᵢ · 2^(−(at − tsᵢ)/half_life)`; `lambda_per_us = ln 2 / half_life`
     /// is precomputed so that the hot path is one `exp`.
-    Exponential { half_life_us: i64, lambda_per_us: f64 },
+    Exponential {
+        half_life_us: i64,
+        lambda_per_us: f64,
+    },
     /// No decay: the score is the plain sum of weights.
     None,
 }
@@ -20,7 +23,9 @@ impl DecaySpec {
     /// An exponential decay with the given half-life, validated to 1 s – 10 years.
     pub fn exponential_micros(half_life_us: i64) -> Result<DecaySpec, CoreError> {
         if !(HALF_LIFE_MICROS_MIN..=HALF_LIFE_MICROS_MAX).contains(&half_life_us) {
-            return Err(CoreError::HalfLifeOutOfRange { text: format!("{half_life_us} µs") });
+            return Err(CoreError::HalfLifeOutOfRange {
+                text: format!("{half_life_us} µs"),
+            });
         }
         Ok(DecaySpec::Exponential {
             half_life_us,
@@ -31,8 +36,9 @@ impl DecaySpec {
     /// Parses a PostgreSQL interval literal such as `'7 days'` as a half-life.
     pub fn exponential(half_life: &str) -> Result<DecaySpec, CoreError> {
         let us = parse_interval_micros(half_life)?;
-        DecaySpec::exponential_micros(us)
-            .map_err(|_| CoreError::HalfLifeOutOfRange { text: half_life.to_string() })
+        DecaySpec::exponential_micros(us).map_err(|_| CoreError::HalfLifeOutOfRange {
+            text: half_life.to_string(),
+        })
     }
 
     pub fn half_life_us(&self) -> Option<i64> {

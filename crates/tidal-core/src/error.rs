@@ -34,15 +34,27 @@ pub enum CoreError {
     #[error("invalid timestamp {text:?}: {reason}")]
     BadTimestamp { text: String, reason: &'static str },
     #[error("signal {signal:?} has no window {window}; declared windows are {declared}")]
-    UndeclaredWindow { signal: String, window: String, declared: String },
+    UndeclaredWindow {
+        signal: String,
+        window: String,
+        declared: String,
+    },
     #[error("{what} does not accept the window 'all'")]
     AllWindowNotAllowed { what: &'static str },
     #[error("weight {weight} is not a finite number")]
     NonFiniteWeight { weight: f64 },
     #[error("event time {ts} is more than {skew_s} seconds in the future (now {now})")]
-    FutureTimestamp { ts: crate::Timestamp, now: crate::Timestamp, skew_s: u64 },
+    FutureTimestamp {
+        ts: crate::Timestamp,
+        now: crate::Timestamp,
+        skew_s: u64,
+    },
     #[error("signal {signal:?} is defined on {expected}, not on {got}")]
-    WrongKind { signal: String, expected: EntityKind, got: EntityKind },
+    WrongKind {
+        signal: String,
+        expected: EntityKind,
+        got: EntityKind,
+    },
     #[error("value for column {column:?}: {reason}")]
     BadValue { column: String, reason: String },
     #[error("malformed encoded data: {0}")]

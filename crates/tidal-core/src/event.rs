@@ -22,7 +22,9 @@ impl SignalEvent {
     /// Rejects non-finite weights and timestamps too far in the future.
     pub fn validate(&self, now: Timestamp) -> Result<(), CoreError> {
         if !self.weight.is_finite() {
-            return Err(CoreError::NonFiniteWeight { weight: self.weight });
+            return Err(CoreError::NonFiniteWeight {
+                weight: self.weight,
+            });
         }
         if self.ts.0 > now.0.saturating_add(FUTURE_SKEW_MICROS_MAX) {
             return Err(CoreError::FutureTimestamp {
@@ -61,6 +63,12 @@ impl SignalEvent {
             1 => Some(EntityId(user)),
             _ => return Err(CoreError::Decode("bad user flag")),
         };
-        Ok(SignalEvent { signal, entity, user, weight: d.f64()?, ts: Timestamp(d.i64()?) })
+        Ok(SignalEvent {
+            signal,
+            entity,
+            user,
+            weight: d.f64()?,
+            ts: Timestamp(d.i64()?),
+        })
     }
 }

@@ -89,7 +89,9 @@ impl FromStr for EntityKind {
             "item" | "items" => Ok(EntityKind::Item),
             "user" | "users" => Ok(EntityKind::User),
             "creator" | "creators" => Ok(EntityKind::Creator),
-            _ => Err(CoreError::UnknownKind { text: s.to_string() }),
+            _ => Err(CoreError::UnknownKind {
+                text: s.to_string(),
+            }),
         }
     }
 }
@@ -110,14 +112,20 @@ mod tests {
         for w in ids.windows(2) {
             assert!(EntityId(w[0]).to_key() < EntityId(w[1]).to_key());
         }
-        assert_eq!(EntityId::from_key(&EntityId(42).to_key()), Some(EntityId(42)));
+        assert_eq!(
+            EntityId::from_key(&EntityId(42).to_key()),
+            Some(EntityId(42))
+        );
         assert_eq!(EntityId::from_key(&[1, 2, 3]), None);
     }
 
     #[test]
     fn kind_parse() {
         assert_eq!("Items".parse::<EntityKind>().unwrap(), EntityKind::Item);
-        assert_eq!("creator".parse::<EntityKind>().unwrap(), EntityKind::Creator);
+        assert_eq!(
+            "creator".parse::<EntityKind>().unwrap(),
+            EntityKind::Creator
+        );
         assert!("posts".parse::<EntityKind>().is_err());
         for k in EntityKind::ALL {
             assert_eq!(EntityKind::from_tag(k.tag()), Some(k));

@@ -33,7 +33,9 @@ pub use decay::{DecaySpec, HALF_LIFE_MICROS_MAX, HALF_LIFE_MICROS_MIN};
 pub use error::{CoreError, ErrorClass};
 pub use event::{FUTURE_SKEW_MICROS_MAX, SignalEvent};
 pub use id::{EntityId, EntityKind};
-pub use schema::{ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TableDef};
+pub use schema::{
+    ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TableDef,
+};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use value::{Row, Value, decode_row, encode_row};
 pub use window::{WINDOW_MINUTES_MAX, WINDOW_MINUTES_MIN, Window};

@@ -20,7 +20,10 @@ pub const VECTOR_DIMENSIONS_MAX: u32 = 16_000;
 
 /// Checks that `name` is a plain SQL identifier: `[A-Za-z_][A-Za-z0-9_]*`, ≤ 63 bytes.
 pub fn validate_identifier(name: &str) -> Result<(), CoreError> {
-    let bad = |reason| CoreError::BadIdentifier { name: name.to_string(), reason };
+    let bad = |reason| CoreError::BadIdentifier {
+        name: name.to_string(),
+        reason,
+    };
     let mut chars = name.chars();
     match chars.next() {
         None => return Err(bad("identifiers cannot be empty")),
@@ -89,7 +92,9 @@ impl FromStr for Mark {
             "seen" => Ok(Mark::Seen),
             "liked" => Ok(Mark::Liked),
             "hidden" => Ok(Mark::Hidden),
-            _ => Err(CoreError::UnknownMark { text: s.to_string() }),
+            _ => Err(CoreError::UnknownMark {
+                text: s.to_string(),
+            }),
         }
     }
 }
@@ -125,7 +130,14 @@ impl SignalDef {
                 reason: "a signal may declare at most 16 windows",
             });
         }
-        Ok(SignalDef { id: SignalId(0), name: name.to_string(), kind, decay, windows, marks: None })
+        Ok(SignalDef {
+            id: SignalId(0),
+            name: name.to_string(),
+            kind,
+            decay,
+            windows,
+            marks: None,
+        })
     }
 
     pub fn with_marks(mut self, mark: Mark) -> SignalDef {
@@ -191,7 +203,14 @@ impl SignalDef {
             0 => None,
             t => Some(Mark::from_tag(t).ok_or(CoreError::Decode("bad mark"))?),
         };
-        Ok(SignalDef { id, name, kind, decay, windows, marks })
+        Ok(SignalDef {
+            id,
+            name,
+            kind,
+            decay,
+            windows,
+            marks,
+        })
     }
 }
 
@@ -264,7 +283,10 @@ pub struct ColumnDef {
 
 impl ColumnDef {
     pub fn new(name: &str, ty: ColumnType) -> ColumnDef {
-        ColumnDef { name: name.to_string(), ty }
+        ColumnDef {
+            name: name.to_string(),
+            ty,
+        }
     }
 }
 
@@ -296,23 +318,26 @@ impl TableDef {
         for c in &columns {
             validate_identifier(&c.name)?;
             if !seen.insert(c.name.to_ascii_lowercase()) {
-                return Err(CoreError::DuplicateColumn { column: c.name.clone() });
+                return Err(CoreError::DuplicateColumn {
+                    column: c.name.clone(),
+                });
             }
-            if let ColumnType::Vector(n) = c.ty {
-                if n == 0 || n > VECTOR_DIMENSIONS_MAX {
-                    return Err(CoreError::BadColumn {
-                        column: c.name.clone(),
-                        reason: format!("vector dimension must be 1 to {VECTOR_DIMENSIONS_MAX}"),
-                    });
-                }
+            if let ColumnType::Vector(n) = c.ty
+                && (n == 0 || n > VECTOR_DIMENSIONS_MAX)
+            {
+                return Err(CoreError::BadColumn {
+                    column: c.name.clone(),
+                    reason: format!("vector dimension must be 1 to {VECTOR_DIMENSIONS_MAX}"),
+                });
             }
         }
-        let id_pos = columns.iter().position(|c| c.name.eq_ignore_ascii_case("id")).ok_or_else(
-            || CoreError::BadColumn {
+        let id_pos = columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case("id"))
+            .ok_or_else(|| CoreError::BadColumn {
                 column: "id".into(),
                 reason: "every entity table needs an `id BIGINT PRIMARY KEY` column".into(),
-            },
-        )?;
+            })?;
         if columns[id_pos].ty != ColumnType::BigInt {
             return Err(CoreError::BadColumn {
                 column: "id".into(),
@@ -352,11 +377,17 @@ impl TableDef {
         let mut columns = columns;
         let id = columns.remove(id_pos);
         columns.insert(0, id);
-        Ok(TableDef { kind, columns, text_fields })
+        Ok(TableDef {
+            kind,
+            columns,
+            text_fields,
+        })
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+        self.columns
+            .iter()
+            .position(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     pub fn encode(&self, e: &mut Encoder) {
@@ -395,7 +426,11 @@ impl TableDef {
         for _ in 0..n {
             text_fields.push(d.str()?.to_string());
         }
-        Ok(TableDef { kind, columns, text_fields })
+        Ok(TableDef {
+            kind,
+            columns,
+            text_fields,
+        })
     }
 }
 
@@ -405,9 +440,15 @@ impl TableDef {
 #[non_exhaustive]
 pub enum SchemaChange {
     CreateSignal(SignalDef),
-    DropSignal { name: String },
+    /// `id` is filled in by [`Schema::prepare`]; callers may pass `SignalId(0)`.
+    DropSignal {
+        name: String,
+        id: SignalId,
+    },
     CreateTable(TableDef),
-    DropTable { kind: EntityKind },
+    DropTable {
+        kind: EntityKind,
+    },
 }
 
 impl SchemaChange {
@@ -417,9 +458,10 @@ impl SchemaChange {
                 e.u8(1);
                 s.encode(e);
             }
-            SchemaChange::DropSignal { name } => {
+            SchemaChange::DropSignal { name, id } => {
                 e.u8(2);
                 e.str(name);
+                e.u32(id.0);
             }
             SchemaChange::CreateTable(t) => {
                 e.u8(3);
@@ -435,7 +477,10 @@ impl SchemaChange {
     pub fn decode(d: &mut Decoder<'_>) -> Result<SchemaChange, CoreError> {
         Ok(match d.u8()? {
             1 => SchemaChange::CreateSignal(SignalDef::decode(d)?),
-            2 => SchemaChange::DropSignal { name: d.str()?.to_string() },
+            2 => SchemaChange::DropSignal {
+                name: d.str()?.to_string(),
+                id: SignalId(d.u32()?),
+            },
             3 => SchemaChange::CreateTable(TableDef::decode(d)?),
             4 => SchemaChange::DropTable {
                 kind: EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad kind"))?,
@@ -457,13 +502,18 @@ pub struct Schema {
 
 impl Schema {
     pub fn new() -> Schema {
-        Schema { next_signal_id: 1, ..Schema::default() }
+        Schema {
+            next_signal_id: 1,
+            ..Schema::default()
+        }
     }
 
     pub fn signal(&self, name: &str) -> Result<&SignalDef, CoreError> {
         self.signals
             .get(&name.to_ascii_lowercase())
-            .ok_or_else(|| CoreError::UnknownSignal { name: name.to_string() })
+            .ok_or_else(|| CoreError::UnknownSignal {
+                name: name.to_string(),
+            })
     }
 
     pub fn signal_by_id(&self, id: SignalId) -> Option<&SignalDef> {
@@ -475,7 +525,9 @@ impl Schema {
     }
 
     pub fn table(&self, kind: EntityKind) -> Result<&TableDef, CoreError> {
-        self.tables.get(&kind).ok_or(CoreError::UnknownTable { kind })
+        self.tables
+            .get(&kind)
+            .ok_or(CoreError::UnknownTable { kind })
     }
 
     pub fn tables(&self) -> impl Iterator<Item = &TableDef> {
@@ -501,9 +553,12 @@ impl Schema {
                 s.id = SignalId(self.next_signal_id);
                 Ok(SchemaChange::CreateSignal(s))
             }
-            SchemaChange::DropSignal { name } => {
+            SchemaChange::DropSignal { name, .. } => {
                 let s = self.signal(&name)?;
-                Ok(SchemaChange::DropSignal { name: s.name.clone() })
+                Ok(SchemaChange::DropSignal {
+                    name: s.name.clone(),
+                    id: s.id,
+                })
             }
             SchemaChange::CreateTable(t) => {
                 if self.tables.contains_key(&t.kind) {
@@ -523,12 +578,14 @@ impl Schema {
         match change {
             SchemaChange::CreateSignal(s) => {
                 if self.signals.contains_key(&s.name) {
-                    return Err(CoreError::DuplicateSignal { name: s.name.clone() });
+                    return Err(CoreError::DuplicateSignal {
+                        name: s.name.clone(),
+                    });
                 }
                 self.next_signal_id = self.next_signal_id.max(s.id.0 + 1);
                 self.signals.insert(s.name.clone(), s.clone());
             }
-            SchemaChange::DropSignal { name } => {
+            SchemaChange::DropSignal { name, .. } => {
                 self.signals
                     .remove(name)
                     .ok_or_else(|| CoreError::UnknownSignal { name: name.clone() })?;
@@ -540,7 +597,9 @@ impl Schema {
                 self.tables.insert(t.kind, t.clone());
             }
             SchemaChange::DropTable { kind } => {
-                self.tables.remove(kind).ok_or(CoreError::UnknownTable { kind: *kind })?;
+                self.tables
+                    .remove(kind)
+                    .ok_or(CoreError::UnknownTable { kind: *kind })?;
             }
         }
         self.version += 1;
@@ -563,7 +622,11 @@ impl Schema {
     pub fn decode(d: &mut Decoder<'_>) -> Result<Schema, CoreError> {
         let version = d.u64()?;
         let next_signal_id = d.u32()?;
-        let mut schema = Schema { version, next_signal_id, ..Schema::default() };
+        let mut schema = Schema {
+            version,
+            next_signal_id,
+            ..Schema::default()
+        };
         let n = d.u32()? as usize;
         if n > SIGNALS_MAX {
             return Err(CoreError::Decode("too many signals"));
@@ -593,7 +656,9 @@ mod tests {
             name,
             EntityKind::Item,
             DecaySpec::exponential("7 days").unwrap(),
-            ["24h", "1h", "1h", "all"].iter().map(|w| Window::parse(w).unwrap()),
+            ["24h", "1h", "1h", "all"]
+                .iter()
+                .map(|w| Window::parse(w).unwrap()),
         )
         .unwrap()
     }
@@ -601,7 +666,10 @@ mod tests {
     #[test]
     fn windows_sorted_and_deduplicated() {
         let s = sig("view");
-        assert_eq!(s.windows, vec![Window::Minutes(60), Window::Minutes(1440), Window::All]);
+        assert_eq!(
+            s.windows,
+            vec![Window::Minutes(60), Window::Minutes(1440), Window::All]
+        );
         assert!(s.require_window(Window::Minutes(60)).is_ok());
         let err = s.require_window(Window::Minutes(15)).unwrap_err();
         assert!(err.to_string().contains("no window 15m"), "{err}");
@@ -610,16 +678,28 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         let mut schema = Schema::new();
-        let c = schema.prepare(SchemaChange::CreateSignal(sig("like"))).unwrap();
+        let c = schema
+            .prepare(SchemaChange::CreateSignal(sig("like")))
+            .unwrap();
         schema.apply(&c).unwrap();
-        let e = schema.prepare(SchemaChange::CreateSignal(sig("LIKE"))).unwrap_err();
-        assert_eq!(e, CoreError::DuplicateSignal { name: "like".into() });
+        let e = schema
+            .prepare(SchemaChange::CreateSignal(sig("LIKE")))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            CoreError::DuplicateSignal {
+                name: "like".into()
+            }
+        );
         let e = SignalDef::new("1bad", EntityKind::Item, DecaySpec::None, []).unwrap_err();
         assert!(matches!(e, CoreError::BadIdentifier { .. }));
         let e = SignalDef::new("has space", EntityKind::Item, DecaySpec::None, []).unwrap_err();
         assert!(e.to_string().contains("has space"));
         assert!(matches!(
-            schema.prepare(SchemaChange::DropSignal { name: "nope".into() }),
+            schema.prepare(SchemaChange::DropSignal {
+                name: "nope".into(),
+                id: SignalId(0)
+            }),
             Err(CoreError::UnknownSignal { .. })
         ));
     }
@@ -627,17 +707,27 @@ mod tests {
     #[test]
     fn signal_ids_are_never_reused() {
         let mut schema = Schema::new();
-        let a = schema.prepare(SchemaChange::CreateSignal(sig("a"))).unwrap();
+        let a = schema
+            .prepare(SchemaChange::CreateSignal(sig("a")))
+            .unwrap();
         schema.apply(&a).unwrap();
-        schema.apply(&SchemaChange::DropSignal { name: "a".into() }).unwrap();
-        let b = schema.prepare(SchemaChange::CreateSignal(sig("a"))).unwrap();
+        schema
+            .apply(&SchemaChange::DropSignal {
+                name: "a".into(),
+                id: SignalId(1),
+            })
+            .unwrap();
+        let b = schema
+            .prepare(SchemaChange::CreateSignal(sig("a")))
+            .unwrap();
         schema.apply(&b).unwrap();
         assert_ne!(schema.signal("a").unwrap().id, SignalId(1));
     }
 
     #[test]
     fn table_validation() {
-        let cols = |v: &[(&str, ColumnType)]| v.iter().map(|(n, t)| ColumnDef::new(n, *t)).collect();
+        let cols =
+            |v: &[(&str, ColumnType)]| v.iter().map(|(n, t)| ColumnDef::new(n, *t)).collect();
         let t = TableDef::new(
             EntityKind::Item,
             cols(&[("title", ColumnType::Text), ("id", ColumnType::BigInt)]),
@@ -645,7 +735,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.columns[0].name, "id");
-        assert!(TableDef::new(EntityKind::Item, cols(&[("title", ColumnType::Text)]), vec![]).is_err());
+        assert!(
+            TableDef::new(
+                EntityKind::Item,
+                cols(&[("title", ColumnType::Text)]),
+                vec![]
+            )
+            .is_err()
+        );
         assert!(matches!(
             TableDef::new(
                 EntityKind::User,
@@ -654,18 +751,22 @@ mod tests {
             ),
             Err(CoreError::DuplicateColumn { .. })
         ));
-        assert!(TableDef::new(
-            EntityKind::Item,
-            cols(&[("id", ColumnType::BigInt), ("created_at", ColumnType::Text)]),
-            vec![]
-        )
-        .is_err());
-        assert!(TableDef::new(
-            EntityKind::Item,
-            cols(&[("id", ColumnType::BigInt), ("e", ColumnType::Vector(0))]),
-            vec![]
-        )
-        .is_err());
+        assert!(
+            TableDef::new(
+                EntityKind::Item,
+                cols(&[("id", ColumnType::BigInt), ("created_at", ColumnType::Text)]),
+                vec![]
+            )
+            .is_err()
+        );
+        assert!(
+            TableDef::new(
+                EntityKind::Item,
+                cols(&[("id", ColumnType::BigInt), ("e", ColumnType::Vector(0))]),
+                vec![]
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -677,7 +778,10 @@ mod tests {
         }
         let t = TableDef::new(
             EntityKind::User,
-            vec![ColumnDef::new("id", ColumnType::BigInt), ColumnDef::new("v", ColumnType::Vector(4))],
+            vec![
+                ColumnDef::new("id", ColumnType::BigInt),
+                ColumnDef::new("v", ColumnType::Vector(4)),
+            ],
             vec![],
         )
         .unwrap();

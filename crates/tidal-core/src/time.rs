@@ -234,7 +234,10 @@ fn parse_zone(z: &str) -> Result<i64, &'static str> {
 /// clock form `'HH:MM[:SS]'`. Months count as 30 days and years as 365.25 days, as
 /// PostgreSQL's `extract(epoch from interval)` does.
 pub fn parse_interval_micros(text: &str) -> Result<i64, CoreError> {
-    let bad = |reason| CoreError::BadInterval { text: text.to_string(), reason };
+    let bad = |reason| CoreError::BadInterval {
+        text: text.to_string(),
+        reason,
+    };
     let s = text.trim().to_ascii_lowercase();
     if s.is_empty() {
         return Err(bad("empty interval"));
@@ -245,7 +248,10 @@ pub fn parse_interval_micros(text: &str) -> Result<i64, CoreError> {
             return Err(bad("expected HH:MM[:SS]"));
         }
         let mut total = 0i64;
-        for (p, unit) in parts.iter().zip([MICROS_PER_HOUR, MICROS_PER_MINUTE, MICROS_PER_SECOND]) {
+        for (p, unit) in parts
+            .iter()
+            .zip([MICROS_PER_HOUR, MICROS_PER_MINUTE, MICROS_PER_SECOND])
+        {
             let v: u32 = p.trim().parse().map_err(|_| bad("expected HH:MM[:SS]"))?;
             total += i64::from(v) * unit;
         }
@@ -262,7 +268,9 @@ pub fn parse_interval_micros(text: &str) -> Result<i64, CoreError> {
         let (n, tail) = rest.split_at(num_end);
         let n: f64 = n.parse().map_err(|_| bad("expected a number"))?;
         let tail = tail.trim_start();
-        let unit_end = tail.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_end);
         let scale = match unit {
             "us" | "usec" | "usecs" | "microsecond" | "microseconds" => 1,
@@ -339,7 +347,13 @@ mod tests {
         let f = Timestamp::parse("2026-11-25 10:00:00.25").unwrap();
         assert_eq!(f.0 - t.0, 250_000);
         assert_eq!(f.to_string(), "2026-11-25 10:00:00.25");
-        for bad in ["2026-13-01", "2026-02-30", "2026-11-25 24:00", "nope", "2026-11-25 10:00:00.1234567"] {
+        for bad in [
+            "2026-13-01",
+            "2026-02-30",
+            "2026-11-25 24:00",
+            "nope",
+            "2026-11-25 10:00:00.1234567",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
     }
@@ -347,11 +361,26 @@ mod tests {
     #[test]
     fn intervals() {
         assert_eq!(parse_interval_micros("7 days").unwrap(), 7 * MICROS_PER_DAY);
-        assert_eq!(parse_interval_micros("1 day 12 hours").unwrap(), 36 * MICROS_PER_HOUR);
-        assert_eq!(parse_interval_micros("90min").unwrap(), 90 * MICROS_PER_MINUTE);
-        assert_eq!(parse_interval_micros("1.5 h").unwrap(), 90 * MICROS_PER_MINUTE);
-        assert_eq!(parse_interval_micros("01:30").unwrap(), 90 * MICROS_PER_MINUTE);
-        assert_eq!(parse_interval_micros("1 year").unwrap(), 36525 * MICROS_PER_DAY / 100);
+        assert_eq!(
+            parse_interval_micros("1 day 12 hours").unwrap(),
+            36 * MICROS_PER_HOUR
+        );
+        assert_eq!(
+            parse_interval_micros("90min").unwrap(),
+            90 * MICROS_PER_MINUTE
+        );
+        assert_eq!(
+            parse_interval_micros("1.5 h").unwrap(),
+            90 * MICROS_PER_MINUTE
+        );
+        assert_eq!(
+            parse_interval_micros("01:30").unwrap(),
+            90 * MICROS_PER_MINUTE
+        );
+        assert_eq!(
+            parse_interval_micros("1 year").unwrap(),
+            36525 * MICROS_PER_DAY / 100
+        );
         for bad in ["", "days", "7 fortnights", "7"] {
             assert!(parse_interval_micros(bad).is_err(), "{bad}");
         }

@@ -30,7 +30,10 @@ impl Value {
     /// Checks that this value may be stored in `col`; NULL is accepted (the caller
     /// enforces NOT NULL on `id`).
     pub fn check(&self, col: &ColumnDef) -> Result<(), CoreError> {
-        let bad = |reason: String| CoreError::BadValue { column: col.name.clone(), reason };
+        let bad = |reason: String| CoreError::BadValue {
+            column: col.name.clone(),
+            reason,
+        };
         match (&col.ty, self) {
             (_, Value::Null) => Ok(()),
             (ColumnType::BigInt, Value::Int(_)) => Ok(()),
@@ -231,11 +234,17 @@ mod tests {
 
     #[test]
     fn value_checks() {
-        let v3 = ColumnDef { name: "e".into(), ty: ColumnType::Vector(3) };
+        let v3 = ColumnDef {
+            name: "e".into(),
+            ty: ColumnType::Vector(3),
+        };
         assert!(Value::Vector(vec![1.0, 2.0, 3.0]).check(&v3).is_ok());
         assert!(Value::Vector(vec![1.0, 2.0]).check(&v3).is_err());
         assert!(Value::Vector(vec![1.0, f32::NAN, 3.0]).check(&v3).is_err());
-        let int = ColumnDef { name: "n".into(), ty: ColumnType::Int };
+        let int = ColumnDef {
+            name: "n".into(),
+            ty: ColumnType::Int,
+        };
         assert!(Value::Int(1 << 40).check(&int).is_err());
         assert!(Value::Text("a".into()).check(&int).is_err());
         assert!(Value::Null.check(&int).is_ok());

@@ -50,7 +50,10 @@ impl Window {
 
     /// Parses `'15m'`, `'6h'`, `'30d'` or `'all'` (case-insensitive).
     pub fn parse(text: &str) -> Result<Window, CoreError> {
-        let bad = |reason| CoreError::BadWindow { text: text.to_string(), reason };
+        let bad = |reason| CoreError::BadWindow {
+            text: text.to_string(),
+            reason,
+        };
         let s = text.trim().to_ascii_lowercase();
         if s == "all" {
             return Ok(Window::All);
@@ -58,7 +61,9 @@ impl Window {
         let unit = s.chars().last().ok_or_else(|| bad("empty window"))?;
         let digits = &s[..s.len() - unit.len_utf8()];
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 9 {
-            return Err(bad("expected a whole number followed by m, h or d, or 'all'"));
+            return Err(bad(
+                "expected a whole number followed by m, h or d, or 'all'",
+            ));
         }
         let n: u64 = digits.parse().map_err(|_| bad("bad number"))?;
         let minutes = match unit {
@@ -112,7 +117,10 @@ mod tests {
         assert_eq!(Window::parse("15m").unwrap(), Window::Minutes(15));
         assert_eq!(Window::parse("6H").unwrap(), Window::Minutes(360));
         assert_eq!(Window::parse("30d").unwrap(), Window::Minutes(30 * 1440));
-        assert_eq!(Window::parse("90d").unwrap(), Window::Minutes(WINDOW_MINUTES_MAX));
+        assert_eq!(
+            Window::parse("90d").unwrap(),
+            Window::Minutes(WINDOW_MINUTES_MAX)
+        );
         assert_eq!(Window::parse("all").unwrap(), Window::All);
         for bad in ["0m", "91d", "1w", "", "m", "-1h", "1.5h", "2160h1"] {
             assert!(Window::parse(bad).is_err(), "{bad}");

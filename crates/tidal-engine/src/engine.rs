@@ -1,0 +1,455 @@
+//! The [`Engine`]: single owner of the WAL and every piece of derived state.
+
+use std::fs::{self, File};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use tidal_core::{EntityId, EntityKind, Row, Schema, SchemaChange, SignalEvent, Timestamp, Value};
+use tidal_wal::{Lsn, Op, Wal, WalOptions};
+
+use crate::EngineError;
+use crate::checkpoint;
+use crate::config::{EngineConfig, TXN_BYTES_MAX};
+use crate::read::ReadView;
+use crate::registry::{LedgerMaterializer, Registry, Shared};
+use crate::store::EntityStore;
+
+/// The outcome of a committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The transaction's position in the log.
+    pub lsn: Lsn,
+    /// Signal events applied.
+    pub events_accepted: usize,
+    /// Signal events dropped as exact duplicates within the dedup window.
+    pub events_duplicate: usize,
+    /// Entity rows written or deleted.
+    pub rows: usize,
+}
+
+/// What a checkpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub lsn: Lsn,
+    pub bytes: u64,
+    pub wal_segments_deleted: usize,
+}
+
+#[derive(Debug)]
+struct CheckpointState {
+    wal_bytes_at_last: u64,
+    at_last: Instant,
+    lsn_at_last: Lsn,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    shared: Arc<Shared>,
+    /// `None` once shut down. Writers hold the read side while they wait for their
+    /// commit, so shutdown (write side) waits for in-flight statements.
+    wal: RwLock<Option<Wal<Registry>>>,
+    ddl: Mutex<()>,
+    checkpoint: Mutex<CheckpointState>,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+    _lock: File,
+}
+
+/// The storage engine. `Send + Sync`; share it behind an `Arc`.
+///
+/// Dropping the engine performs a best-effort clean shutdown.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Opens (or creates) a database: restores the newest checkpoint, replays the WAL
+    /// after it, and starts the writer and the background checkpointer.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        let dir = &config.dir;
+        for sub in ["", "wal", "store", "checkpoints"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(|e| EngineError::io(&p, e))?;
+        }
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| EngineError::io(&lock_path, e))?;
+        if lock.try_lock().is_err() {
+            return Err(EngineError::Locked {
+                path: dir.display().to_string(),
+            });
+        }
+        let started = Instant::now();
+        let store = EntityStore::open(&dir.join("store"))?;
+        let shared = Arc::new(Shared {
+            schema: RwLock::new(Arc::new(Schema::new())),
+            store,
+            ledger: Arc::new(LedgerMaterializer::default()),
+            extra: Vec::new(),
+        });
+        let ckpt = checkpoint::load_latest(&dir.join("checkpoints"))?;
+        let ckpt_lsn = ckpt.as_ref().map_or(0, |c| c.lsn);
+        let registry = Registry::restore(shared.clone(), ckpt)?;
+        let mut wal_opts = WalOptions::new(dir.join("wal"), config.clock.clone());
+        wal_opts.segment_bytes_max = config.wal_segment_bytes;
+        let wal = Wal::open(wal_opts, registry)?;
+        let last_lsn = wal.last_lsn();
+        tracing::info!(
+            dir = %dir.display(),
+            checkpoint_lsn = ckpt_lsn,
+            last_lsn,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tidal engine opened"
+        );
+        let wal_bytes = wal.stats().bytes;
+        let inner = Arc::new(Inner {
+            shared,
+            wal: RwLock::new(Some(wal)),
+            ddl: Mutex::new(()),
+            checkpoint: Mutex::new(CheckpointState {
+                wal_bytes_at_last: wal_bytes,
+                at_last: Instant::now(),
+                lsn_at_last: ckpt_lsn,
+            }),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+            _lock: lock,
+            config,
+        });
+        let checkpointer = if inner.config.checkpoint_wal_bytes.is_some() {
+            let weak = Arc::downgrade(&inner);
+            Some(
+                std::thread::Builder::new()
+                    .name("tidal-checkpointer".into())
+                    .spawn(move || checkpointer_loop(weak))
+                    .map_err(|e| EngineError::io(&inner.config.dir, e))?,
+            )
+        } else {
+            None
+        };
+        Ok(Engine {
+            inner,
+            checkpointer: Mutex::new(checkpointer),
+        })
+    }
+
+    /// The engine's clock reading (the default `at` and default event time).
+    pub fn now(&self) -> Timestamp {
+        self.inner.config.clock.now()
+    }
+
+    /// The current schema.
+    pub fn schema(&self) -> Arc<Schema> {
+        self.inner.shared.schema.read().clone()
+    }
+
+    /// Starts an atomic write: every op added is validated immediately; nothing is
+    /// applied until [`WriteTxn::commit`], and then all of it or none.
+    pub fn begin(&self) -> WriteTxn<'_> {
+        WriteTxn {
+            engine: self,
+            schema: self.schema(),
+            ops: Vec::new(),
+            bytes: 0,
+            rows: 0,
+            now: self.now(),
+            ddl: None,
+        }
+    }
+
+    /// A consistent read view of entity rows and signal state.
+    pub fn read(&self) -> ReadView {
+        ReadView::new(self.inner.shared.clone(), self.schema())
+    }
+
+    /// Writes a checkpoint of all in-memory state, makes the entity store durable, and
+    /// deletes WAL segments the checkpoint covers.
+    pub fn checkpoint(&self) -> Result<CheckpointStats, EngineError> {
+        checkpoint_inner(&self.inner)
+    }
+
+    /// Total bytes the WAL has written since open (for monitoring and tests).
+    pub fn wal_stats(&self) -> Result<tidal_wal::WalStats, EngineError> {
+        let wal = self.inner.wal.read();
+        Ok(wal.as_ref().ok_or(EngineError::Closed)?.stats())
+    }
+
+    /// Clean shutdown: waits for in-flight writes, checkpoints, closes the WAL and makes
+    /// the store durable. Idempotent.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        {
+            *self.inner.stop.lock() = true;
+            self.inner.stop_cv.notify_all();
+        }
+        if let Some(h) = self.checkpointer.lock().take() {
+            let _ = h.join();
+        }
+        if self.inner.wal.read().is_none() {
+            return Ok(());
+        }
+        let ckpt = checkpoint_inner(&self.inner);
+        let wal = self.inner.wal.write().take();
+        if let Some(wal) = wal {
+            wal.close()?;
+        }
+        self.inner.shared.store.persist()?;
+        ckpt.map(|_| ())
+    }
+
+    fn commit_ops(&self, ops: Vec<Op>) -> Result<tidal_wal::Committed, EngineError> {
+        let wal = self.inner.wal.read();
+        let wal = wal.as_ref().ok_or(EngineError::Closed)?;
+        Ok(wal.commit(ops)?)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "shutdown on drop failed; the next open will replay the WAL");
+        }
+    }
+}
+
+fn checkpoint_inner(inner: &Inner) -> Result<CheckpointStats, EngineError> {
+    let mut state = inner.checkpoint.lock();
+    let snapshot = {
+        let wal = inner.wal.read();
+        let wal = wal.as_ref().ok_or(EngineError::Closed)?;
+        wal.with_applier(|reg| reg.snapshot())??
+    };
+    let lsn = snapshot.lsn;
+    let bytes = checkpoint::write(&inner.config.dir.join("checkpoints"), &snapshot)?;
+    drop(snapshot);
+    inner.shared.store.persist()?;
+    let (deleted, wal_bytes) = {
+        let wal = inner.wal.read();
+        let wal = wal.as_ref().ok_or(EngineError::Closed)?;
+        (wal.retire_through(lsn)?, wal.stats().bytes)
+    };
+    *state = CheckpointState {
+        wal_bytes_at_last: wal_bytes,
+        at_last: Instant::now(),
+        lsn_at_last: lsn,
+    };
+    tracing::debug!(
+        lsn,
+        bytes,
+        wal_segments_deleted = deleted,
+        "checkpoint written"
+    );
+    Ok(CheckpointStats {
+        lsn,
+        bytes,
+        wal_segments_deleted: deleted,
+    })
+}
+
+/// Checks once a second whether the WAL has grown enough (or enough time has passed
+/// with new writes) to warrant a checkpoint.
+fn checkpointer_loop(inner: Weak<Inner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        {
+            let mut stop = inner.stop.lock();
+            if *stop {
+                return;
+            }
+            inner.stop_cv.wait_for(&mut stop, Duration::from_secs(1));
+            if *stop {
+                return;
+            }
+        }
+        let due = {
+            let state = inner.checkpoint.lock();
+            let wal = inner.wal.read();
+            let Some(wal) = wal.as_ref() else { return };
+            let stats = wal.stats();
+            let grown = stats.bytes.saturating_sub(state.wal_bytes_at_last);
+            let limit = inner.config.checkpoint_wal_bytes.unwrap_or(u64::MAX);
+            grown >= limit
+                || (wal.last_lsn() > state.lsn_at_last
+                    && state.at_last.elapsed() >= inner.config.checkpoint_interval)
+        };
+        if due {
+            if let Err(e) = checkpoint_inner(&inner) {
+                tracing::error!(error = %e, "background checkpoint failed");
+            }
+        }
+    }
+}
+
+/// An atomic write being assembled. See [`Engine::begin`].
+#[derive(Debug)]
+pub struct WriteTxn<'a> {
+    engine: &'a Engine,
+    schema: Arc<Schema>,
+    ops: Vec<Op>,
+    bytes: usize,
+    rows: usize,
+    now: Timestamp,
+    /// Held from the first schema change to commit, so DDL is serialized and signal ids
+    /// assigned here stay unique.
+    ddl: Option<MutexGuard<'a, ()>>,
+}
+
+impl WriteTxn<'_> {
+    fn account(&mut self, bytes: usize) -> Result<(), EngineError> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > TXN_BYTES_MAX {
+            return Err(EngineError::TooLarge {
+                what: format!("more than {TXN_BYTES_MAX} bytes in one statement"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The time used for events without a timestamp and for the future-skew check.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The schema this transaction validates against (including its own changes).
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// Adds one signal event. `ts` defaults to the transaction's `now`.
+    pub fn signal(
+        &mut self,
+        signal: &str,
+        entity: EntityId,
+        user: Option<EntityId>,
+        weight: f64,
+        ts: Option<Timestamp>,
+    ) -> Result<(), EngineError> {
+        let def = self.schema.signal(signal)?;
+        let ev = SignalEvent {
+            signal: def.id,
+            entity,
+            user,
+            weight,
+            ts: ts.unwrap_or(self.now),
+        };
+        ev.validate(self.now)?;
+        self.account(SignalEvent::ENCODED_BYTES)?;
+        match self.ops.last_mut() {
+            Some(Op::Signals(v)) => v.push(ev),
+            _ => self.ops.push(Op::Signals(vec![ev])),
+        }
+        Ok(())
+    }
+
+    fn check_row(&self, kind: EntityKind, row: &Row) -> Result<EntityId, EngineError> {
+        let table = self.schema.table(kind)?;
+        if row.len() != table.columns.len() {
+            return Err(EngineError::RowArity {
+                kind,
+                expected: table.columns.len(),
+                got: row.len(),
+            });
+        }
+        for (v, col) in row.iter().zip(&table.columns) {
+            v.check(col)?;
+        }
+        match row.first() {
+            Some(Value::Int(id)) => EntityId::from_i64(*id).ok_or_else(|| {
+                EngineError::Core(tidal_core::CoreError::BadValue {
+                    column: "id".into(),
+                    reason: format!("ids must be non-negative, got {id}"),
+                })
+            }),
+            _ => Err(EngineError::NullId { kind }),
+        }
+    }
+
+    fn row_bytes(row: &Row) -> usize {
+        row.iter()
+            .map(|v| match v {
+                Value::Text(s) => 5 + s.len(),
+                Value::TextArray(a) => 5 + a.iter().map(|s| 4 + s.len()).sum::<usize>(),
+                Value::Vector(x) => 5 + 4 * x.len(),
+                _ => 9,
+            })
+            .sum::<usize>()
+            + 16
+    }
+
+    /// Inserts a new row; committing fails with [`EngineError::DuplicateKey`] if the id
+    /// exists (checked at commit time, against all earlier commits).
+    pub fn insert(&mut self, kind: EntityKind, row: Row) -> Result<(), EngineError> {
+        let id = self.check_row(kind, &row)?;
+        self.account(Self::row_bytes(&row))?;
+        self.rows += 1;
+        self.ops.push(Op::Insert { kind, id, row });
+        Ok(())
+    }
+
+    /// Inserts or replaces a whole row.
+    pub fn upsert(&mut self, kind: EntityKind, row: Row) -> Result<(), EngineError> {
+        let id = self.check_row(kind, &row)?;
+        self.account(Self::row_bytes(&row))?;
+        self.rows += 1;
+        self.ops.push(Op::Upsert { kind, id, row });
+        Ok(())
+    }
+
+    /// Deletes a row (no error if it does not exist).
+    pub fn delete(&mut self, kind: EntityKind, id: EntityId) -> Result<(), EngineError> {
+        self.schema.table(kind)?;
+        self.account(16)?;
+        self.rows += 1;
+        self.ops.push(Op::Delete { kind, id });
+        Ok(())
+    }
+
+    /// Adds a schema change, validated against the schema as this transaction sees it.
+    pub fn schema_change(&mut self, change: SchemaChange) -> Result<(), EngineError> {
+        if self.ddl.is_none() {
+            self.ddl = Some(self.engine.inner.ddl.lock());
+            // Under the DDL lock the schema cannot move; validate against the newest.
+            if self.schema.version != self.engine.schema().version {
+                let mut s = (*self.engine.schema()).clone();
+                for op in &self.ops {
+                    if let Op::Schema(c) = op {
+                        s.apply(c)?;
+                    }
+                }
+                self.schema = Arc::new(s);
+            }
+        }
+        let change = self.schema.prepare(change)?;
+        let mut next = (*self.schema).clone();
+        next.apply(&change)?;
+        self.schema = Arc::new(next);
+        self.account(256)?;
+        self.ops.push(Op::Schema(change));
+        Ok(())
+    }
+
+    /// Number of ops so far.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Makes the transaction durable and applied, all or nothing.
+    pub fn commit(self) -> Result<WriteOutcome, EngineError> {
+        let committed = self.engine.commit_ops(self.ops)?;
+        drop(self.ddl);
+        Ok(WriteOutcome {
+            lsn: committed.lsn,
+            events_accepted: committed.events_accepted,
+            events_duplicate: committed.events_duplicate,
+            rows: self.rows,
+        })
+    }
+}

@@ -1,0 +1,73 @@
+use tidal_core::{CoreError, EntityId, EntityKind, ErrorClass};
+use tidal_wal::WalError;
+
+/// Errors of the engine layer, wrapping the layers below.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error("entity store error: {0}")]
+    Store(#[from] fjall::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("duplicate key value violates unique constraint: {kind} id {id} already exists")]
+    DuplicateKey { kind: EntityKind, id: EntityId },
+    #[error("null value in column \"id\" of relation \"{kind}\" violates not-null constraint")]
+    NullId { kind: EntityKind },
+    #[error("row for {kind} has {got} values but the table has {expected} columns")]
+    RowArity {
+        kind: EntityKind,
+        expected: usize,
+        got: usize,
+    },
+    #[error("the row's id column ({row_id:?}) does not match the id {id}")]
+    IdMismatch { id: EntityId, row_id: String },
+    #[error("checkpoint {path} is damaged: {reason}")]
+    CheckpointCorrupt { path: String, reason: String },
+    #[error("data directory {path} is in use by another process")]
+    Locked { path: String },
+    #[error("the database is shut down")]
+    Closed,
+    #[error("transaction too large: {what}")]
+    TooLarge { what: String },
+}
+
+impl EngineError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> EngineError {
+        EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Classification for the wire edge's SQLSTATE mapping.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EngineError::Core(e) => e.class(),
+            EngineError::DuplicateKey { .. } => ErrorClass::UniqueViolation,
+            EngineError::NullId { .. } => ErrorClass::NotNull,
+            EngineError::RowArity { .. } | EngineError::IdMismatch { .. } => {
+                ErrorClass::DataException
+            }
+            EngineError::TooLarge { .. } => ErrorClass::InvalidParameter,
+            EngineError::Wal(WalError::Poisoned) | EngineError::Closed => ErrorClass::Unavailable,
+            EngineError::Wal(WalError::TooLarge { .. }) => ErrorClass::InvalidParameter,
+            _ => ErrorClass::Internal,
+        }
+    }
+}
+
+impl From<tidal_wal::CommitError<EngineError>> for EngineError {
+    fn from(e: tidal_wal::CommitError<EngineError>) -> Self {
+        match e {
+            tidal_wal::CommitError::Rejected(e) => e,
+            tidal_wal::CommitError::Wal(e) => EngineError::Wal(e),
+        }
+    }
+}

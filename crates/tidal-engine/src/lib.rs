@@ -1,0 +1,49 @@
+//! tidalDB's storage engine: the single owner of all state.
+//!
+//! A write is one atomic [`WriteTxn`]: validated as it is built, then committed through
+//! the write-ahead log (group commit, fdatasync) and applied to every materializer —
+//! the entity store (fjall), the signal ledger, and any registered [`Materializer`] — in
+//! log order before `commit` returns. Derived state is checkpointed with the LSN it
+//! covers; opening restores the newest checkpoint and replays the log after it.
+//!
+//! ```
+//! use tidal_core::{DecaySpec, EntityId, EntityKind, SchemaChange, SignalDef, Window};
+//! use tidal_engine::{Engine, EngineConfig};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Engine::open(EngineConfig::new(dir.path()))?;
+//! let mut txn = engine.begin();
+//! txn.schema_change(SchemaChange::CreateSignal(SignalDef::new(
+//!     "like", EntityKind::Item, DecaySpec::exponential("14 days")?, [Window::parse("24h")?],
+//! )?))?;
+//! txn.commit()?;
+//!
+//! let mut txn = engine.begin();
+//! txn.signal("like", EntityId(42), Some(EntityId(7)), 1.0, None)?;
+//! txn.commit()?;
+//!
+//! let view = engine.read();
+//! let score = view.decay("like", EntityId(42), engine.now())?;
+//! assert!(score > 0.99 && score <= 1.0);
+//! engine.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Durability: `commit` returns only after the transaction is fdatasynced. Limits:
+//! one transaction ≤ 256 MiB encoded ([`TXN_BYTES_MAX`]).
+
+mod checkpoint;
+mod config;
+mod engine;
+mod error;
+mod read;
+mod registry;
+mod store;
+
+pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
+pub use engine::{CheckpointStats, Engine, WriteOutcome, WriteTxn};
+pub use error::EngineError;
+pub use read::ReadView;
+pub use registry::Materializer;
+pub use store::StoreSnapshot;
+pub use tidal_wal::{Lsn, WalStats};

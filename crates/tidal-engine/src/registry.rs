@@ -1,0 +1,272 @@
+//! The materializer registry: the WAL's [`Applier`], through which every piece of
+//! derived state is fed, in LSN order, exactly once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tidal_core::codec::{Decoder, Encoder};
+use tidal_core::{EntityId, EntityKind, Schema, SchemaChange};
+use tidal_ledger::Ledger;
+use tidal_wal::{Applier, CommittedTxn, Lsn, Op};
+
+use crate::EngineError;
+use crate::checkpoint::Checkpoint;
+use crate::store::EntityStore;
+
+/// A piece of derived state kept in memory and saved in checkpoints.
+///
+/// Implementations are fed every committed transaction after their checkpoint, in LSN
+/// order, on the WAL's writer thread (or during recovery). `apply` must be
+/// deterministic: replaying the same log must rebuild the same state.
+pub trait Materializer: Send + Sync + fmt::Debug {
+    /// Unique name; also the checkpoint section name.
+    fn name(&self) -> &'static str;
+    /// Applies one durable transaction. `schema` is the schema after this transaction's
+    /// own schema changes. Errors are fatal (they poison the log).
+    fn apply(&self, txn: &CommittedTxn, schema: &Schema) -> Result<(), EngineError>;
+    /// Serializes the state for a checkpoint. Runs on the writer thread between
+    /// batches, so the state is exactly that of the last applied LSN.
+    fn snapshot(&self) -> Result<Vec<u8>, EngineError>;
+    /// Replaces the state with a checkpointed one.
+    fn restore(&self, bytes: &[u8]) -> Result<(), EngineError>;
+}
+
+/// State shared by the writer (through the registry) and every reader.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub schema: RwLock<Arc<Schema>>,
+    pub store: EntityStore,
+    pub ledger: Arc<LedgerMaterializer>,
+    pub extra: Vec<Arc<dyn Materializer>>,
+}
+
+impl Shared {
+    fn materializers(&self) -> impl Iterator<Item = &dyn Materializer> {
+        std::iter::once(self.ledger.as_ref() as &dyn Materializer)
+            .chain(self.extra.iter().map(|m| m.as_ref()))
+    }
+}
+
+/// The signal ledger as a materializer.
+#[derive(Debug, Default)]
+pub(crate) struct LedgerMaterializer {
+    pub ledger: RwLock<Ledger>,
+}
+
+impl Materializer for LedgerMaterializer {
+    fn name(&self) -> &'static str {
+        "ledger"
+    }
+
+    fn apply(&self, txn: &CommittedTxn, _schema: &Schema) -> Result<(), EngineError> {
+        let mut ledger = None;
+        for op in &txn.ops {
+            let l = ledger.get_or_insert_with(|| self.ledger.write());
+            match op {
+                Op::Signals(events) => events.iter().for_each(|e| l.apply(e)),
+                Op::Schema(SchemaChange::CreateSignal(def)) => l.define(def),
+                Op::Schema(SchemaChange::DropSignal { id, .. }) => l.drop_signal(*id),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        let mut e = Encoder::new();
+        self.ledger.read().encode(&mut e);
+        Ok(e.into_inner())
+    }
+
+    fn restore(&self, bytes: &[u8]) -> Result<(), EngineError> {
+        let mut d = Decoder::new(bytes);
+        let ledger = Ledger::decode(&mut d)?;
+        d.finish()?;
+        *self.ledger.write() = ledger;
+        Ok(())
+    }
+}
+
+/// Feeds transactions to every materializer; implements the WAL's [`Applier`].
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub shared: Arc<Shared>,
+    /// Transactions at or below this LSN are already in the restored checkpoint.
+    checkpoint_lsn: Lsn,
+    /// Transactions at or below this LSN are already in the entity store.
+    store_lsn: Lsn,
+    /// Last LSN applied (or covered by restored state).
+    pub applied_lsn: Lsn,
+    /// Entity existence as changed by transactions prepared but not yet applied.
+    pending_rows: HashMap<(EntityKind, EntityId), bool>,
+    /// The schema as changed by transactions prepared but not yet applied.
+    pending_schema: Option<Schema>,
+}
+
+impl Registry {
+    /// Restores checkpointed state (if any) and positions replay after it.
+    pub fn restore(shared: Arc<Shared>, ckpt: Option<Checkpoint>) -> Result<Registry, EngineError> {
+        let mut checkpoint_lsn = 0;
+        if let Some(c) = ckpt {
+            checkpoint_lsn = c.lsn;
+            if let Some(bytes) = c.section("schema") {
+                let mut d = Decoder::new(bytes);
+                let schema = Schema::decode(&mut d)?;
+                d.finish()?;
+                *shared.schema.write() = Arc::new(schema);
+            }
+            for m in shared.materializers() {
+                if let Some(bytes) = c.section(m.name()) {
+                    m.restore(bytes)?;
+                }
+            }
+        }
+        let store_lsn = shared.store.applied_lsn()?;
+        Ok(Registry {
+            applied_lsn: checkpoint_lsn.max(store_lsn),
+            shared,
+            checkpoint_lsn,
+            store_lsn,
+            pending_rows: HashMap::new(),
+            pending_schema: None,
+        })
+    }
+
+    /// Captures every in-memory materializer at the last applied LSN and records that
+    /// LSN in the store, so that a following `persist` makes the store cover it too.
+    pub fn snapshot(&self) -> Result<Checkpoint, EngineError> {
+        let mut sections = Vec::new();
+        let mut e = Encoder::new();
+        self.shared.schema.read().encode(&mut e);
+        sections.push(("schema".to_string(), e.into_inner()));
+        for m in self.shared.materializers() {
+            sections.push((m.name().to_string(), m.snapshot()?));
+        }
+        self.shared.store.mark_applied(self.applied_lsn)?;
+        Ok(Checkpoint {
+            lsn: self.applied_lsn,
+            sections,
+        })
+    }
+
+    fn check_row_target(
+        schema: &Schema,
+        kind: EntityKind,
+        row_len: Option<usize>,
+    ) -> Result<(), EngineError> {
+        let table = schema.table(kind)?;
+        if let Some(got) = row_len {
+            if got != table.columns.len() {
+                return Err(EngineError::RowArity {
+                    kind,
+                    expected: table.columns.len(),
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Applier for Registry {
+    type Error = EngineError;
+
+    fn prepare(&mut self, ops: &[Op]) -> Result<(), EngineError> {
+        // Validate against the current state plus every transaction already prepared in
+        // this batch; stage the effects only if the whole transaction passes.
+        let mut schema: Option<Schema> = None;
+        let mut rows: Vec<((EntityKind, EntityId), bool)> = Vec::new();
+        let current = self.shared.schema.read().clone();
+        for op in ops {
+            let base = schema
+                .as_ref()
+                .or(self.pending_schema.as_ref())
+                .unwrap_or(&current);
+            match op {
+                Op::Schema(change) => {
+                    let mut next = base.clone();
+                    next.apply(change)?;
+                    schema = Some(next);
+                }
+                Op::Insert { kind, id, row } => {
+                    Self::check_row_target(base, *kind, Some(row.len()))?;
+                    let key = (*kind, *id);
+                    let staged = rows.iter().rev().find(|(k, _)| *k == key).map(|(_, e)| *e);
+                    let exists = match staged.or_else(|| self.pending_rows.get(&key).copied()) {
+                        Some(e) => e,
+                        None => self.shared.store.contains(*kind, *id)?,
+                    };
+                    if exists {
+                        return Err(EngineError::DuplicateKey {
+                            kind: *kind,
+                            id: *id,
+                        });
+                    }
+                    rows.push((key, true));
+                }
+                Op::Upsert { kind, id, row } => {
+                    Self::check_row_target(base, *kind, Some(row.len()))?;
+                    rows.push(((*kind, *id), true));
+                }
+                Op::Delete { kind, id } => {
+                    Self::check_row_target(base, *kind, None)?;
+                    rows.push(((*kind, *id), false));
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = schema {
+            self.pending_schema = Some(s);
+        }
+        self.pending_rows.extend(rows);
+        Ok(())
+    }
+
+    fn apply(&mut self, txn: &CommittedTxn) -> Result<(), EngineError> {
+        debug_assert!(
+            txn.lsn > self.applied_lsn || txn.lsn <= self.checkpoint_lsn.max(self.store_lsn)
+        );
+        let in_memory = txn.lsn > self.checkpoint_lsn;
+        let schema = {
+            let changes: Vec<&SchemaChange> = txn
+                .ops
+                .iter()
+                .filter_map(|op| {
+                    if let Op::Schema(c) = op {
+                        Some(c)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            if in_memory && !changes.is_empty() {
+                let mut next = (**self.shared.schema.read()).clone();
+                for c in changes {
+                    next.apply(c)?;
+                }
+                let next = Arc::new(next);
+                *self.shared.schema.write() = next.clone();
+                next
+            } else {
+                self.shared.schema.read().clone()
+            }
+        };
+        if txn.lsn > self.store_lsn {
+            self.shared.store.apply(txn)?;
+        }
+        if in_memory {
+            for m in self.shared.materializers() {
+                m.apply(txn, &schema)?;
+            }
+        }
+        self.applied_lsn = self.applied_lsn.max(txn.lsn);
+        Ok(())
+    }
+
+    fn batch_done(&mut self) {
+        self.pending_rows.clear();
+        self.pending_schema = None;
+    }
+}

@@ -1,0 +1,198 @@
+//! The entity store: one fjall keyspace per entity kind, rows keyed by big-endian id.
+//!
+//! fjall is a materialized view of the WAL like everything else, so its own journal is
+//! not fsynced per write. Every write batch also records the LSN it applies (key
+//! `applied_lsn` in the `meta` keyspace) atomically with the rows, so after any crash
+//! fjall holds a prefix of the log and replay resumes exactly after it.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use tidal_core::codec::{Decoder, Encoder};
+use tidal_core::{EntityId, EntityKind, Row, decode_row, encode_row};
+use tidal_wal::{CommittedTxn, Lsn, Op};
+
+use crate::EngineError;
+
+const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// Memory fjall may use for its block cache.
+const STORE_CACHE_BYTES: u64 = 64 << 20;
+
+#[derive(Clone)]
+pub(crate) struct EntityStore {
+    db: Database,
+    meta: Keyspace,
+    items: Keyspace,
+    users: Keyspace,
+    creators: Keyspace,
+}
+
+impl std::fmt::Debug for EntityStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntityStore").finish_non_exhaustive()
+    }
+}
+
+/// A consistent read view of all entity tables.
+#[derive(Clone)]
+pub struct StoreSnapshot {
+    snap: fjall::Snapshot,
+    store: EntityStore,
+}
+
+impl std::fmt::Debug for StoreSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSnapshot").finish_non_exhaustive()
+    }
+}
+
+impl EntityStore {
+    pub(crate) fn open(dir: &Path) -> Result<EntityStore, EngineError> {
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .cache_size(STORE_CACHE_BYTES)
+            .open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        Ok(EntityStore {
+            meta: ks("meta")?,
+            items: ks("items")?,
+            users: ks("users")?,
+            creators: ks("creators")?,
+            db,
+        })
+    }
+
+    fn keyspace(&self, kind: EntityKind) -> &Keyspace {
+        match kind {
+            EntityKind::Item => &self.items,
+            EntityKind::User => &self.users,
+            EntityKind::Creator => &self.creators,
+        }
+    }
+
+    /// The LSN of the last transaction whose entity writes are in the store.
+    pub(crate) fn applied_lsn(&self) -> Result<Lsn, EngineError> {
+        match self.meta.get(APPLIED_LSN_KEY)? {
+            None => Ok(0),
+            Some(v) => {
+                let arr: [u8; 8] =
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| EngineError::CheckpointCorrupt {
+                            path: "store/meta".into(),
+                            reason: "applied_lsn is not 8 bytes".into(),
+                        })?;
+                Ok(u64::from_le_bytes(arr))
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, kind: EntityKind, id: EntityId) -> Result<bool, EngineError> {
+        Ok(self.keyspace(kind).contains_key(id.to_key())?)
+    }
+
+    /// Writes the entity ops of `txn` (if any) in one atomic fjall batch, together with
+    /// the txn's LSN.
+    pub(crate) fn apply(&self, txn: &CommittedTxn) -> Result<(), EngineError> {
+        let mut batch = self.db.batch().durability(None);
+        let mut touched = false;
+        let mut enc = Encoder::new();
+        for op in &txn.ops {
+            match op {
+                Op::Insert { kind, id, row } | Op::Upsert { kind, id, row } => {
+                    enc.buf.clear();
+                    encode_row(row, &mut enc);
+                    batch.insert(self.keyspace(*kind), id.to_key(), enc.buf.as_slice());
+                    touched = true;
+                }
+                Op::Delete { kind, id } => {
+                    batch.remove(self.keyspace(*kind), id.to_key());
+                    touched = true;
+                }
+                Op::Schema(tidal_core::SchemaChange::DropTable { kind }) => {
+                    // Dropping a table forgets its rows. Rows are removed key by key in the
+                    // same batch so the drop is atomic with the LSN.
+                    for kv in self.keyspace(*kind).iter() {
+                        batch.remove(self.keyspace(*kind), kv.key()?);
+                    }
+                    touched = true;
+                }
+                _ => {}
+            }
+        }
+        if touched {
+            batch.insert(&self.meta, APPLIED_LSN_KEY, txn.lsn.to_le_bytes());
+            batch.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable; returns the LSN now covered on disk.
+    pub(crate) fn persist(&self) -> Result<Lsn, EngineError> {
+        let lsn = self.applied_lsn()?;
+        self.db.persist(PersistMode::SyncAll)?;
+        Ok(lsn)
+    }
+
+    pub(crate) fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot {
+            snap: self.db.snapshot(),
+            store: self.clone(),
+        }
+    }
+}
+
+fn decode_value(v: &[u8]) -> Result<Row, EngineError> {
+    let mut d = Decoder::new(v);
+    let row = decode_row(&mut d)?;
+    d.finish()?;
+    Ok(row)
+}
+
+impl StoreSnapshot {
+    /// One row by id.
+    pub fn get(&self, kind: EntityKind, id: EntityId) -> Result<Option<Row>, EngineError> {
+        self.snap
+            .get(self.store.keyspace(kind), id.to_key())?
+            .map(|v| decode_value(&v))
+            .transpose()
+    }
+
+    /// Rows with `lo ≤ id ≤ hi`, in id order.
+    pub fn range(
+        &self,
+        kind: EntityKind,
+        lo: EntityId,
+        hi: EntityId,
+    ) -> impl Iterator<Item = Result<(EntityId, Row), EngineError>> + '_ {
+        self.snap
+            .range(self.store.keyspace(kind), lo.to_key()..=hi.to_key())
+            .map(move |kv| {
+                let (k, v) = kv.into_inner()?;
+                let id = EntityId::from_key(&k).ok_or(EngineError::CheckpointCorrupt {
+                    path: format!("store/{}", kind.table_name()),
+                    reason: "key is not 8 bytes".into(),
+                })?;
+                Ok((id, decode_value(&v)?))
+            })
+    }
+
+    /// Every row in id order.
+    pub fn scan(
+        &self,
+        kind: EntityKind,
+    ) -> impl Iterator<Item = Result<(EntityId, Row), EngineError>> + '_ {
+        self.range(kind, EntityId(0), EntityId(u64::MAX))
+    }
+}
+
+impl EntityStore {
+    /// Records that every transaction up to `lsn` is reflected in the store (called on
+    /// the writer thread at a checkpoint, when nothing is in flight). Never moves back.
+    pub(crate) fn mark_applied(&self, lsn: Lsn) -> Result<(), EngineError> {
+        if lsn > self.applied_lsn()? {
+            self.meta.insert(APPLIED_LSN_KEY, lsn.to_le_bytes())?;
+        }
+        Ok(())
+    }
+}

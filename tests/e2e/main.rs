@@ -1,0 +1,9 @@
+//! End-to-end scenarios for the embedded database, in one test binary.
+//!
+//! Crash scenarios re-run this same binary as a child process (an `#[ignore]`d test
+//! used as the child's entry point) and kill it with SIGKILL.
+
+mod bad_input;
+mod child;
+mod crash_during_ingest;
+mod restart_equivalence;
