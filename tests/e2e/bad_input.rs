@@ -92,7 +92,8 @@ fn bad_events_abort_the_whole_batch() {
         weight: 1.0,
         ts: Some(now),
     };
-    let cases: Vec<(Event<'_>, fn(&CoreError) -> bool)> = vec![
+    type Case<'a> = (Event<'a>, fn(&CoreError) -> bool);
+    let cases: Vec<Case<'_>> = vec![
         (
             Event {
                 signal: "nope",

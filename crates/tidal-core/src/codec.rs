@@ -81,11 +81,11 @@ impl<'a> Decoder<'a> {
         let end = self
             .pos
             .checked_add(n)
-            .ok_or_else(|| CoreError::Decode("length overflow"))?;
+            .ok_or(CoreError::Decode("length overflow"))?;
         let s = self
             .buf
             .get(self.pos..end)
-            .ok_or_else(|| CoreError::Decode("unexpected end of data"))?;
+            .ok_or(CoreError::Decode("unexpected end of data"))?;
         self.pos = end;
         Ok(s)
     }

@@ -280,10 +280,8 @@ fn checkpointer_loop(inner: Weak<Inner>) {
                 || (wal.last_lsn() > state.lsn_at_last
                     && state.at_last.elapsed() >= inner.config.checkpoint_interval)
         };
-        if due {
-            if let Err(e) = checkpoint_inner(&inner) {
-                tracing::error!(error = %e, "background checkpoint failed");
-            }
+        if due && let Err(e) = checkpoint_inner(&inner) {
+            tracing::error!(error = %e, "background checkpoint failed");
         }
     }
 }

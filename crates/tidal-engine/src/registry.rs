@@ -157,14 +157,14 @@ impl Registry {
         row_len: Option<usize>,
     ) -> Result<(), EngineError> {
         let table = schema.table(kind)?;
-        if let Some(got) = row_len {
-            if got != table.columns.len() {
-                return Err(EngineError::RowArity {
-                    kind,
-                    expected: table.columns.len(),
-                    got,
-                });
-            }
+        if let Some(got) = row_len
+            && got != table.columns.len()
+        {
+            return Err(EngineError::RowArity {
+                kind,
+                expected: table.columns.len(),
+                got,
+            });
         }
         Ok(())
     }
