@@ -39,6 +39,8 @@ mod error;
 mod read;
 mod registry;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
 pub use engine::{CheckpointStats, Engine, WriteOutcome, WriteTxn};

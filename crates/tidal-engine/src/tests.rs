@@ -1,0 +1,245 @@
+//! Engine scenarios that need the whole engine but no child process.
+
+use std::sync::Arc;
+
+use tidal_core::{
+    ColumnDef, ColumnType, DecaySpec, EntityId, EntityKind, ManualClock, SchemaChange, SignalDef,
+    SignalId, TableDef, Timestamp, Value, Window,
+};
+
+use crate::{Engine, EngineConfig, EngineError};
+
+const MINUTE_US: i64 = 60_000_000;
+
+fn t0() -> Timestamp {
+    Timestamp::parse("2026-11-25 10:00:00").unwrap()
+}
+
+fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    let mut c = EngineConfig::new(dir).with_clock(Arc::new(clock.clone()));
+    c.checkpoint_wal_bytes = None;
+    c.wal_segment_bytes = 16 << 10;
+    Engine::open(c).unwrap()
+}
+
+fn setup(engine: &Engine) {
+    let mut txn = engine.begin();
+    let w = [Window::parse("1h").unwrap(), Window::All];
+    let def = SignalDef::new(
+        "view",
+        EntityKind::Item,
+        DecaySpec::exponential("1 day").unwrap(),
+        w,
+    );
+    txn.schema_change(SchemaChange::CreateSignal(def.unwrap()))
+        .unwrap();
+    let cols = vec![
+        ColumnDef::new("id", ColumnType::BigInt),
+        ColumnDef::new("title", ColumnType::Text),
+    ];
+    let table = TableDef::new(EntityKind::Item, cols, vec![]).unwrap();
+    txn.schema_change(SchemaChange::CreateTable(table)).unwrap();
+    txn.commit().unwrap();
+}
+
+fn row(id: i64, title: &str) -> Vec<Value> {
+    vec![Value::Int(id), Value::Text(title.into())]
+}
+
+#[test]
+fn exact_duplicates_are_counted_once_even_across_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let ts = Some(t0());
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 1.0, ts)
+        .unwrap();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 1.0, ts)
+        .unwrap();
+    txn.signal("view", EntityId(1), Some(EntityId(8)), 1.0, ts)
+        .unwrap();
+    let out = txn.commit().unwrap();
+    assert_eq!((out.events_accepted, out.events_duplicate), (2, 1));
+    drop(engine);
+
+    clock.advance_micros(30_000_000);
+    let engine = open(dir.path(), &clock);
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 1.0, ts)
+        .unwrap();
+    assert_eq!(
+        txn.commit().unwrap().events_duplicate,
+        1,
+        "dedup forgot across restart"
+    );
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 2.0);
+
+    // Past the 60 s window the same event counts again.
+    clock.advance_micros(61_000_000);
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 1.0, ts)
+        .unwrap();
+    assert_eq!(txn.commit().unwrap().events_accepted, 1);
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 3.0);
+}
+
+#[test]
+fn concurrent_inserts_of_one_id_admit_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = Arc::new(open(dir.path(), &clock));
+    setup(&engine);
+    for id in 0..20 {
+        let results: Vec<Result<_, EngineError>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..6)
+                .map(|t| {
+                    let engine = engine.clone();
+                    s.spawn(move || {
+                        let mut txn = engine.begin();
+                        txn.insert(EntityKind::Item, row(id, &format!("writer {t}")))?;
+                        txn.commit()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "id {id}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Ok(_) | Err(EngineError::DuplicateKey { .. })))
+        );
+    }
+}
+
+#[test]
+fn checkpoint_retires_wal_and_restart_restores_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    for i in 0..200 {
+        let mut txn = engine.begin();
+        txn.upsert(EntityKind::Item, row(i, "x")).unwrap();
+        for u in 0..20 {
+            txn.signal(
+                "view",
+                EntityId(i as u64 % 10),
+                Some(EntityId(u)),
+                1.0,
+                Some(Timestamp(t0().0 - i)),
+            )
+            .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let segments = || {
+        std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count()
+    };
+    let before = segments();
+    assert!(before > 3, "expected several segments, got {before}");
+    // Retirement waits until the newest arrival in a segment is older than the dedup window.
+    clock.advance_micros(2 * MINUTE_US);
+    engine.begin().commit().unwrap();
+    let stats = engine.checkpoint().unwrap();
+    assert!(stats.wal_segments_deleted > 0, "{stats:?}");
+    assert!(segments() < before);
+    let total = engine.read().total("view", EntityId(3)).unwrap();
+    let decay = engine.read().decay("view", EntityId(3), t0()).unwrap();
+    // More writes after the checkpoint; state after reopen must include them.
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(3), None, 2.0, Some(t0()))
+        .unwrap();
+    txn.delete(EntityKind::Item, EntityId(5)).unwrap();
+    txn.commit().unwrap();
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(
+        engine.read().total("view", EntityId(3)).unwrap(),
+        total + 2.0
+    );
+    let d2 = engine.read().decay("view", EntityId(3), t0()).unwrap();
+    assert!((d2 - (decay + 2.0)).abs() < 1e-9 * d2);
+    assert!(
+        engine
+            .read()
+            .get(EntityKind::Item, EntityId(5))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        engine.read().get(EntityKind::Item, EntityId(6)).unwrap(),
+        Some(row(6, "x"))
+    );
+    let n = engine.read().store().scan(EntityKind::Item).count();
+    assert_eq!(n, 199);
+}
+
+#[test]
+fn dropped_signal_ids_are_not_reused_and_state_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), None, 5.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    let old = engine.schema().signal("view").unwrap().id;
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::DropSignal {
+        name: "VIEW".into(),
+        id: SignalId(0),
+    })
+    .unwrap();
+    txn.commit().unwrap();
+    let mut txn = engine.begin();
+    assert!(matches!(
+        txn.signal("view", EntityId(1), None, 1.0, None),
+        Err(EngineError::Core(_))
+    ));
+    let def = SignalDef::new("view", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
+    txn.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    txn.commit().unwrap();
+    assert_ne!(engine.schema().signal("view").unwrap().id, old);
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 0.0);
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_ne!(engine.schema().signal("view").unwrap().id, old);
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 0.0);
+}
+
+#[test]
+fn second_open_of_a_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let _engine = open(dir.path(), &clock);
+    let mut c = EngineConfig::new(dir.path());
+    c.checkpoint_wal_bytes = None;
+    assert!(matches!(Engine::open(c), Err(EngineError::Locked { .. })));
+}
+
+#[test]
+fn writes_after_shutdown_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    engine.shutdown().unwrap();
+    engine.shutdown().unwrap();
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), None, 1.0, None).unwrap();
+    assert!(matches!(txn.commit(), Err(EngineError::Closed)));
+}
