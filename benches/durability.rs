@@ -177,27 +177,45 @@ fn wal_replay(target_bytes: u64) -> (u64, f64, u64) {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` passes nothing useful. Only
-    // run the (slow) report when invoked as a benchmark.
-    if !std::env::args().any(|a| a == "--bench") {
+    // `cargo bench` passes --bench; `cargo test --benches` does not. Only run the (slow)
+    // report when invoked as a benchmark. Optional section filter: `-- ack replay memory`.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
+    let only: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let run = |name: &str| only.is_empty() || only.contains(&name);
     let (p50, p99) = fdatasync_latency_us();
     println!("fdatasync (4 KiB append): p50 {p50:.0} µs, p99 {p99:.0} µs");
-    let (a50, a99, n) = ack_latency(64, Duration::from_secs(5));
-    println!(
-        "ack latency, 64 writers x 1 event: p50 {a50:.0} µs, p99 {a99:.0} µs ({n} acks, {:.0}/s); p50 = {:.2}x fdatasync p50",
-        n as f64 / 5.0,
-        a50 / p50
-    );
-    let (bytes, mbps, events) = wal_replay(256 << 20);
-    println!(
-        "WAL replay: {:.0} MiB, {events} events, {mbps:.0} MB/s",
-        bytes as f64 / (1 << 20) as f64
-    );
-    let (pairs, mem, per) = bytes_per_pair();
-    println!(
-        "ledger memory, zipf(1.0) over 1M entities, 10M events, windows 1h/24h/7d: {pairs} active pairs, {:.1} MiB, {per:.0} bytes/pair",
-        mem as f64 / (1 << 20) as f64
-    );
+    if run("ack") {
+        for writers in [1, 8, 64] {
+            let (a50, a99, n) = ack_latency(writers, Duration::from_secs(5));
+            println!(
+                "ack latency, {writers} writers x 1 event: p50 {a50:.0} µs, p99 {a99:.0} µs \
+                 ({n} acks, {:.0}/s); p50 = {:.2}x fdatasync p50",
+                n as f64 / 5.0,
+                a50 / p50
+            );
+        }
+    }
+    if run("replay") {
+        let (bytes, mbps, events) = wal_replay(256 << 20);
+        println!(
+            "WAL replay: {:.0} MiB, {events} events, {mbps:.0} MB/s",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
+    if run("memory") {
+        let (pairs, mem, per) = bytes_per_pair();
+        println!(
+            "ledger memory, zipf(1.0) over 1M entities, 10M events, windows 1h/24h/7d: \
+             {pairs} active pairs, {:.1} MiB, {per:.0} bytes/pair",
+            mem as f64 / (1 << 20) as f64
+        );
+    }
 }

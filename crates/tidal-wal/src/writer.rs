@@ -30,6 +30,7 @@ use crate::{
 const LOCK_FILE_NAME: &str = "LOCK";
 /// Name of the writer thread.
 const WRITER_THREAD_NAME: &str = "tidal-wal-writer";
+const ACK_THREAD_NAME: &str = "tidal-wal-ack";
 
 /// An operation the writer can be told to fail, for tests of the failure paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,12 @@ impl Shared {
 }
 
 type Reply<A> = SyncSender<Result<Committed, CommitError<<A as Applier>::Error>>>;
+type Outcome<A> = Result<Committed, CommitError<<A as Applier>::Error>>;
+/// Replies of one batch, handed from the writer to the acknowledging thread.
+type AckBatch<A> = Vec<(Reply<A>, Outcome<A>)>;
+
+/// Batches of replies queued for the acknowledging thread.
+const ACK_QUEUE_BATCHES_MAX: usize = 8;
 
 struct CommitRequest<A: Applier> {
     ops: Vec<Op>,
@@ -169,6 +176,9 @@ enum Msg<A: Applier> {
 pub struct Wal<A: Applier> {
     tx: Option<SyncSender<Msg<A>>>,
     thread: Option<JoinHandle<()>>,
+    /// Wakes submitters so the writer thread can start the next batch at once: waking
+    /// dozens of blocked threads costs more than an fdatasync on a small machine.
+    acker: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     dir: PathBuf,
     /// Held for the life of the handle; dropping it releases the directory lock.
@@ -220,7 +230,18 @@ impl<A: Applier> Wal<A> {
         let file = segment::open_for_append(&active.path)?;
         let shared = Arc::new(Shared::default());
         shared.last_lsn.store(rec.last_lsn, Ordering::Release);
+        let (ack_tx, ack_rx) = sync_channel::<AckBatch<A>>(ACK_QUEUE_BATCHES_MAX);
+        let acker = std::thread::Builder::new()
+            .name(ACK_THREAD_NAME.to_string())
+            .spawn(move || {
+                for batch in ack_rx {
+                    for (reply, outcome) in batch {
+                        let _ = reply.send(outcome);
+                    }
+                }
+            })?;
         let writer = Writer {
+            acks: ack_tx,
             dir: opts.dir.clone(),
             clock: opts.clock,
             segment_bytes_max: opts.segment_bytes_max,
@@ -249,6 +270,7 @@ impl<A: Applier> Wal<A> {
         Ok(Wal {
             tx: Some(tx),
             thread: Some(thread),
+            acker: Some(acker),
             shared,
             dir: opts.dir,
             _lock: lock,
@@ -333,6 +355,15 @@ impl<A: Applier> Wal<A> {
         {
             return Err(WalError::Io(io::Error::other(
                 "the WAL writer thread panicked",
+            )));
+        }
+        // The writer is gone, so its end of the ack queue is closed: the acker drains
+        // what is left and exits.
+        if let Some(acker) = self.acker.take()
+            && acker.join().is_err()
+        {
+            return Err(WalError::Io(io::Error::other(
+                "the WAL ack thread panicked",
             )));
         }
         if self.shared.poisoned() {
@@ -426,6 +457,7 @@ impl Drop for PoisonOnPanic {
 
 /// Everything the writer thread owns.
 struct Writer<A: Applier> {
+    acks: SyncSender<AckBatch<A>>,
     dir: PathBuf,
     clock: Arc<dyn Clock>,
     segment_bytes_max: u64,
@@ -649,6 +681,7 @@ impl<A: Applier> Writer<A> {
         self.shared
             .last_lsn
             .store(self.next_lsn - 1, Ordering::Release);
+        let mut acks: AckBatch<A> = Vec::with_capacity(self.batch.len());
         for (i, p) in self.batch.drain(..).enumerate() {
             let result = if i < applied {
                 Ok(Committed {
@@ -662,7 +695,14 @@ impl<A: Applier> Writer<A> {
                     failure.take().unwrap_or(WalError::Poisoned),
                 ))
             };
-            let _ = p.reply.send(result);
+            acks.push((p.reply, result));
+        }
+        // Everything acknowledged here is durable and applied; the wake-ups happen on
+        // the ack thread while this thread forms and syncs the next batch.
+        if let Err(std::sync::mpsc::SendError(acks)) = self.acks.send(acks) {
+            for (reply, outcome) in acks {
+                let _ = reply.send(outcome);
+            }
         }
     }
 
