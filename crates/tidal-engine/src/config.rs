@@ -24,6 +24,10 @@ pub struct EngineConfig {
     pub checkpoint_interval: Duration,
     /// WAL segment size (tests use small segments to exercise rotation).
     pub wal_segment_bytes: u64,
+    /// Extra derived state fed from the log after the built-in materializers (schema,
+    /// entity store, signal ledger), checkpointed and restored with them. Names must be
+    /// unique and must not be `schema` or `ledger`.
+    pub materializers: Vec<Arc<dyn crate::Materializer>>,
 }
 
 impl EngineConfig {
@@ -34,11 +38,18 @@ impl EngineConfig {
             checkpoint_wal_bytes: Some(CHECKPOINT_WAL_BYTES_MAX),
             checkpoint_interval: Duration::from_millis(CHECKPOINT_INTERVAL_MS),
             wal_segment_bytes: tidal_wal::WAL_SEGMENT_BYTES_MAX,
+            materializers: Vec::new(),
         }
     }
 
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> EngineConfig {
         self.clock = clock;
+        self
+    }
+
+    /// Registers an extra materializer (see [`EngineConfig::materializers`]).
+    pub fn with_materializer(mut self, m: Arc<dyn crate::Materializer>) -> EngineConfig {
+        self.materializers.push(m);
         self
     }
 }

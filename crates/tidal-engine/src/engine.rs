@@ -89,12 +89,20 @@ impl Engine {
             });
         }
         let started = Instant::now();
+        let mut names = std::collections::BTreeSet::from(["schema", "ledger"]);
+        for m in &config.materializers {
+            if !names.insert(m.name()) {
+                return Err(EngineError::DuplicateMaterializer {
+                    name: m.name().to_string(),
+                });
+            }
+        }
         let store = EntityStore::open(&dir.join("store"))?;
         let shared = Arc::new(Shared {
             schema: RwLock::new(Arc::new(Schema::new())),
             store,
             ledger: Arc::new(LedgerMaterializer::default()),
-            extra: Vec::new(),
+            extra: config.materializers.clone(),
         });
         let ckpt = checkpoint::load_latest(&dir.join("checkpoints"))?;
         let ckpt_lsn = ckpt.as_ref().map_or(0, |c| c.lsn);

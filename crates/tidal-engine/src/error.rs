@@ -34,6 +34,8 @@ pub enum EngineError {
     Locked { path: String },
     #[error("the database is shut down")]
     Closed,
+    #[error("two materializers are named {name:?}")]
+    DuplicateMaterializer { name: String },
     #[error("transaction too large: {what}")]
     TooLarge { what: String },
 }
