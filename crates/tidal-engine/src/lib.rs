@@ -36,6 +36,8 @@ mod checkpoint;
 mod config;
 mod engine;
 mod error;
+#[cfg(test)]
+mod fixture_tests;
 mod read;
 mod registry;
 mod store;

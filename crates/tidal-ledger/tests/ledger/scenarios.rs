@@ -315,3 +315,21 @@ fn same_timestamp_and_window_edges() {
     assert_eq!(l.velocity(SignalId(1), e, w("7d"), at), 4.0 / 168.0);
     assert_eq!(l.decay(SignalId(1), e, Timestamp(T0)), 3.0);
 }
+
+/// Regression: an empty window of an entity with events read -0.0 (float `Sum` starts
+/// at -0.0), which SQL clients print as "-0".
+#[test]
+fn empty_window_reads_positive_zero() {
+    let mut l = Ledger::new();
+    l.define(&def(1, EntityKind::Item, DecaySpec::None, &["1h", "24h"]));
+    l.apply(&ev(1, 7, 0, 1.0));
+    let at = Timestamp(10 * 3_600_000_000);
+    for window in [w("1h")] {
+        let c = l.window_count(SignalId(1), EntityId(7), window, at);
+        assert_eq!(c.to_bits(), 0.0f64.to_bits(), "{c:?}");
+        let v = l.velocity(SignalId(1), EntityId(7), window, at);
+        assert_eq!(v.to_bits(), 0.0f64.to_bits(), "{v:?}");
+        let a = l.acceleration(SignalId(1), EntityId(7), window, at);
+        assert_eq!(a.to_bits(), 0.0f64.to_bits(), "{a:?}");
+    }
+}
