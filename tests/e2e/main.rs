@@ -10,3 +10,4 @@ mod bad_input;
 mod child;
 mod crash_during_ingest;
 mod restart_equivalence;
+mod sql_reads;

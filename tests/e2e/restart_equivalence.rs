@@ -52,6 +52,24 @@ fn signals() -> Vec<SignalDef> {
     ]
 }
 
+/// The same state read through SQL: rows, and signal functions at a fixed instant.
+fn dump_sql(db: &Database) -> String {
+    let q = format!(
+        "SELECT id, title, score, decay('view', id, TIMESTAMP '{at}') AS v, \
+         window_count('view', id, '24h', TIMESTAMP '{at}') AS w, signal_total('share', id) AS s, \
+         last_signal_at('like', id) AS l FROM items ORDER BY id",
+        at = base()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let batches = rt.block_on(db.sql(&q)).unwrap();
+    tidal::datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
 /// Every read function for every entity, signal and window at several instants, as
 /// lines of text with exact f64 bits.
 fn dump(db: &Database) -> Vec<String> {
@@ -174,6 +192,9 @@ fn equivalence_child() {
         writeln!(f, "{line}").unwrap();
     }
     f.sync_all().unwrap();
+    let sql_path = Path::new(&dir).join("expected_sql.txt");
+    std::fs::write(&sql_path, dump_sql(&db)).unwrap();
+    std::fs::File::open(&sql_path).unwrap().sync_all().unwrap();
     println!("TIDAL-CHILD-DONE");
     std::io::stdout().flush().unwrap();
     // Wait to be killed: no clean shutdown may happen.
@@ -213,6 +234,9 @@ fn reads_identical_after_sigkill() {
     for (g, e) in got.iter().zip(&expected) {
         assert_eq!(g, e);
     }
+    let expected_sql = std::fs::read_to_string(dir.path().join("expected_sql.txt")).unwrap();
+    assert!(expected_sql.lines().count() > 20, "{expected_sql}");
+    assert_eq!(dump_sql(&db), expected_sql);
     // And once more after a clean shutdown (state restored purely from a checkpoint).
     db.shutdown().unwrap();
     drop(db);

@@ -81,6 +81,10 @@ pub enum ErrorClass {
     NotNull,
     /// Bad data in a value (22P02 / 22000).
     DataException,
+    /// A memory limit was hit (53200).
+    OutOfMemory,
+    /// Cancelled by the user or a timeout (57014).
+    Cancelled,
     /// Storage or internal failure (XX000 / 58030).
     Internal,
     /// The database cannot accept writes until restarted (58030).

@@ -366,7 +366,10 @@ impl Warm {
     pub fn sum(&self, code: usize, lo: u32, hi: u32) -> f64 {
         // Folding from +0.0 (not `Sum`, which starts at -0.0) so an empty window reads 0,
         // never -0 in SQL output.
-        self.range(code, lo, hi).iter().map(Slot::sum).fold(0.0, |a, b| a + b)
+        self.range(code, lo, hi)
+            .iter()
+            .map(Slot::sum)
+            .fold(0.0, |a, b| a + b)
     }
 
     /// Adds `w` to tier `code`'s bucket at `offset`, creating it if needed. In-order

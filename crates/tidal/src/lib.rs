@@ -34,6 +34,13 @@
 //! be at most 5 minutes in the future. One write call is one transaction (≤ 256 MiB).
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+/// DataFusion, as tidalDB links it (use this re-export to get matching versions).
+pub use datafusion;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::context::SessionContext;
+pub use tidal_sql::{SqlError, SqlSession};
 
 pub use tidal_core::{
     Clock, ColumnDef, ColumnType, CoreError, DecaySpec, EntityId, EntityKind, ErrorClass,
@@ -50,6 +57,8 @@ pub use tidal_engine::{
 pub enum Error {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
 }
 
 impl From<CoreError> for Error {
@@ -63,6 +72,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Engine(e) => e.class(),
+            Error::Sql(e) => e.class(),
         }
     }
 }
@@ -99,7 +109,17 @@ impl<'a> Event<'a> {
 /// [`Database::shutdown`] to see errors from the final checkpoint.
 #[derive(Debug)]
 pub struct Database {
-    engine: Engine,
+    engine: Arc<Engine>,
+    /// Built on first use: opening a database for ingest alone never pays for it.
+    sql: OnceLock<SqlSession>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // A SessionContext handed out by `session()` may outlive us and keep the engine
+        // alive; the database still closes cleanly now. Errors were logged by the engine.
+        let _ = self.engine.shutdown();
+    }
 }
 
 impl Database {
@@ -111,7 +131,8 @@ impl Database {
     /// Opens or creates a database with explicit settings (clock, checkpoint policy…).
     pub fn open_with(config: Config) -> Result<Database> {
         Ok(Database {
-            engine: Engine::open(config)?,
+            engine: Arc::new(Engine::open(config)?),
+            sql: OnceLock::new(),
         })
     }
 
@@ -119,6 +140,26 @@ impl Database {
     /// ([`Engine::begin`]) or consistent read views ([`Engine::read`]).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    fn sql_session(&self) -> Result<&SqlSession> {
+        if let Some(s) = self.sql.get() {
+            return Ok(s);
+        }
+        let session = SqlSession::new(self.engine.clone())?;
+        Ok(self.sql.get_or_init(|| session))
+    }
+
+    /// Runs one SQL query (SELECT over `items`/`users`/`creators`, the signal functions,
+    /// `information_schema`, `EXPLAIN`) and collects the result as Arrow batches.
+    pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
+        Ok(self.sql_session()?.sql(query).await?)
+    }
+
+    /// The DataFusion `SessionContext` over this database, for callers that embed
+    /// DataFusion directly (register more tables or functions, build DataFrames).
+    pub fn session(&self) -> Result<SessionContext> {
+        Ok(self.sql_session()?.context().clone())
     }
 
     /// The database clock's "now".

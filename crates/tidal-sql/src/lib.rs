@@ -1,0 +1,46 @@
+//! SQL for tidalDB on Apache DataFusion: the `tidal` catalog with the entity tables
+//! (`items`, `users`, `creators`) read from consistent snapshots of the engine's store,
+//! and the signal functions of SQL.md §4 as vectorized scalar UDFs.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tidal_core::{DecaySpec, EntityId, EntityKind, SchemaChange, SignalDef, Window};
+//! use tidal_engine::{Engine, EngineConfig};
+//! use tidal_sql::SqlSession;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let engine = Arc::new(Engine::open(EngineConfig::new(dir.path()))?);
+//! let mut txn = engine.begin();
+//! let like = SignalDef::new("like", EntityKind::Item, DecaySpec::None, [Window::All])?;
+//! txn.schema_change(SchemaChange::CreateSignal(like))?;
+//! txn.commit()?;
+//! let mut txn = engine.begin();
+//! txn.signal("like", EntityId(42), None, 2.0, None)?;
+//! txn.commit()?;
+//!
+//! let sql = SqlSession::new(engine.clone())?;
+//! let batches = sql.sql("SELECT signal_total('like', 42) AS n").await?;
+//! let n = batches[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Float64Array>().unwrap();
+//! assert_eq!(n.value(0), 2.0);
+//! # Ok(()) }
+//! ```
+//!
+//! Limits: all queries of a session share a [`QUERY_MEMORY_BYTES_MAX`] memory pool.
+//! Statements that write or change the schema are not available through SQL yet.
+
+mod error;
+mod provider;
+mod session;
+mod types;
+mod udf;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::SqlError;
+pub use provider::{EntityTable, SCAN_BATCH_ROWS, TidalSchema};
+pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
+pub use types::{arrow_type, table_schema};
+pub use udf::{SignalFn, SignalUdf};

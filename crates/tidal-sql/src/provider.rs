@@ -1,0 +1,328 @@
+//! The `tidal` catalog's `public` schema: entity tables over the engine's store.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{SchemaProvider, Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use tidal_core::{EntityId, EntityKind, TableDef};
+use tidal_engine::Engine;
+
+use crate::error::engine_err;
+use crate::types::{BatchBuilder, table_schema};
+
+/// Rows per record batch produced by entity scans.
+pub const SCAN_BATCH_ROWS: usize = 8_192;
+
+/// The `public` schema: one table per defined entity kind, resolved against the
+/// engine's current schema on every lookup (DDL is visible to the next statement).
+#[derive(Debug)]
+pub struct TidalSchema {
+    engine: Arc<Engine>,
+}
+
+impl TidalSchema {
+    pub fn new(engine: Arc<Engine>) -> TidalSchema {
+        TidalSchema { engine }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for TidalSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.engine
+            .schema()
+            .tables()
+            .map(|t| t.kind.table_name().to_string())
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Ok(kind) = name.parse::<EntityKind>() else {
+            return Ok(None);
+        };
+        if kind.table_name() != name.to_ascii_lowercase() {
+            return Ok(None);
+        }
+        let schema = self.engine.schema();
+        let Ok(def) = schema.table(kind) else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(EntityTable::new(
+            self.engine.clone(),
+            def.clone(),
+        ))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.table_names()
+            .iter()
+            .any(|t| t == &name.to_ascii_lowercase())
+    }
+}
+
+/// An entity table (`items`, `users`, `creators`) read from a consistent snapshot.
+#[derive(Debug)]
+pub struct EntityTable {
+    engine: Arc<Engine>,
+    def: TableDef,
+    schema: SchemaRef,
+}
+
+impl EntityTable {
+    pub fn new(engine: Arc<Engine>, def: TableDef) -> EntityTable {
+        let schema = table_schema(&def);
+        EntityTable {
+            engine,
+            def,
+            schema,
+        }
+    }
+}
+
+/// The set of ids a conjunction of pushed-down filters can match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IdBounds {
+    lo: u64,
+    hi: u64,
+    /// `Some` when an `=` or `IN` restricts ids to a finite set.
+    points: Option<BTreeSet<u64>>,
+}
+
+impl IdBounds {
+    fn all() -> IdBounds {
+        IdBounds {
+            lo: 0,
+            hi: u64::MAX,
+            points: None,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lo > self.hi || self.points.as_ref().is_some_and(|p| p.is_empty())
+    }
+
+    fn restrict_points(&mut self, pts: BTreeSet<u64>) {
+        self.points = Some(match self.points.take() {
+            Some(old) => old.intersection(&pts).copied().collect(),
+            None => pts,
+        });
+    }
+
+    /// Narrows the bounds with one filter; returns whether the filter was understood.
+    fn apply(&mut self, e: &Expr) -> bool {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                let (op, v) = match (is_id(left), is_id(right), lit_i64(left), lit_i64(right)) {
+                    (true, _, _, Some(v)) => (*op, v),
+                    (_, true, Some(v), _) => match op.swap() {
+                        Some(op) => (op, v),
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+                // Ids are never negative; clamp comparisons against negative literals.
+                let nonneg = |v: i64| u64::try_from(v).ok();
+                match op {
+                    Operator::Eq => match nonneg(v) {
+                        Some(v) => self.restrict_points(BTreeSet::from([v])),
+                        None => self.restrict_points(BTreeSet::new()),
+                    },
+                    Operator::Gt => {
+                        // `v` came from an i64, so `v + 1` cannot overflow.
+                        if let Some(v) = nonneg(v) {
+                            self.lo = self.lo.max(v + 1);
+                        }
+                    }
+                    Operator::GtEq => {
+                        if let Some(v) = nonneg(v) {
+                            self.lo = self.lo.max(v);
+                        }
+                    }
+                    Operator::Lt => match nonneg(v) {
+                        Some(0) | None => self.restrict_points(BTreeSet::new()),
+                        Some(v) => self.hi = self.hi.min(v - 1),
+                    },
+                    Operator::LtEq => match nonneg(v) {
+                        Some(v) => self.hi = self.hi.min(v),
+                        None => self.restrict_points(BTreeSet::new()),
+                    },
+                    _ => return false,
+                }
+                true
+            }
+            Expr::InList(list) if !list.negated && is_id(&list.expr) => {
+                let mut pts = BTreeSet::new();
+                for item in &list.list {
+                    match lit_i64(item) {
+                        Some(v) => {
+                            if let Ok(v) = u64::try_from(v) {
+                                pts.insert(v);
+                            }
+                        }
+                        None => return false,
+                    }
+                }
+                self.restrict_points(pts);
+                true
+            }
+            Expr::Between(b) if !b.negated && is_id(&b.expr) => {
+                match (lit_i64(&b.low), lit_i64(&b.high)) {
+                    (Some(lo), Some(hi)) => {
+                        self.lo = self.lo.max(u64::try_from(lo).unwrap_or(0));
+                        match u64::try_from(hi) {
+                            Ok(hi) => self.hi = self.hi.min(hi),
+                            Err(_) => self.restrict_points(BTreeSet::new()),
+                        }
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_id(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == "id")
+}
+
+fn lit_i64(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => match v.cast_to(&DataType::Int64).ok()? {
+            ScalarValue::Int64(Some(v)) => Some(v),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl TableProvider for EntityTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Id predicates narrow the key range we read; DataFusion still re-checks them
+        // (Inexact), which keeps results right for any combination of predicates.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if IdBounds::all().apply(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut bounds = IdBounds::all();
+        for f in filters {
+            bounds.apply(f);
+        }
+        let all: Vec<usize> = (0..self.def.columns.len()).collect();
+        let projection = projection.unwrap_or(&all);
+        let schema = Arc::new(self.schema.project(projection)?);
+        // A limit is only safe to apply here when no filter remains to be evaluated
+        // above the scan.
+        let limit = if filters.is_empty() { limit } else { None };
+        let view = self.engine.read();
+        let store = view.store();
+        let kind = self.def.kind;
+        let mut builder = BatchBuilder::new(&self.def, projection, schema.clone(), SCAN_BATCH_ROWS);
+        let mut batches = Vec::new();
+        let mut rows = 0usize;
+        let mut push = |row: &tidal_core::Row, builder: &mut BatchBuilder| -> Result<bool> {
+            builder.push(row)?;
+            rows += 1;
+            if builder.len() >= SCAN_BATCH_ROWS {
+                batches.push(builder.finish()?);
+            }
+            Ok(limit.is_some_and(|l| rows >= l))
+        };
+        if !bounds.is_empty() {
+            match &bounds.points {
+                Some(points) => {
+                    for &id in points.range(bounds.lo..=bounds.hi) {
+                        if let Some(row) = store.get(kind, EntityId(id)).map_err(engine_err)?
+                            && push(&row, &mut builder)?
+                        {
+                            break;
+                        }
+                    }
+                }
+                None => {
+                    for item in store.range(kind, EntityId(bounds.lo), EntityId(bounds.hi)) {
+                        let (_, row) = item.map_err(engine_err)?;
+                        if push(&row, &mut builder)? {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if !builder.is_empty() {
+            batches.push(builder.finish()?);
+        }
+        Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::logical_expr::{col, lit};
+
+    use super::*;
+
+    fn bounds(filters: &[Expr]) -> IdBounds {
+        let mut b = IdBounds::all();
+        for f in filters {
+            assert!(b.apply(f), "{f} not understood");
+        }
+        b
+    }
+
+    #[test]
+    fn id_filters_narrow_the_range() {
+        let b = bounds(&[col("id").gt_eq(lit(10i64)), col("id").lt(lit(20i64))]);
+        assert_eq!((b.lo, b.hi, b.points), (10, 19, None));
+        let b = bounds(&[lit(5i64).lt(col("id"))]);
+        assert_eq!(b.lo, 6);
+        let b = bounds(&[col("id").in_list(vec![lit(3i64), lit(1i64), lit(-4i64)], false)]);
+        assert_eq!(b.points, Some(BTreeSet::from([1, 3])));
+        let b = bounds(&[
+            col("id").between(lit(2i64), lit(4i64)),
+            col("id").eq(lit(3i64)),
+        ]);
+        assert_eq!((b.lo, b.hi), (2, 4));
+        assert_eq!(b.points, Some(BTreeSet::from([3])));
+        assert!(bounds(&[col("id").lt(lit(0i64))]).is_empty());
+        assert!(bounds(&[col("id").eq(lit(1i64)), col("id").eq(lit(2i64))]).is_empty());
+        assert!(!IdBounds::all().apply(&col("title").eq(lit("x"))));
+        assert!(!IdBounds::all().apply(&col("id").in_list(vec![lit(1i64)], true)));
+    }
+}

@@ -1,0 +1,79 @@
+//! One DataFusion `SessionContext` per database, with the `tidal` catalog.
+
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
+use tidal_engine::Engine;
+
+use crate::SqlError;
+use crate::provider::TidalSchema;
+use crate::udf::SignalUdf;
+
+/// Memory all queries of one database may hold at once (DataFusion's default pool is
+/// unbounded; a query over it fails with "resources exhausted" instead of the process
+/// being killed).
+pub const QUERY_MEMORY_BYTES_MAX: usize = 4 << 30;
+/// The catalog and schema unqualified names resolve in.
+pub const CATALOG_NAME: &str = "tidal";
+pub const SCHEMA_NAME: &str = "public";
+
+/// SQL over one engine.
+#[derive(Clone)]
+pub struct SqlSession {
+    ctx: SessionContext,
+    engine: Arc<Engine>,
+}
+
+impl std::fmt::Debug for SqlSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlSession").finish_non_exhaustive()
+    }
+}
+
+impl SqlSession {
+    /// Builds the session: `tidal.public` with the entity tables, the signal functions,
+    /// `information_schema`, and a bounded memory pool.
+    pub fn new(engine: Arc<Engine>) -> Result<SqlSession, SqlError> {
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES_MAX)))
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let catalog = MemoryCatalogProvider::new();
+        catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
+        ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
+        for udf in SignalUdf::all(&engine) {
+            ctx.register_udf(udf);
+        }
+        Ok(SqlSession { ctx, engine })
+    }
+
+    /// The DataFusion context, for callers that embed DataFusion directly.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Runs one query and collects its result. Writes and DDL through SQL are not
+    /// available yet; such statements are refused rather than run against DataFusion's
+    /// in-memory tables.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false);
+        let df = self.ctx.sql_with_options(sql, opts).await?;
+        Ok(df.collect().await?)
+    }
+}

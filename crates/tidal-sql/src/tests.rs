@@ -1,0 +1,304 @@
+//! SQL over a real engine: entity scans with id pushdown and the signal functions.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use tidal_core::{
+    ColumnDef, ColumnType, DecaySpec, EntityId, EntityKind, ErrorClass, ManualClock, SchemaChange,
+    SignalDef, TableDef, Timestamp, Value, Window,
+};
+use tidal_engine::{Engine, EngineConfig};
+
+use crate::{SqlError, SqlSession};
+
+const T0: &str = "2026-11-20 12:00:00";
+
+fn t0() -> Timestamp {
+    Timestamp::parse(T0).unwrap()
+}
+
+fn setup() -> (tempfile::TempDir, SqlSession) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(Timestamp::now_system());
+    let mut c = EngineConfig::new(dir.path()).with_clock(Arc::new(clock));
+    c.checkpoint_wal_bytes = None;
+    let engine = Arc::new(Engine::open(c).unwrap());
+    let mut txn = engine.begin();
+    let w = |s: &[&str]| {
+        s.iter()
+            .map(|w| Window::parse(w).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let view = SignalDef::new(
+        "view",
+        EntityKind::Item,
+        DecaySpec::exponential("1 hour").unwrap(),
+        w(&["1h", "24h"]),
+    );
+    txn.schema_change(SchemaChange::CreateSignal(view.unwrap()))
+        .unwrap();
+    let like = SignalDef::new("like", EntityKind::Item, DecaySpec::None, w(&["all"]));
+    txn.schema_change(SchemaChange::CreateSignal(like.unwrap()))
+        .unwrap();
+    let cols = vec![
+        ColumnDef::new("id", ColumnType::BigInt),
+        ColumnDef::new("title", ColumnType::Text),
+        ColumnDef::new("score", ColumnType::Double),
+        ColumnDef::new("tags", ColumnType::TextArray),
+        ColumnDef::new("embedding", ColumnType::Vector(2)),
+        ColumnDef::new("created_at", ColumnType::Timestamp),
+    ];
+    txn.schema_change(SchemaChange::CreateTable(
+        TableDef::new(EntityKind::Item, cols, vec![]).unwrap(),
+    ))
+    .unwrap();
+    txn.commit().unwrap();
+    let mut txn = engine.begin();
+    for id in 1..=20i64 {
+        txn.upsert(
+            EntityKind::Item,
+            vec![
+                Value::Int(id),
+                Value::Text(format!("item {id}")),
+                if id % 5 == 0 {
+                    Value::Null
+                } else {
+                    Value::Double(id as f64 / 2.0)
+                },
+                Value::TextArray(vec!["a".into(), format!("t{id}")]),
+                Value::Vector(vec![id as f32, 0.5]),
+                Value::Timestamp(t0()),
+            ],
+        )
+        .unwrap();
+    }
+    // Item 1: views 2 h and 1 h before T0 and at T0; item 2: one like of weight 3.
+    for h in [2, 1, 0] {
+        txn.signal(
+            "view",
+            EntityId(1),
+            None,
+            1.0,
+            Some(Timestamp(t0().0 - h * 3_600_000_000)),
+        )
+        .unwrap();
+    }
+    txn.signal("like", EntityId(2), Some(EntityId(9)), 3.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    let sql = SqlSession::new(engine).unwrap();
+    (dir, sql)
+}
+
+async fn query(sql: &SqlSession, q: &str) -> Vec<RecordBatch> {
+    sql.sql(q).await.unwrap_or_else(|e| panic!("{q}: {e}"))
+}
+
+fn f64s(batches: &[RecordBatch], col: usize) -> Vec<Option<f64>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(col)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            (0..a.len())
+                .map(|i| a.is_valid(i).then(|| a.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn entity_table_scans_with_typed_columns() {
+    let (_dir, sql) = setup();
+    let b = query(&sql, "SELECT id, title, score, tags, embedding, created_at FROM items WHERE id IN (5, 1) ORDER BY id").await;
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    assert!(
+        text.contains("| 1  | item 1 | 0.5   | [a, t1] | [1.0, 0.5]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| 5  | item 5 |       | [a, t5] | [5.0, 0.5]"),
+        "{text}"
+    );
+    assert!(text.contains("2026-11-20T12:00:00"), "{text}");
+    let titles = query(
+        &sql,
+        "SELECT title FROM items WHERE id BETWEEN 3 AND 4 ORDER BY id",
+    )
+    .await;
+    let a = titles[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!((a.value(0), a.value(1)), ("item 3", "item 4"));
+    assert_eq!(
+        ids(&query(&sql, "SELECT id FROM items WHERE id > 17 ORDER BY id").await),
+        vec![18, 19, 20]
+    );
+    assert_eq!(
+        ids(&query(
+            &sql,
+            "SELECT id FROM items WHERE id = 7 AND title = 'item 7'"
+        )
+        .await),
+        vec![7]
+    );
+    assert!(ids(&query(&sql, "SELECT id FROM items WHERE id = 7 AND id = 8").await).is_empty());
+    assert!(ids(&query(&sql, "SELECT id FROM items WHERE id < 0").await).is_empty());
+    let n = query(&sql, "SELECT count(*) FROM items WHERE score IS NULL").await;
+    assert_eq!(
+        n[0].column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        4
+    );
+    assert_eq!(
+        ids(&query(&sql, "SELECT id FROM items ORDER BY id LIMIT 3").await),
+        vec![1, 2, 3]
+    );
+    // information_schema sees the entity tables.
+    let t = query(
+        &sql,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .await;
+    assert!(
+        pretty_format_batches(&t)
+            .unwrap()
+            .to_string()
+            .contains("items")
+    );
+}
+
+#[tokio::test]
+async fn signal_functions_read_exact_values() {
+    let (_dir, sql) = setup();
+    let at = format!("TIMESTAMP '{T0}'");
+    let q = format!(
+        "SELECT id, decay('view', id, {at}), window_count('view', id, '1h', {at}), \
+         window_count('view', id, '24h', {at}), velocity('view', id, '24h', {at}), \
+         acceleration('view', id, '1h', {at}), signal_total('like', id), decay('like', id, {at}) \
+         FROM items WHERE id <= 3 ORDER BY id"
+    );
+    let b = query(&sql, &q).await;
+    // decay at T0 of events at T0-2h, T0-1h, T0 with a 1 h half-life: 1/4 + 1/2 + 1.
+    assert_eq!(f64s(&b, 1)[0], Some(1.75));
+    assert_eq!(
+        f64s(&b, 2),
+        vec![Some(1.0), Some(0.0), Some(0.0)],
+        "1h window"
+    );
+    assert_eq!(
+        f64s(&b, 3),
+        vec![Some(3.0), Some(0.0), Some(0.0)],
+        "24h window"
+    );
+    assert_eq!(f64s(&b, 4)[0], Some(3.0 / 24.0));
+    // (at-1h, at] holds 1 event; (at-2h, at-1h] holds 1 (T0-1h); acceleration 0.
+    assert_eq!(f64s(&b, 5)[0], Some(0.0));
+    assert_eq!(f64s(&b, 6), vec![Some(0.0), Some(3.0), Some(0.0)]);
+    assert_eq!(f64s(&b, 7)[1], Some(3.0), "DECAY NONE is the plain sum");
+    // An hour later the score halves.
+    let later = query(
+        &sql,
+        &format!("SELECT decay('view', 1, {at} + INTERVAL '1 hour')"),
+    )
+    .await;
+    assert_eq!(f64s(&later, 0), vec![Some(0.875)]);
+    let last = query(
+        &sql,
+        "SELECT last_signal_at('view', 1), last_signal_at('view', 2)",
+    )
+    .await;
+    let text = pretty_format_batches(&last).unwrap().to_string();
+    assert!(text.contains("2026-11-20T12:00:00"), "{text}");
+    // NULL entity → NULL; an entity without events → 0.
+    let b = query(
+        &sql,
+        "SELECT decay('view', NULL), decay('view', 999), signal_total('like', -1)",
+    )
+    .await;
+    assert_eq!(
+        (f64s(&b, 0)[0], f64s(&b, 1)[0], f64s(&b, 2)[0]),
+        (None, Some(0.0), Some(0.0))
+    );
+}
+
+#[tokio::test]
+async fn default_at_is_one_instant_per_statement() {
+    let (_dir, sql) = setup();
+    // Without `at`, every call in the statement reads at the statement's start time.
+    let b = query(
+        &sql,
+        "SELECT decay('view', id) - decay('view', id, now()) AS d FROM items WHERE id = 1",
+    )
+    .await;
+    assert_eq!(f64s(&b, 0), vec![Some(0.0)]);
+    let plan = query(&sql, "EXPLAIN SELECT decay('view', id) FROM items").await;
+    let text = pretty_format_batches(&plan).unwrap().to_string();
+    assert!(
+        text.contains("decay(Utf8(\"view\"), items.id, TimestampMicrosecond("),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_typed() {
+    let (_dir, sql) = setup();
+    let class = |e: SqlError| e.class();
+    let e = sql
+        .sql("SELECT decay('nope', id) FROM items")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::UndefinedObject, "{e:?}");
+    assert_eq!(class(e), ErrorClass::UndefinedObject);
+    let e = sql
+        .sql("SELECT window_count('view', id, '2h') FROM items")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no window 2h"), "{e}");
+    assert_eq!(e.class(), ErrorClass::InvalidParameter);
+    let e = sql
+        .sql("SELECT velocity('like', id, 'all') FROM items")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidParameter);
+    let e = sql
+        .sql("SELECT decay(title, id) FROM items")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("constant string"), "{e}");
+    let e = sql
+        .sql("SELECT decay('view') FROM items")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("decay(signal, entity [, at])"),
+        "{e}"
+    );
+    let e = sql.sql("SELECT * FROM nope").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::UndefinedObject);
+    assert!(sql.sql("CREATE TABLE t (a INT)").await.is_err());
+    assert!(sql.sql("SELEC 1").await.unwrap_err().class() == ErrorClass::Syntax);
+}

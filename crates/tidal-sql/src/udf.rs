@@ -1,0 +1,338 @@
+//! Signal functions as vectorized scalar UDFs: `decay`, `window_count`, `velocity`,
+//! `acceleration`, `signal_total`, `last_signal_at` (SQL.md §4).
+//!
+//! Each call gathers a whole Arrow array of entity ids through the ledger's batch
+//! readers under one shared lock. When `at` is omitted, the planner's simplifier fills in
+//! the statement's start time, so every row of a statement is read at one instant.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::error::Result;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility, lit,
+};
+use tidal_core::{CoreError, EntityId, SignalDef, SignalId, Timestamp, Window};
+use tidal_engine::{Engine, ReadView};
+use tidal_ledger::Ledger;
+
+use crate::error::{bad_arg, engine_err};
+
+/// Which signal read a UDF performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignalFn {
+    Decay,
+    WindowCount,
+    Velocity,
+    Acceleration,
+    Total,
+    Last,
+}
+
+impl SignalFn {
+    pub const ALL: [SignalFn; 6] = [
+        SignalFn::Decay,
+        SignalFn::WindowCount,
+        SignalFn::Velocity,
+        SignalFn::Acceleration,
+        SignalFn::Total,
+        SignalFn::Last,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SignalFn::Decay => "decay",
+            SignalFn::WindowCount => "window_count",
+            SignalFn::Velocity => "velocity",
+            SignalFn::Acceleration => "acceleration",
+            SignalFn::Total => "signal_total",
+            SignalFn::Last => "last_signal_at",
+        }
+    }
+
+    fn has_window(self) -> bool {
+        matches!(
+            self,
+            SignalFn::WindowCount | SignalFn::Velocity | SignalFn::Acceleration
+        )
+    }
+
+    fn has_at(self) -> bool {
+        !matches!(self, SignalFn::Total | SignalFn::Last)
+    }
+
+    /// Arguments without and with the optional `at`.
+    fn arity(self) -> (usize, usize) {
+        let base = if self.has_window() { 3 } else { 2 };
+        (base, if self.has_at() { base + 1 } else { base })
+    }
+
+    fn usage(self) -> &'static str {
+        match self {
+            SignalFn::Decay => "decay(signal, entity [, at])",
+            SignalFn::WindowCount => "window_count(signal, entity, window [, at])",
+            SignalFn::Velocity => "velocity(signal, entity, window [, at])",
+            SignalFn::Acceleration => "acceleration(signal, entity, window [, at])",
+            SignalFn::Total => "signal_total(signal, entity)",
+            SignalFn::Last => "last_signal_at(signal, entity)",
+        }
+    }
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, None)
+}
+
+/// One signal function bound to an engine.
+#[derive(Debug)]
+pub struct SignalUdf {
+    f: SignalFn,
+    engine: Arc<Engine>,
+    signature: Signature,
+}
+
+impl SignalUdf {
+    pub fn new(f: SignalFn, engine: Arc<Engine>) -> SignalUdf {
+        SignalUdf {
+            f,
+            engine,
+            signature: Signature::user_defined(Volatility::Stable),
+        }
+    }
+
+    /// All six functions, ready to register.
+    pub fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
+        SignalFn::ALL
+            .iter()
+            .map(|f| ScalarUDF::new_from_impl(SignalUdf::new(*f, engine.clone())))
+            .collect()
+    }
+}
+
+impl PartialEq for SignalUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.f == other.f && Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+
+impl Eq for SignalUdf {}
+
+impl Hash for SignalUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.f.hash(state);
+        Arc::as_ptr(&self.engine).hash(state);
+    }
+}
+
+/// A constant string argument (signal name or window).
+fn const_str(f: SignalFn, what: &str, v: &ColumnarValue) -> Result<String> {
+    match v {
+        ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(s.clone()),
+        _ => Err(bad_arg(
+            f.name(),
+            format!("the {what} must be a constant string ({})", f.usage()),
+        )),
+    }
+}
+
+impl ScalarUDFImpl for SignalUdf {
+    fn name(&self) -> &str {
+        self.f.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        let (min, max) = self.f.arity();
+        if arg_types.len() < min || arg_types.len() > max {
+            return Err(bad_arg(
+                self.f.name(),
+                format!(
+                    "takes {min}{} arguments: {}",
+                    if max > min {
+                        format!(" or {max}")
+                    } else {
+                        String::new()
+                    },
+                    self.f.usage()
+                ),
+            ));
+        }
+        let mut out = vec![DataType::Utf8, DataType::Int64];
+        if self.f.has_window() {
+            out.push(DataType::Utf8);
+        }
+        if arg_types.len() == max && self.f.has_at() {
+            out.push(ts_type());
+        }
+        Ok(out)
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.f {
+            SignalFn::Last => ts_type(),
+            _ => DataType::Float64,
+        })
+    }
+
+    fn simplify(&self, mut args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        let (min, _) = self.f.arity();
+        if !self.f.has_at() || args.len() != min {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
+        // Fix `at` to the statement's start so every row sees the same instant.
+        let Some(start) = info.query_execution_start_time() else {
+            return Ok(ExprSimplifyResult::Original(args));
+        };
+        let us = start.timestamp_micros();
+        args.push(lit(ScalarValue::TimestampMicrosecond(Some(us), None)));
+        Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(
+            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                Arc::new(ScalarUDF::new_from_impl(SignalUdf::new(
+                    self.f,
+                    self.engine.clone(),
+                ))),
+                args,
+            ),
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let f = self.f;
+        let n = args.number_rows;
+        let name = const_str(f, "signal name", &args.args[0])?;
+        let view = self.engine.read();
+        let def = view.signal(&name).map_err(engine_err)?.clone();
+        let window = if f.has_window() {
+            let text = const_str(f, "window", &args.args[2])?;
+            let w = Window::parse(&text).map_err(engine_err)?;
+            if w == Window::All && f != SignalFn::WindowCount {
+                return Err(engine_err(CoreError::AllWindowNotAllowed {
+                    what: f.name(),
+                }));
+            }
+            def.require_window(w).map_err(engine_err)?;
+            Some(w)
+        } else {
+            None
+        };
+        let entities = args.args[1].to_array(n)?;
+        let entities = entities
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| bad_arg(f.name(), "the entity must be a BIGINT id"))?;
+        let at_arg = if f.has_at() {
+            args.args.get(if f.has_window() { 3 } else { 2 })
+        } else {
+            None
+        };
+        let at = match at_arg {
+            None => At::One(self.engine.now()),
+            Some(ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(Some(t), _))) => {
+                At::One(Timestamp(*t))
+            }
+            Some(ColumnarValue::Scalar(s)) if s.is_null() => At::Null,
+            Some(v) => {
+                let a = v.to_array(n)?;
+                let a = a
+                    .as_any()
+                    .downcast_ref::<TimestampMicrosecondArray>()
+                    .ok_or_else(|| bad_arg(f.name(), "`at` must be a TIMESTAMP"))?
+                    .clone();
+                At::Many(a)
+            }
+        };
+        let out = evaluate(f, &view, &def, window, entities, &at)?;
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
+/// The instant(s) a call reads at.
+enum At {
+    One(Timestamp),
+    Many(TimestampMicrosecondArray),
+    Null,
+}
+
+fn evaluate(
+    f: SignalFn,
+    view: &ReadView,
+    def: &SignalDef,
+    window: Option<Window>,
+    entities: &Int64Array,
+    at: &At,
+) -> Result<ArrayRef> {
+    let n = entities.len();
+    // Negative ids cannot exist; they read as an entity without events.
+    let ids: Vec<EntityId> = entities
+        .iter()
+        .map(|v| EntityId(v.and_then(|v| u64::try_from(v).ok()).unwrap_or(u64::MAX)))
+        .collect();
+    let null_at = |i: usize| match at {
+        At::Null => true,
+        At::Many(a) => a.is_null(i),
+        At::One(_) => false,
+    };
+    let nulls = |i: usize| entities.is_null(i) || null_at(i);
+    if f == SignalFn::Last {
+        let mut out = Vec::with_capacity(n);
+        view.with_ledger(|l| l.last_batch(def.id, &ids, &mut out));
+        let arr: TimestampMicrosecondArray = out
+            .iter()
+            .enumerate()
+            .map(|(i, t)| if nulls(i) { None } else { t.map(|t| t.0) })
+            .collect();
+        return Ok(Arc::new(arr));
+    }
+    let mut out: Vec<f64> = Vec::with_capacity(n);
+    let w = window.unwrap_or(Window::All);
+    match at {
+        At::One(t) => view.with_ledger(|l| read_batch(l, f, def.id, w, &ids, *t, &mut out)),
+        At::Null => out.resize(n, 0.0),
+        // Per-row instants: no single-lock gather, but still one lock per call.
+        At::Many(a) => view.with_ledger(|l| {
+            let mut one = Vec::with_capacity(1);
+            for (i, id) in ids.iter().enumerate() {
+                let t = Timestamp(if a.is_null(i) { 0 } else { a.value(i) });
+                read_batch(l, f, def.id, w, std::slice::from_ref(id), t, &mut one);
+                out.push(one.first().copied().unwrap_or(0.0));
+            }
+        }),
+    }
+    let arr: Float64Array = out
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if nulls(i) { None } else { Some(*v) })
+        .collect();
+    Ok(Arc::new(arr))
+}
+
+fn read_batch(
+    l: &Ledger,
+    f: SignalFn,
+    sig: SignalId,
+    w: Window,
+    ids: &[EntityId],
+    at: Timestamp,
+    out: &mut Vec<f64>,
+) {
+    match f {
+        SignalFn::Decay => l.decay_batch(sig, ids, at, out),
+        SignalFn::WindowCount => l.window_count_batch(sig, ids, w, at, out),
+        SignalFn::Velocity => l.velocity_batch(sig, ids, w, at, out),
+        SignalFn::Acceleration => l.acceleration_batch(sig, ids, w, at, out),
+        SignalFn::Total | SignalFn::Last => l.total_batch(sig, ids, out),
+    }
+}
