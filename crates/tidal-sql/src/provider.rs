@@ -5,15 +5,19 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchReceiverStreamBuilder;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use tidal_core::{EntityId, EntityKind, TableDef};
-use tidal_engine::Engine;
+use tidal_engine::{Engine, ReadView};
+use tokio::sync::mpsc::Sender;
 
 use crate::error::engine_err;
 use crate::types::{BatchBuilder, table_schema};
@@ -245,50 +249,118 @@ impl TableProvider for EntityTable {
             bounds.apply(f);
         }
         let all: Vec<usize> = (0..self.def.columns.len()).collect();
-        let projection = projection.unwrap_or(&all);
-        let schema = Arc::new(self.schema.project(projection)?);
+        let projection = projection.unwrap_or(&all).clone();
+        let schema = Arc::new(self.schema.project(&projection)?);
         // A limit is only safe to apply here when no filter remains to be evaluated
         // above the scan.
         let limit = if filters.is_empty() { limit } else { None };
-        let view = self.engine.read();
-        let store = view.store();
+        let stream = EntityScan {
+            // The snapshot is taken while planning, so every scan of a statement reads
+            // (nearly) the same state, however late its partition is executed.
+            view: self.engine.read(),
+            def: self.def.clone(),
+            schema: schema.clone(),
+            projection,
+            bounds,
+            limit,
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            vec![Arc::new(stream)],
+            None,
+            [],
+            false,
+            limit,
+        )?))
+    }
+}
+
+/// Batches of a scan queued ahead of the consumer: memory stays bounded by this many
+/// batches of [`SCAN_BATCH_ROWS`] rows, whatever the table size.
+const SCAN_QUEUE_BATCHES: usize = 2;
+
+/// One scan of an entity table, streamed from a store snapshot on a blocking thread.
+#[derive(Debug)]
+struct EntityScan {
+    view: ReadView,
+    def: TableDef,
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    bounds: IdBounds,
+    limit: Option<usize>,
+}
+
+impl EntityScan {
+    /// Reads rows into batches and sends them; stops early when the consumer is gone
+    /// (the query finished or was cancelled) or the limit is reached.
+    fn produce(&self, tx: &Sender<Result<RecordBatch>>) -> Result<()> {
+        let store = self.view.store();
         let kind = self.def.kind;
-        let mut builder = BatchBuilder::new(&self.def, projection, schema.clone(), SCAN_BATCH_ROWS);
-        let mut batches = Vec::new();
+        let mut builder = BatchBuilder::new(
+            &self.def,
+            &self.projection,
+            self.schema.clone(),
+            SCAN_BATCH_ROWS,
+        );
         let mut rows = 0usize;
+        // Returns false when the scan should stop.
         let mut push = |row: &tidal_core::Row, builder: &mut BatchBuilder| -> Result<bool> {
             builder.push(row)?;
             rows += 1;
-            if builder.len() >= SCAN_BATCH_ROWS {
-                batches.push(builder.finish()?);
+            if builder.len() >= SCAN_BATCH_ROWS && tx.blocking_send(Ok(builder.finish()?)).is_err()
+            {
+                return Ok(false);
             }
-            Ok(limit.is_some_and(|l| rows >= l))
+            Ok(!self.limit.is_some_and(|l| rows >= l))
         };
-        if !bounds.is_empty() {
-            match &bounds.points {
-                Some(points) => {
-                    for &id in points.range(bounds.lo..=bounds.hi) {
-                        if let Some(row) = store.get(kind, EntityId(id)).map_err(engine_err)?
-                            && push(&row, &mut builder)?
-                        {
-                            break;
-                        }
+        if self.bounds.is_empty() {
+            return Ok(());
+        }
+        match &self.bounds.points {
+            Some(points) => {
+                for &id in points.range(self.bounds.lo..=self.bounds.hi) {
+                    if let Some(row) = store.get(kind, EntityId(id)).map_err(engine_err)?
+                        && !push(&row, &mut builder)?
+                    {
+                        break;
                     }
                 }
-                None => {
-                    for item in store.range(kind, EntityId(bounds.lo), EntityId(bounds.hi)) {
-                        let (_, row) = item.map_err(engine_err)?;
-                        if push(&row, &mut builder)? {
-                            break;
-                        }
+            }
+            None => {
+                for item in store.range(kind, EntityId(self.bounds.lo), EntityId(self.bounds.hi)) {
+                    let (_, row) = item.map_err(engine_err)?;
+                    if !push(&row, &mut builder)? {
+                        break;
                     }
                 }
             }
         }
         if !builder.is_empty() {
-            batches.push(builder.finish()?);
+            let _ = tx.blocking_send(Ok(builder.finish()?));
         }
-        Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+        Ok(())
+    }
+}
+
+impl PartitionStream for EntityScan {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let mut builder =
+            RecordBatchReceiverStreamBuilder::new(self.schema.clone(), SCAN_QUEUE_BATCHES);
+        let tx = builder.tx();
+        let scan = EntityScan {
+            view: self.view.clone(),
+            def: self.def.clone(),
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            bounds: self.bounds.clone(),
+            limit: self.limit,
+        };
+        builder.spawn_blocking(move || scan.produce(&tx));
+        builder.build()
     }
 }
 

@@ -302,3 +302,46 @@ async fn errors_are_typed() {
     assert!(sql.sql("CREATE TABLE t (a INT)").await.is_err());
     assert!(sql.sql("SELEC 1").await.unwrap_err().class() == ErrorClass::Syntax);
 }
+
+#[tokio::test]
+async fn large_scans_stream_in_batches_and_stop_early() {
+    let (_dir, sql) = setup();
+    let engine = sql.engine().clone();
+    let mut txn = engine.begin();
+    for id in 100..30_100i64 {
+        let row = vec![
+            Value::Int(id),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ];
+        txn.upsert(EntityKind::Item, row).unwrap();
+    }
+    txn.commit().unwrap();
+    let n = query(&sql, "SELECT count(*), min(id), max(id) FROM items").await;
+    let col = |i: usize| {
+        n[0].column(i)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!((col(0), col(1), col(2)), (30_020, 1, 30_099));
+    // Several batches of SCAN_BATCH_ROWS come back, each bounded.
+    let all = query(&sql, "SELECT id FROM items").await;
+    assert!(all.len() >= 4 && all.iter().all(|b| b.num_rows() <= crate::SCAN_BATCH_ROWS));
+    assert_eq!(
+        ids(&query(&sql, "SELECT id FROM items LIMIT 3").await).len(),
+        3
+    );
+    assert_eq!(
+        ids(&query(
+            &sql,
+            "SELECT id FROM items WHERE id >= 30000 ORDER BY id DESC LIMIT 2"
+        )
+        .await),
+        vec![30_099, 30_098]
+    );
+}
