@@ -311,7 +311,7 @@ impl EntityScan {
             {
                 return Ok(false);
             }
-            Ok(!self.limit.is_some_and(|l| rows >= l))
+            Ok(self.limit.is_none_or(|l| rows < l))
         };
         if self.bounds.is_empty() {
             return Ok(());
