@@ -323,7 +323,7 @@ fn empty_window_reads_positive_zero() {
     let mut l = Ledger::new();
     l.define(&def(1, EntityKind::Item, DecaySpec::None, &["1h", "24h"]));
     l.apply(&ev(1, 7, 0, 1.0));
-    let at = Timestamp(10 * 3_600_000_000);
+    let at = Timestamp(10 * 24 * 3_600_000_000);
     for window in [w("1h"), w("24h")] {
         let c = l.window_count(SignalId(1), EntityId(7), window, at);
         assert_eq!(c.to_bits(), 0.0f64.to_bits(), "{c:?}");
