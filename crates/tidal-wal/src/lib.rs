@@ -59,9 +59,11 @@
 //!
 //! Limits: a transaction's encoded ops at most [`WAL_TXN_BYTES_MAX`] ([`WalError::TooLarge`]
 //! otherwise); [`WAL_QUEUE_REQUESTS_MAX`] queued requests; the dedup set holds at most
-//! [`DEDUP_ENTRIES_MAX`] events (roughly 60 bytes each, ~250 MB when full); a large set is
-//! split into 16 shards by key, each bounded to a sixteenth, and under overload each shard
-//! forgets its oldest events first. Recovery reads each segment whole into memory. Durability
+//! [`DEDUP_ENTRIES_MAX`] events, each kept whole (so events are only ever merged when every
+//! field is equal): a 48-byte ring entry plus two 8-byte index slots, about 67 bytes an
+//! event at the default bound, ~270 MB when full. A large set is split into 16 shards by
+//! hash, each bounded to a sixteenth, and under overload each shard forgets its oldest
+//! events first. Recovery reads each segment whole into memory. Durability
 //! assumes that `fdatasync` returning success means the data survives power loss and that a
 //! crash can only damage the unsynced tail of the last segment.
 //!

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use tidal_core::{Clock, Timestamp};
 
-use crate::dedup::{Dedup, EventKey};
+use crate::dedup::{Dedup, HashedKey};
 use crate::frame::{self, DATA_BODY_BYTES_MAX};
 use crate::segment::{self, SEGMENT_HEADER_BYTES, SegmentHeader, SegmentInfo};
 use crate::{
@@ -421,7 +421,7 @@ fn lock_dir(dir: &Path) -> Result<File, WalError> {
 struct Staged<A: Applier> {
     reply: Reply<A>,
     ops: Vec<Op>,
-    keys: Vec<EventKey>,
+    keys: Vec<HashedKey>,
     accepted: usize,
     duplicate: usize,
     /// The encoded ops stream.
@@ -612,7 +612,7 @@ impl<A: Applier> Writer<A> {
             self.scratch = stream;
             return false;
         }
-        self.dedup.insert(&keys, arrival);
+        self.dedup.insert(keys, arrival);
         let txn = self.next_txn;
         let lsn = frame::append_txn(
             &mut self.buf,
