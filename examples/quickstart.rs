@@ -92,6 +92,19 @@ fn main() -> anyhow::Result<()> {
         "last_signal_at('like', 42)   = {:?}",
         db.last_signal_at("like", 42)?.map(|t| t.to_string())
     );
+
+    // The same state through SQL (DataFusion); every call in a statement reads at one instant.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let batches = rt.block_on(db.sql(
+        "SELECT id, title, decay('view', id) AS views, window_count('like', id, '24h') AS likes \
+         FROM items ORDER BY views DESC LIMIT 10",
+    ))?;
+    println!(
+        "{}",
+        tidal::datafusion::arrow::util::pretty::pretty_format_batches(&batches)?
+    );
     db.shutdown()?;
     Ok(())
 }

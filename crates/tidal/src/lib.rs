@@ -272,6 +272,25 @@ impl Database {
             .decay(signal, EntityId(entity), self.at(at))?)
     }
 
+    /// Shared parsing for the windowed reads.
+    fn windowed(
+        &self,
+        signal: &str,
+        entity: u64,
+        window: &str,
+        at: Option<Timestamp>,
+        read: fn(&ReadView, &str, EntityId, Window, Timestamp) -> Result<f64, EngineError>,
+    ) -> Result<f64> {
+        let w = Window::parse(window)?;
+        Ok(read(
+            &self.engine.read(),
+            signal,
+            EntityId(entity),
+            w,
+            self.at(at),
+        )?)
+    }
+
     /// `window_count(signal, entity, window [, at])`.
     pub fn window_count(
         &self,
@@ -280,11 +299,7 @@ impl Database {
         window: &str,
         at: Option<Timestamp>,
     ) -> Result<f64> {
-        let w = Window::parse(window)?;
-        Ok(self
-            .engine
-            .read()
-            .window_count(signal, EntityId(entity), w, self.at(at))?)
+        self.windowed(signal, entity, window, at, ReadView::window_count)
     }
 
     /// `velocity(signal, entity, window [, at])` — weight per hour.
@@ -295,11 +310,7 @@ impl Database {
         window: &str,
         at: Option<Timestamp>,
     ) -> Result<f64> {
-        let w = Window::parse(window)?;
-        Ok(self
-            .engine
-            .read()
-            .velocity(signal, EntityId(entity), w, self.at(at))?)
+        self.windowed(signal, entity, window, at, ReadView::velocity)
     }
 
     /// `acceleration(signal, entity, window [, at])`.
@@ -310,11 +321,7 @@ impl Database {
         window: &str,
         at: Option<Timestamp>,
     ) -> Result<f64> {
-        let w = Window::parse(window)?;
-        Ok(self
-            .engine
-            .read()
-            .acceleration(signal, EntityId(entity), w, self.at(at))?)
+        self.windowed(signal, entity, window, at, ReadView::acceleration)
     }
 
     /// `signal_total(signal, entity)`.
