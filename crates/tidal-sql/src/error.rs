@@ -15,6 +15,8 @@ pub enum SqlError {
         function: &'static str,
         reason: String,
     },
+    #[error("syntax error: {message}")]
+    Syntax { message: String },
 }
 
 impl From<CoreError> for SqlError {
@@ -54,6 +56,7 @@ impl SqlError {
         match self {
             SqlError::Engine(e) => e.class(),
             SqlError::BadArgument { .. } => ErrorClass::InvalidParameter,
+            SqlError::Syntax { .. } => ErrorClass::Syntax,
             // DataFusion wraps errors in context and diagnostics; classify the root.
             SqlError::DataFusion(e) => match e.find_root() {
                 DataFusionError::SQL(..) => ErrorClass::Syntax,

@@ -66,10 +66,14 @@ impl SqlSession {
         &self.engine
     }
 
-    /// Runs one query and collects its result. Writes and DDL through SQL are not
-    /// available yet; such statements are refused rather than run against DataFusion's
-    /// in-memory tables.
+    /// Runs one statement and collects its result: tidalDB's own statements
+    /// (`CREATE/DROP SIGNAL`, `SHOW SIGNALS`) or a query planned by DataFusion. Other
+    /// writes and DDL through SQL are not available yet; they are refused rather than
+    /// run against DataFusion's in-memory tables.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        if let Some(stmt) = crate::statement::parse(sql)? {
+            return crate::statement::execute(&self.engine, stmt);
+        }
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false);

@@ -345,3 +345,45 @@ async fn large_scans_stream_in_batches_and_stop_early() {
         vec![30_099, 30_098]
     );
 }
+
+#[tokio::test]
+async fn signal_ddl_through_sql() {
+    let (_dir, sql) = setup();
+    query(&sql, "CREATE SIGNAL skip ON items DECAY EXPONENTIAL HALF_LIFE '1 day' WINDOWS ('1h', '24h', '1h') MARKS hidden").await;
+    let b = query(&sql, "SHOW SIGNALS").await;
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    assert!(
+        text.contains("| skip | items  | exponential | 86400.0           | 1h,1d   | hidden |"),
+        "{text}"
+    );
+    assert!(text.contains("| like | items  | none        |"), "{text}");
+    // The new signal is usable at once.
+    let engine = sql.engine().clone();
+    let mut txn = engine.begin();
+    txn.signal("skip", EntityId(3), None, 2.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    let b = query(&sql, "SELECT signal_total('skip', 3)").await;
+    assert_eq!(f64s(&b, 0), vec![Some(2.0)]);
+    let e = sql
+        .sql("CREATE SIGNAL skip ON items DECAY NONE")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::DuplicateObject, "{e}");
+    let e = sql
+        .sql("CREATE SIGNAL bad ON items DECAY NONE WINDOWS ('91d')")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Syntax, "{e}");
+    let e = sql
+        .sql("CREATE SIGNAL bad ON items DECAY EXPONENTIAL HALF_LIFE '0 s'")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidParameter, "{e}");
+    query(&sql, "DROP SIGNAL skip").await;
+    query(&sql, "DROP SIGNAL IF EXISTS skip").await;
+    let e = sql.sql("DROP SIGNAL skip").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::UndefinedObject, "{e}");
+    let e = sql.sql("SELECT signal_total('skip', 3)").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::UndefinedObject, "{e}");
+}

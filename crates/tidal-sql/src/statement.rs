@@ -1,0 +1,288 @@
+//! tidalDB's own statements, parsed with DataFusion's parser (its tokenizer and the
+//! PostgreSQL dialect) before anything reaches DataFusion's planner:
+//!
+//! ```text
+//! CREATE SIGNAL name ON items|users|creators
+//!     DECAY EXPONENTIAL HALF_LIFE 'interval' | DECAY NONE
+//!     [WINDOWS ('15m', '24h', 'all', ...)] [MARKS seen|liked|hidden]
+//! DROP SIGNAL [IF EXISTS] name
+//! SHOW SIGNALS
+//! ```
+//!
+//! Signal names may be SQL keywords (`like`, `view`): they are read as plain words.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+use tidal_core::{DecaySpec, EntityKind, Mark, SchemaChange, SignalDef, SignalId, Window};
+use tidal_engine::Engine;
+
+use crate::SqlError;
+
+/// A statement tidalDB handles itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TidalStatement {
+    CreateSignal(SignalDef),
+    DropSignal { name: String, if_exists: bool },
+    ShowSignals,
+}
+
+fn is_word(t: &Token, w: &str) -> bool {
+    matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
+}
+
+fn peek_words(p: &Parser<'_>, words: &[&str]) -> bool {
+    words
+        .iter()
+        .enumerate()
+        .all(|(i, w)| is_word(&p.peek_nth_token_ref(i).token, w))
+}
+
+fn syntax(msg: impl Into<String>) -> SqlError {
+    SqlError::Syntax {
+        message: msg.into(),
+    }
+}
+
+fn found(p: &Parser<'_>) -> String {
+    match &p.peek_token_ref().token {
+        Token::EOF => "end of input".to_string(),
+        t => format!("\"{t}\""),
+    }
+}
+
+fn expect_word(p: &mut Parser<'_>, w: &str) -> Result<(), SqlError> {
+    if is_word(&p.peek_token_ref().token, w) {
+        p.next_token();
+        Ok(())
+    } else {
+        Err(syntax(format!("expected {w}, found {}", found(p))))
+    }
+}
+
+/// An identifier: unquoted words fold to lower case, as in PostgreSQL.
+fn ident(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
+    match p.peek_token_ref().token.clone() {
+        Token::Word(w) => {
+            p.next_token();
+            Ok(if w.quote_style.is_some() {
+                w.value
+            } else {
+                w.value.to_ascii_lowercase()
+            })
+        }
+        _ => Err(syntax(format!("expected {what}, found {}", found(p)))),
+    }
+}
+
+fn string(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
+    match p.peek_token_ref().token.clone() {
+        Token::SingleQuotedString(s) => {
+            p.next_token();
+            Ok(s)
+        }
+        _ => Err(syntax(format!(
+            "expected {what} as a quoted string, found {}",
+            found(p)
+        ))),
+    }
+}
+
+fn end(p: &mut Parser<'_>) -> Result<(), SqlError> {
+    while p.peek_token_ref().token == Token::SemiColon {
+        p.next_token();
+    }
+    match p.peek_token_ref().token {
+        Token::EOF => Ok(()),
+        _ => Err(syntax(format!(
+            "unexpected {} after the statement",
+            found(p)
+        ))),
+    }
+}
+
+/// Parses `sql` if it is one of tidalDB's statements; `Ok(None)` hands it to DataFusion.
+pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
+    let dialect = PostgreSqlDialect {};
+    let mut df = DFParserBuilder::new(sql).with_dialect(&dialect).build()?;
+    let p = &mut df.parser;
+    if peek_words(p, &["SHOW", "SIGNALS"]) {
+        p.next_token();
+        p.next_token();
+        end(p)?;
+        return Ok(Some(TidalStatement::ShowSignals));
+    }
+    if peek_words(p, &["DROP", "SIGNAL"]) {
+        p.next_token();
+        p.next_token();
+        let if_exists = peek_words(p, &["IF", "EXISTS"]);
+        if if_exists {
+            p.next_token();
+            p.next_token();
+        }
+        let name = ident(p, "a signal name")?;
+        end(p)?;
+        return Ok(Some(TidalStatement::DropSignal { name, if_exists }));
+    }
+    if !peek_words(p, &["CREATE", "SIGNAL"]) {
+        return Ok(None);
+    }
+    p.next_token();
+    p.next_token();
+    let name = ident(p, "a signal name")?;
+    expect_word(p, "ON")?;
+    let kind: EntityKind = ident(p, "items, users or creators")?.parse()?;
+    expect_word(p, "DECAY")?;
+    let decay = if is_word(&p.peek_token_ref().token, "NONE") {
+        p.next_token();
+        DecaySpec::None
+    } else {
+        expect_word(p, "EXPONENTIAL")?;
+        expect_word(p, "HALF_LIFE")?;
+        DecaySpec::exponential(&string(p, "the half-life")?)?
+    };
+    let mut windows = Vec::new();
+    if is_word(&p.peek_token_ref().token, "WINDOWS") {
+        p.next_token();
+        p.expect_token(&Token::LParen)
+            .map_err(|e| syntax(e.to_string()))?;
+        loop {
+            windows.push(Window::parse(&string(p, "a window")?)?);
+            match p.next_token().token {
+                Token::Comma => continue,
+                Token::RParen => break,
+                t => return Err(syntax(format!("expected , or ) in WINDOWS, found \"{t}\""))),
+            }
+        }
+    }
+    let mut def = SignalDef::new(&name, kind, decay, windows)?;
+    if is_word(&p.peek_token_ref().token, "MARKS") {
+        p.next_token();
+        let mark: Mark = ident(p, "seen, liked or hidden")?.parse()?;
+        def = def.with_marks(mark);
+    }
+    end(p)?;
+    Ok(Some(TidalStatement::CreateSignal(def)))
+}
+
+/// Runs a parsed statement against the engine; SHOW returns its rows.
+pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>, SqlError> {
+    match stmt {
+        TidalStatement::CreateSignal(def) => {
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::CreateSignal(def))?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
+        TidalStatement::DropSignal { name, if_exists } => {
+            if if_exists && engine.schema().signal(&name).is_err() {
+                return Ok(Vec::new());
+            }
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::DropSignal {
+                name,
+                id: SignalId(0),
+            })?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
+        TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
+    }
+}
+
+fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
+    let schema = engine.schema();
+    let signals: Vec<&SignalDef> = schema.signals().collect();
+    let text = |f: &dyn Fn(&SignalDef) -> String| -> ArrayRef {
+        Arc::new(signals.iter().map(|s| Some(f(s))).collect::<StringArray>())
+    };
+    let half_life: Float64Array = signals
+        .iter()
+        .map(|s| s.decay.half_life_us().map(|us| us as f64 / 1e6))
+        .collect();
+    let marks: StringArray = signals.iter().map(|s| s.marks.map(Mark::as_str)).collect();
+    let out = Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("decay", DataType::Utf8, false),
+        Field::new("half_life_seconds", DataType::Float64, true),
+        Field::new("windows", DataType::Utf8, false),
+        Field::new("marks", DataType::Utf8, true),
+    ]);
+    let columns = vec![
+        text(&|s| s.name.clone()),
+        text(&|s| s.kind.table_name().to_string()),
+        text(&|s| s.decay.kind_name().to_string()),
+        Arc::new(half_life) as ArrayRef,
+        text(&|s| {
+            s.windows
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        Arc::new(marks) as ArrayRef,
+    ];
+    Ok(RecordBatch::try_new(Arc::new(out), columns)
+        .map_err(datafusion::error::DataFusionError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_forms() {
+        let s = parse("CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '14 days' WINDOWS ('24h', '7d', 'all');").unwrap();
+        let Some(TidalStatement::CreateSignal(def)) = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(def.name, "like");
+        assert_eq!(def.windows_text(), "1d, 7d, all");
+        let s =
+            parse("create signal Share on ITEMS decay none windows ('all') marks liked").unwrap();
+        let Some(TidalStatement::CreateSignal(def)) = s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(
+            (def.name.as_str(), def.decay, def.marks),
+            ("share", DecaySpec::None, Some(Mark::Liked))
+        );
+        assert_eq!(
+            parse("DROP SIGNAL IF EXISTS view").unwrap(),
+            Some(TidalStatement::DropSignal {
+                name: "view".into(),
+                if_exists: true
+            })
+        );
+        assert_eq!(
+            parse("show signals").unwrap(),
+            Some(TidalStatement::ShowSignals)
+        );
+        assert_eq!(parse("SELECT 1").unwrap(), None);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = |sql: &str| parse(sql).unwrap_err().to_string();
+        assert!(e("CREATE SIGNAL v ON posts DECAY NONE").contains("posts"));
+        assert!(
+            e("CREATE SIGNAL v ON items DECAY EXPONENTIAL HALF_LIFE '0 days'")
+                .contains("out of range")
+        );
+        assert!(e("CREATE SIGNAL v ON items DECAY NONE WINDOWS ('1w')").contains("1w"));
+        assert!(e("CREATE SIGNAL v ON items DECAY EXPONENTIAL").contains("HALF_LIFE"));
+        assert!(e("CREATE SIGNAL v ON items DECAY NONE junk").contains("junk"));
+        assert!(
+            e("CREATE SIGNAL ON items DECAY NONE").contains("ON"),
+            "{}",
+            e("CREATE SIGNAL ON items DECAY NONE")
+        );
+    }
+}
