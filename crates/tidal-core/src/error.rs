@@ -17,6 +17,8 @@ pub enum CoreError {
     DuplicateTable { kind: EntityKind },
     #[error("no table is defined for entity kind {kind}")]
     UnknownTable { kind: EntityKind },
+    #[error("table {name:?} does not exist (entity tables are items, users and creators)")]
+    UnknownTableName { name: String },
     #[error("column {column:?} is declared twice")]
     DuplicateColumn { column: String },
     #[error("column {column:?}: {reason}")]
@@ -100,7 +102,9 @@ impl CoreError {
             DuplicateSignal { .. } | DuplicateTable { .. } | DuplicateColumn { .. } => {
                 ErrorClass::DuplicateObject
             }
-            UnknownSignal { .. } | UnknownTable { .. } => ErrorClass::UndefinedObject,
+            UnknownSignal { .. } | UnknownTable { .. } | UnknownTableName { .. } => {
+                ErrorClass::UndefinedObject
+            }
             HalfLifeOutOfRange { .. }
             | UnknownKind { .. }
             | UnknownMark { .. }

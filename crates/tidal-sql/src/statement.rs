@@ -7,6 +7,9 @@
 //!     [WINDOWS ('15m', '24h', 'all', ...)] [MARKS seen|liked|hidden]
 //! DROP SIGNAL [IF EXISTS] name
 //! SHOW SIGNALS
+//! CREATE TABLE items|users|creators (id BIGINT PRIMARY KEY, col TYPE, ...)
+//!     WITH (kind = 'item'|'user'|'creator' [, text_fields = 'title,body'])
+//! DROP TABLE [IF EXISTS] items|users|creators
 //! ```
 //!
 //! Signal names may be SQL keywords (`like`, `view`): they are read as plain words.
@@ -20,7 +23,10 @@ use datafusion::sql::parser::DFParserBuilder;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
-use tidal_core::{DecaySpec, EntityKind, Mark, SchemaChange, SignalDef, SignalId, Window};
+use tidal_core::{
+    ColumnType, CoreError, DecaySpec, EntityKind, Mark, SchemaChange, SignalDef, SignalId,
+    TableDef, Window,
+};
 use tidal_engine::Engine;
 
 use crate::SqlError;
@@ -31,6 +37,116 @@ pub enum TidalStatement {
     CreateSignal(SignalDef),
     DropSignal { name: String, if_exists: bool },
     ShowSignals,
+    CreateTable(TableDef),
+    DropTable { kind: EntityKind, if_exists: bool },
+}
+
+/// Maps a column type as the SQL parser prints it to a tidalDB column type.
+fn column_type(column: &str, printed: &str) -> Result<ColumnType, SqlError> {
+    let t = printed.trim().to_ascii_uppercase();
+    let ty = match t.as_str() {
+        "BIGINT" | "INT8" => ColumnType::BigInt,
+        "INT" | "INTEGER" | "INT4" => ColumnType::Int,
+        "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" | "FLOAT" => ColumnType::Double,
+        "REAL" | "FLOAT4" => ColumnType::Real,
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "TEXT" | "VARCHAR" | "STRING" | "CHARACTER VARYING" => ColumnType::Text,
+        "TIMESTAMP" | "TIMESTAMP WITHOUT TIME ZONE" => ColumnType::Timestamp,
+        "TEXT[]" | "VARCHAR[]" => ColumnType::TextArray,
+        _ => {
+            let dims = t
+                .strip_prefix("VECTOR(")
+                .and_then(|r| r.strip_suffix(')'))
+                .and_then(|n| n.trim().parse::<u32>().ok());
+            match dims {
+                Some(n) => ColumnType::Vector(n),
+                None => {
+                    return Err(SqlError::from(CoreError::BadColumn {
+                        column: column.to_string(),
+                        reason: format!(
+                            "type {printed} is not supported (BIGINT, INT, DOUBLE, REAL, BOOLEAN, \
+                             TEXT, TIMESTAMP, TEXT[] or VECTOR(n))"
+                        ),
+                    }));
+                }
+            }
+        }
+    };
+    Ok(ty)
+}
+
+fn create_table(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{CreateTableOptions, SqlOption, Statement};
+    let stmt = df.parse_statement()?;
+    let DFStatement::Statement(stmt) = stmt else {
+        return Err(syntax(
+            "expected CREATE TABLE name (columns) WITH (kind = '...')",
+        ));
+    };
+    let Statement::CreateTable(ct) = *stmt else {
+        return Err(syntax(
+            "expected CREATE TABLE name (columns) WITH (kind = '...')",
+        ));
+    };
+    let mut kind = None;
+    let mut text_fields = Vec::new();
+    let options = match &ct.table_options {
+        CreateTableOptions::With(o) | CreateTableOptions::Options(o) => o.as_slice(),
+        _ => &[],
+    };
+    for o in options {
+        let SqlOption::KeyValue { key, value } = o else {
+            return Err(syntax(format!("unsupported table option {o}")));
+        };
+        let v = value.to_string();
+        let v = v.trim_matches('\'');
+        match key.value.to_ascii_lowercase().as_str() {
+            "kind" => kind = Some(v.parse::<EntityKind>()?),
+            "text_fields" => {
+                text_fields = v
+                    .split(',')
+                    .map(|f| f.trim().to_ascii_lowercase())
+                    .filter(|f| !f.is_empty())
+                    .collect()
+            }
+            other => {
+                return Err(syntax(format!(
+                    "unknown table option {other:?} (expected kind, text_fields)"
+                )));
+            }
+        }
+    }
+    let name = ct.name.to_string().to_ascii_lowercase();
+    let kind = kind.ok_or_else(|| {
+        syntax(format!(
+            "CREATE TABLE {name} needs WITH (kind = 'item' | 'user' | 'creator'); tidalDB tables are entity tables"
+        ))
+    })?;
+    if name != kind.table_name() {
+        return Err(syntax(format!(
+            "the {} table must be named {}, not {name}",
+            kind.as_str(),
+            kind.table_name()
+        )));
+    }
+    let mut columns = Vec::with_capacity(ct.columns.len());
+    for c in &ct.columns {
+        let cname = if c.name.quote_style.is_some() {
+            c.name.value.clone()
+        } else {
+            c.name.value.to_ascii_lowercase()
+        };
+        let ty = column_type(&cname, &c.data_type.to_string())?;
+        columns.push(tidal_core::ColumnDef::new(&cname, ty));
+    }
+    Ok(TidalStatement::CreateTable(TableDef::new(
+        kind,
+        columns,
+        text_fields,
+    )?))
 }
 
 fn is_word(t: &Token, w: &str) -> bool {
@@ -130,6 +246,29 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         end(p)?;
         return Ok(Some(TidalStatement::DropSignal { name, if_exists }));
     }
+    if peek_words(p, &["DROP", "TABLE"]) {
+        p.next_token();
+        p.next_token();
+        let if_exists = peek_words(p, &["IF", "EXISTS"]);
+        if if_exists {
+            p.next_token();
+            p.next_token();
+        }
+        let name = ident(p, "a table name")?;
+        end(p)?;
+        let kind = name
+            .parse::<EntityKind>()
+            .ok()
+            .filter(|k| k.table_name() == name);
+        return match kind {
+            Some(kind) => Ok(Some(TidalStatement::DropTable { kind, if_exists })),
+            None if if_exists => Ok(None),
+            None => Err(SqlError::from(CoreError::UnknownTableName { name })),
+        };
+    }
+    if peek_words(p, &["CREATE", "TABLE"]) {
+        return create_table(&mut df).map(Some);
+    }
     if !peek_words(p, &["CREATE", "SIGNAL"]) {
         return Ok(None);
     }
@@ -193,6 +332,21 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             Ok(Vec::new())
         }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
+        TidalStatement::CreateTable(def) => {
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::CreateTable(def))?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
+        TidalStatement::DropTable { kind, if_exists } => {
+            if if_exists && engine.schema().table(kind).is_err() {
+                return Ok(Vec::new());
+            }
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::DropTable { kind })?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
     }
 }
 

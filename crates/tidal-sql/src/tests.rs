@@ -387,3 +387,88 @@ async fn signal_ddl_through_sql() {
     let e = sql.sql("SELECT signal_total('skip', 3)").await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::UndefinedObject, "{e}");
 }
+
+#[tokio::test]
+async fn entity_table_ddl_through_sql() {
+    let (_dir, sql) = setup();
+    query(
+        &sql,
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, region TEXT, age INT, score DOUBLE PRECISION, \
+         w REAL, active BOOLEAN, seen_at TIMESTAMP, langs TEXT[], pref VECTOR(4)) WITH (kind = 'user')",
+    )
+    .await;
+    let def = sql
+        .engine()
+        .schema()
+        .table(EntityKind::User)
+        .unwrap()
+        .clone();
+    let types: Vec<ColumnType> = def.columns.iter().map(|c| c.ty).collect();
+    use ColumnType::*;
+    assert_eq!(
+        types,
+        vec![
+            BigInt,
+            Text,
+            Int,
+            Double,
+            Real,
+            Boolean,
+            Timestamp,
+            TextArray,
+            Vector(4)
+        ]
+    );
+    let b = query(&sql, "SELECT count(*) FROM users").await;
+    assert_eq!(
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        0
+    );
+    let class = |r: Result<Vec<RecordBatch>, SqlError>| r.unwrap_err().class();
+    assert_eq!(
+        class(
+            sql.sql("CREATE TABLE users (id BIGINT) WITH (kind = 'user')")
+                .await
+        ),
+        ErrorClass::DuplicateObject
+    );
+    assert_eq!(
+        class(sql.sql("CREATE TABLE posts (id BIGINT)").await),
+        ErrorClass::Syntax
+    );
+    assert_eq!(
+        class(
+            sql.sql("CREATE TABLE creators (id BIGINT, x JSON) WITH (kind = 'creator')")
+                .await
+        ),
+        ErrorClass::InvalidParameter
+    );
+    assert_eq!(
+        class(
+            sql.sql("CREATE TABLE creators (name TEXT) WITH (kind = 'creator')")
+                .await
+        ),
+        ErrorClass::InvalidParameter
+    );
+    assert_eq!(
+        class(
+            sql.sql("CREATE TABLE people (id BIGINT) WITH (kind = 'user')")
+                .await
+        ),
+        ErrorClass::Syntax
+    );
+    query(&sql, "DROP TABLE users").await;
+    query(&sql, "DROP TABLE IF EXISTS users").await;
+    assert_eq!(
+        class(sql.sql("DROP TABLE users").await),
+        ErrorClass::UndefinedObject
+    );
+    assert_eq!(
+        class(sql.sql("SELECT * FROM users").await),
+        ErrorClass::UndefinedObject
+    );
+}
