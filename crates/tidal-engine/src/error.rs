@@ -20,6 +20,8 @@ pub enum EngineError {
     DuplicateKey { kind: EntityKind, id: EntityId },
     #[error("null value in column \"id\" of relation \"{kind}\" violates not-null constraint")]
     NullId { kind: EntityKind },
+    #[error("null value in column \"{column}\" violates not-null constraint")]
+    NullColumn { column: String },
     #[error("row for {kind} has {got} values but the table has {expected} columns")]
     RowArity {
         kind: EntityKind,
@@ -53,7 +55,7 @@ impl EngineError {
         match self {
             EngineError::Core(e) => e.class(),
             EngineError::DuplicateKey { .. } => ErrorClass::UniqueViolation,
-            EngineError::NullId { .. } => ErrorClass::NotNull,
+            EngineError::NullId { .. } | EngineError::NullColumn { .. } => ErrorClass::NotNull,
             EngineError::RowArity { .. } | EngineError::IdMismatch { .. } => {
                 ErrorClass::DataException
             }

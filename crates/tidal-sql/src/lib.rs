@@ -31,6 +31,7 @@
 //! Statements that write or change the schema are not available through SQL yet.
 
 mod error;
+mod insert;
 mod provider;
 mod session;
 mod statement;

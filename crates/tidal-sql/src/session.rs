@@ -71,8 +71,27 @@ impl SqlSession {
     /// writes and DDL through SQL are not available yet; they are refused rather than
     /// run against DataFusion's in-memory tables.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
-        if let Some(stmt) = crate::statement::parse(sql)? {
-            return crate::statement::execute(&self.engine, stmt);
+        match crate::statement::parse(sql)? {
+            Some(crate::TidalStatement::InsertSignals { columns, source }) => {
+                // The source runs as an ordinary read-only query; its rows are then
+                // validated and committed as one transaction.
+                let opts = SQLOptions::new()
+                    .with_allow_ddl(false)
+                    .with_allow_dml(false);
+                let rows = self
+                    .ctx
+                    .sql_with_options(&source, opts)
+                    .await?
+                    .collect()
+                    .await?;
+                return Ok(vec![crate::insert::insert_signals(
+                    &self.engine,
+                    &columns,
+                    &rows,
+                )?]);
+            }
+            Some(stmt) => return crate::statement::execute(&self.engine, stmt),
+            None => {}
         }
         let opts = SQLOptions::new()
             .with_allow_ddl(false)

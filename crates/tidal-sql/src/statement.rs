@@ -35,10 +35,56 @@ use crate::SqlError;
 #[derive(Debug, Clone, PartialEq)]
 pub enum TidalStatement {
     CreateSignal(SignalDef),
-    DropSignal { name: String, if_exists: bool },
+    DropSignal {
+        name: String,
+        if_exists: bool,
+    },
     ShowSignals,
     CreateTable(TableDef),
-    DropTable { kind: EntityKind, if_exists: bool },
+    DropTable {
+        kind: EntityKind,
+        if_exists: bool,
+    },
+    /// `INSERT INTO signals [(columns)] <query>`: the query (VALUES or SELECT) is run by
+    /// DataFusion and its rows become one atomic batch of events.
+    InsertSignals {
+        columns: Vec<String>,
+        source: String,
+    },
+}
+
+fn insert_signals(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::Statement;
+    let DFStatement::Statement(stmt) = df.parse_statement()? else {
+        return Err(syntax(
+            "expected INSERT INTO signals [(columns)] VALUES ... | SELECT ...",
+        ));
+    };
+    let Statement::Insert(insert) = *stmt else {
+        return Err(syntax(
+            "expected INSERT INTO signals [(columns)] VALUES ... | SELECT ...",
+        ));
+    };
+    if insert.on.is_some() || insert.returning.is_some() {
+        return Err(syntax(
+            "INSERT INTO signals takes no ON CONFLICT or RETURNING clause",
+        ));
+    }
+    let source = insert
+        .source
+        .ok_or_else(|| syntax("INSERT INTO signals needs VALUES or a SELECT"))?;
+    let columns = insert
+        .columns
+        .iter()
+        .map(|c| c.to_string().to_ascii_lowercase())
+        .collect();
+    Ok(TidalStatement::InsertSignals {
+        columns,
+        source: source.to_string(),
+    })
 }
 
 /// Maps a column type as the SQL parser prints it to a tidalDB column type.
@@ -266,6 +312,9 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
             None => Err(SqlError::from(CoreError::UnknownTableName { name })),
         };
     }
+    if peek_words(p, &["INSERT", "INTO", "SIGNALS"]) {
+        return insert_signals(&mut df).map(Some);
+    }
     if peek_words(p, &["CREATE", "TABLE"]) {
         return create_table(&mut df).map(Some);
     }
@@ -332,6 +381,7 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             Ok(Vec::new())
         }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
+        TidalStatement::InsertSignals { .. } => Err(syntax("INSERT runs through SqlSession::sql")),
         TidalStatement::CreateTable(def) => {
             let mut txn = engine.begin();
             txn.schema_change(SchemaChange::CreateTable(def))?;

@@ -472,3 +472,89 @@ async fn entity_table_ddl_through_sql() {
         ErrorClass::UndefinedObject
     );
 }
+
+#[tokio::test]
+async fn insert_into_signals_is_atomic_and_durable() {
+    let (_dir, sql) = setup();
+    let b = query(
+        &sql,
+        "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES \
+         ('like', 42, 7, 1.0, '2026-11-20 10:00:00'), ('view', 42, 7, 1.0, '2026-11-20 10:00:01'), \
+         ('like', 43, NULL, 2.5, '2026-11-20 10:00:02')",
+    )
+    .await;
+    let count = |b: &[RecordBatch]| {
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            .unwrap()
+            .value(0)
+    };
+    assert_eq!(count(&b), 3);
+    let t = query(
+        &sql,
+        "SELECT signal_total('like', 42), signal_total('like', 43), signal_total('view', 42)",
+    )
+    .await;
+    assert_eq!(
+        (f64s(&t, 0)[0], f64s(&t, 1)[0], f64s(&t, 2)[0]),
+        (Some(1.0), Some(2.5), Some(1.0))
+    );
+    // Exact duplicates within the dedup window count once.
+    let b = query(
+        &sql,
+        "INSERT INTO signals VALUES ('like', 42, 7, 1.0, '2026-11-20 10:00:00')",
+    )
+    .await;
+    assert_eq!(count(&b), 0);
+    // Defaults: weight 1.0, ts now; INSERT ... SELECT.
+    let b = query(
+        &sql,
+        "INSERT INTO signals (signal, entity_id) SELECT 'like', id FROM items WHERE id <= 3",
+    )
+    .await;
+    assert_eq!(count(&b), 3);
+    let t = query(
+        &sql,
+        "SELECT signal_total('like', 1), window_count('like', 1, 'all')",
+    )
+    .await;
+    assert_eq!((f64s(&t, 0)[0], f64s(&t, 1)[0]), (Some(1.0), Some(1.0)));
+    // A bad row aborts the whole statement.
+    let class = |r: Result<Vec<RecordBatch>, SqlError>| r.unwrap_err().class();
+    let bad = [
+        (
+            "INSERT INTO signals VALUES ('like', 50, 1, 1.0, '2026-11-20 10:00:00'), ('nope', 50, 1, 1.0, '2026-11-20 10:00:00')",
+            ErrorClass::UndefinedObject,
+        ),
+        (
+            "INSERT INTO signals VALUES ('like', 50, 1, 1.0, '2026-11-20 10:00:00'), ('like', 50, 1, 'NaN'::double, '2026-11-20 10:00:00')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "INSERT INTO signals VALUES ('like', 50, 1, 1.0, '2026-11-20 10:00:00'), ('like', 50, 1, 1.0, '2999-01-01 00:00:00')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "INSERT INTO signals VALUES ('like', 50, 1, 1.0, '2026-11-20 10:00:00'), ('like', NULL, 1, 1.0, '2026-11-20 10:00:00')",
+            ErrorClass::NotNull,
+        ),
+        (
+            "INSERT INTO signals VALUES ('like', 50, 1, 1.0, 'not a time')",
+            ErrorClass::DataException,
+        ),
+        (
+            "INSERT INTO signals (signal, entity, ts) VALUES ('like', 50, '2026-11-20')",
+            ErrorClass::DataException,
+        ),
+        (
+            "INSERT INTO signals (signal) VALUES ('like')",
+            ErrorClass::DataException,
+        ),
+    ];
+    for (q, expected) in bad {
+        assert_eq!(class(sql.sql(q).await), expected, "{q}");
+    }
+    let t = query(&sql, "SELECT signal_total('like', 50)").await;
+    assert_eq!(f64s(&t, 0), vec![Some(0.0)], "a failed INSERT applied rows");
+}
