@@ -4,14 +4,31 @@ use datafusion::arrow::array::{
     Array, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
     UInt64Array,
 };
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::error::DataFusionError;
 use std::sync::Arc;
-use tidal_core::{CoreError, EntityId, Timestamp};
+use tidal_core::{ColumnType, CoreError, EntityId, EntityKind, Timestamp, Value};
 use tidal_engine::{Engine, EngineError};
 
 use crate::SqlError;
+use crate::statement::OnConflict;
+
+/// Arrow's cast turns unparsable values into NULL by default; a bad value must be an
+/// error instead.
+fn strict_cast(
+    a: &Arc<dyn Array>,
+    ty: &DataType,
+) -> Result<Arc<dyn Array>, datafusion::arrow::error::ArrowError> {
+    cast_with_options(
+        a,
+        ty,
+        &CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        },
+    )
+}
 
 /// The columns of `signals`, in table order (SQL.md §3).
 pub const SIGNAL_COLUMNS: [&str; 5] = ["signal", "entity_id", "user_id", "weight", "ts"];
@@ -64,7 +81,8 @@ fn as_type(
     ty: &DataType,
     name: &str,
 ) -> Result<Arc<dyn Array>, SqlError> {
-    cast(batch.column(i), ty).map_err(|e| col_err(name, format!("cannot be read as {ty}: {e}")))
+    strict_cast(batch.column(i), ty)
+        .map_err(|e| col_err(name, format!("cannot be read as {ty}: {e}")))
 }
 
 /// Adds every row of `batches` to one transaction and commits it; returns the count
@@ -191,4 +209,314 @@ fn timestamps(batch: &RecordBatch, i: usize) -> Result<TimestampMicrosecondArray
         .downcast_ref::<TimestampMicrosecondArray>()
         .cloned()
         .ok_or_else(|| col_err("ts", "must be a timestamp"))
+}
+
+fn count_batch(n: u64) -> Result<RecordBatch, SqlError> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]));
+    RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(vec![n]))])
+        .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))
+}
+
+/// Converts one source column into values of a declared column type.
+fn column_values(
+    array: &Arc<dyn Array>,
+    col: &tidal_core::ColumnDef,
+) -> Result<Vec<Value>, SqlError> {
+    use datafusion::arrow::array::{BooleanArray, Float32Array, ListArray};
+    let name = col.name.as_str();
+    let n = array.len();
+    let text_source = matches!(
+        array.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    );
+    let casted = |ty: &DataType| -> Result<Arc<dyn Array>, SqlError> {
+        strict_cast(array, ty).map_err(|e| col_err(name, format!("cannot be read as {ty}: {e}")))
+    };
+    let mut out = Vec::with_capacity(n);
+    match col.ty {
+        ColumnType::BigInt | ColumnType::Int => {
+            let a = casted(&DataType::Int64)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(|| col_err(name, "not an integer"))?;
+            out.extend(a.iter().map(|v| v.map_or(Value::Null, Value::Int)));
+        }
+        ColumnType::Double => {
+            let a = casted(&DataType::Float64)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| col_err(name, "not a number"))?;
+            out.extend(a.iter().map(|v| v.map_or(Value::Null, Value::Double)));
+        }
+        ColumnType::Real => {
+            let a = casted(&DataType::Float32)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<Float32Array>()
+                .ok_or_else(|| col_err(name, "not a number"))?;
+            out.extend(a.iter().map(|v| v.map_or(Value::Null, Value::Real)));
+        }
+        ColumnType::Boolean => {
+            let a = casted(&DataType::Boolean)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| col_err(name, "not a boolean"))?;
+            out.extend(a.iter().map(|v| v.map_or(Value::Null, Value::Bool)));
+        }
+        ColumnType::Text => {
+            let a = casted(&DataType::Utf8)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| col_err(name, "not text"))?;
+            out.extend(
+                a.iter()
+                    .map(|v| v.map_or(Value::Null, |s| Value::Text(s.to_string()))),
+            );
+        }
+        ColumnType::Timestamp => {
+            let a = timestamps_of(array, name)?;
+            out.extend(
+                a.iter()
+                    .map(|v| v.map_or(Value::Null, |t| Value::Timestamp(Timestamp(t)))),
+            );
+        }
+        ColumnType::TextArray | ColumnType::Vector(_) if text_source => {
+            let a = casted(&DataType::Utf8)?;
+            let a = a
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| col_err(name, "not text"))?;
+            for v in a.iter() {
+                out.push(match v {
+                    None => Value::Null,
+                    Some(s) if col.ty == ColumnType::TextArray => {
+                        Value::TextArray(parse_text_array(name, s)?)
+                    }
+                    Some(s) => Value::Vector(parse_vector(name, s)?),
+                });
+            }
+        }
+        ColumnType::TextArray | ColumnType::Vector(_) => {
+            let elem = if col.ty == ColumnType::TextArray {
+                DataType::Utf8
+            } else {
+                DataType::Float32
+            };
+            let a = casted(&DataType::List(Arc::new(Field::new_list_field(elem, true))))?;
+            let a = a
+                .as_any()
+                .downcast_ref::<ListArray>()
+                .ok_or_else(|| col_err(name, "not a list"))?;
+            for i in 0..n {
+                if a.is_null(i) {
+                    out.push(Value::Null);
+                    continue;
+                }
+                let item = a.value(i);
+                if col.ty == ColumnType::TextArray {
+                    let s = item
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .ok_or_else(|| col_err(name, "not text"))?;
+                    out.push(Value::TextArray(
+                        s.iter()
+                            .map(|v| v.unwrap_or_default().to_string())
+                            .collect(),
+                    ));
+                } else {
+                    let f = item
+                        .as_any()
+                        .downcast_ref::<Float32Array>()
+                        .ok_or_else(|| col_err(name, "not floats"))?;
+                    if f.null_count() > 0 {
+                        return Err(col_err(name, "vector elements cannot be NULL"));
+                    }
+                    out.push(Value::Vector(f.values().to_vec()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL's text form of a text array: `{a,b,"c d"}` (quotes and backslashes honoured).
+fn parse_text_array(column: &str, s: &str) -> Result<Vec<String>, SqlError> {
+    let inner = s
+        .trim()
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or_else(|| {
+            col_err(
+                column,
+                format!("malformed array literal {s:?} (expected {{a,b}})"),
+            )
+        })?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Ok(out);
+    }
+    let mut cur = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in inner.chars() {
+        match c {
+            _ if escaped => {
+                cur.push(c);
+                escaped = false;
+            }
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur).trim().to_string()),
+            _ => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(col_err(
+            column,
+            format!("unterminated quote in array literal {s:?}"),
+        ));
+    }
+    out.push(cur.trim().to_string());
+    Ok(out)
+}
+
+/// pgvector's text form: `[0.1, 0.2, 0.3]`.
+fn parse_vector(column: &str, s: &str) -> Result<Vec<f32>, SqlError> {
+    let inner = s
+        .trim()
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| {
+            col_err(
+                column,
+                format!("malformed vector literal {s:?} (expected [x,y,...])"),
+            )
+        })?;
+    inner
+        .split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .map_err(|_| col_err(column, format!("{x:?} is not a number")))
+        })
+        .collect()
+}
+
+fn timestamps_of(
+    array: &Arc<dyn Array>,
+    name: &str,
+) -> Result<TimestampMicrosecondArray, SqlError> {
+    let batch = RecordBatch::try_from_iter([(name, array.clone())])
+        .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))?;
+    timestamps(&batch, 0)
+}
+
+/// `INSERT INTO items|users|creators`: every row of `batches` becomes one atomic write.
+pub fn insert_rows(
+    engine: &Engine,
+    kind: EntityKind,
+    columns: &[String],
+    batches: &[RecordBatch],
+    on_conflict: &OnConflict,
+) -> Result<RecordBatch, SqlError> {
+    let schema = engine.schema();
+    let def = schema.table(kind).map_err(SqlError::from)?;
+    let targets: Vec<usize> = if columns.is_empty() {
+        (0..def.columns.len()).collect()
+    } else {
+        let mut seen = std::collections::BTreeSet::new();
+        columns
+            .iter()
+            .map(|c| {
+                let i = def.column_index(c).ok_or_else(|| {
+                    SqlError::from(CoreError::BadColumn {
+                        column: c.clone(),
+                        reason: format!("{} has no such column", kind.table_name()),
+                    })
+                })?;
+                if !seen.insert(i) {
+                    return Err(col_err(c, "named twice"));
+                }
+                Ok(i)
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let updates: Vec<usize> = match on_conflict {
+        OnConflict::Update(cols) => cols
+            .iter()
+            .map(|c| {
+                def.column_index(c)
+                    .ok_or_else(|| col_err(c, "no such column"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => Vec::new(),
+    };
+    let view = engine.read();
+    let mut txn = engine.begin();
+    let mut written = 0u64;
+    let mut seen_ids = std::collections::HashSet::new();
+    for batch in batches {
+        if batch.num_columns() != targets.len() {
+            return Err(SqlError::Syntax {
+                message: format!(
+                    "INSERT has {} target columns but {} values per row",
+                    targets.len(),
+                    batch.num_columns()
+                ),
+            });
+        }
+        // Column-wise conversion, then rows are assembled by draining each column.
+        let mut cols = Vec::with_capacity(targets.len());
+        for (j, &i) in targets.iter().enumerate() {
+            cols.push(column_values(batch.column(j), &def.columns[i])?.into_iter());
+        }
+        for _ in 0..batch.num_rows() {
+            let mut row = vec![Value::Null; def.columns.len()];
+            for (col, &i) in cols.iter_mut().zip(&targets) {
+                row[i] = col.next().unwrap_or(Value::Null);
+            }
+            let id = match &row[0] {
+                Value::Int(v) => EntityId::from_i64(*v)
+                    .ok_or_else(|| col_err("id", format!("ids are non-negative, got {v}")))?,
+                _ => return Err(SqlError::Engine(EngineError::NullId { kind })),
+            };
+            // Within one statement a second row for an id conflicts with the first, as
+            // in PostgreSQL (which refuses to affect a row twice).
+            if !seen_ids.insert(id) && *on_conflict != OnConflict::Error {
+                return Err(col_err(
+                    "id",
+                    format!("ON CONFLICT cannot affect id {id} twice in one statement"),
+                ));
+            }
+            match on_conflict {
+                OnConflict::Error => txn.insert(kind, row)?,
+                OnConflict::Nothing => {
+                    if view.get(kind, id)?.is_some() {
+                        continue;
+                    }
+                    txn.insert(kind, row)?;
+                }
+                OnConflict::Update(_) => match view.get(kind, id)? {
+                    None => txn.insert(kind, row)?,
+                    Some(mut old) => {
+                        old.resize(def.columns.len(), Value::Null);
+                        for &i in &updates {
+                            old[i] = row[i].clone();
+                        }
+                        txn.upsert(kind, old)?;
+                    }
+                },
+            }
+            written += 1;
+        }
+    }
+    txn.commit()?;
+    count_batch(written)
 }

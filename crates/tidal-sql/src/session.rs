@@ -90,6 +90,29 @@ impl SqlSession {
                     &rows,
                 )?]);
             }
+            Some(crate::TidalStatement::InsertRows {
+                kind,
+                columns,
+                source,
+                on_conflict,
+            }) => {
+                let opts = SQLOptions::new()
+                    .with_allow_ddl(false)
+                    .with_allow_dml(false);
+                let rows = self
+                    .ctx
+                    .sql_with_options(&source, opts)
+                    .await?
+                    .collect()
+                    .await?;
+                return Ok(vec![crate::insert::insert_rows(
+                    &self.engine,
+                    kind,
+                    &columns,
+                    &rows,
+                    &on_conflict,
+                )?]);
+            }
             Some(stmt) => return crate::statement::execute(&self.engine, stmt),
             None => {}
         }

@@ -51,6 +51,25 @@ pub enum TidalStatement {
         columns: Vec<String>,
         source: String,
     },
+    /// `INSERT INTO items|users|creators [(columns)] <query> [ON CONFLICT (id) ...]`.
+    InsertRows {
+        kind: EntityKind,
+        columns: Vec<String>,
+        source: String,
+        on_conflict: OnConflict,
+    },
+}
+
+/// What an entity INSERT does with an id that already exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Plain INSERT: the statement fails (23505) and applies nothing.
+    Error,
+    /// `ON CONFLICT (id) DO NOTHING`: the row is skipped.
+    Nothing,
+    /// `ON CONFLICT (id) DO UPDATE SET c = EXCLUDED.c, ...`: these columns take the new
+    /// values, the others keep the stored ones.
+    Update(Vec<String>),
 }
 
 fn insert_signals(
@@ -84,6 +103,74 @@ fn insert_signals(
     Ok(TidalStatement::InsertSignals {
         columns,
         source: source.to_string(),
+    })
+}
+
+fn insert_rows(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+    kind: EntityKind,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{
+        AssignmentTarget, OnConflictAction, OnInsert, Statement,
+    };
+    let usage = "expected INSERT INTO table [(columns)] VALUES ... | SELECT ... [ON CONFLICT (id) DO NOTHING | DO UPDATE SET col = EXCLUDED.col, ...]";
+    let DFStatement::Statement(stmt) = df.parse_statement()? else {
+        return Err(syntax(usage));
+    };
+    let Statement::Insert(insert) = *stmt else {
+        return Err(syntax(usage));
+    };
+    if insert.returning.is_some() {
+        return Err(syntax("RETURNING is not supported"));
+    }
+    let source = insert.source.ok_or_else(|| syntax(usage))?;
+    let columns = insert
+        .columns
+        .iter()
+        .map(|c| c.to_string().to_ascii_lowercase())
+        .collect();
+    let on_conflict = match insert.on {
+        None => OnConflict::Error,
+        Some(OnInsert::OnConflict(oc)) => {
+            if let Some(t) = &oc.conflict_target
+                && t.to_string().to_ascii_lowercase().replace(' ', "") != "(id)"
+            {
+                return Err(syntax(format!("the conflict target must be (id), not {t}")));
+            }
+            match oc.action {
+                OnConflictAction::DoNothing => OnConflict::Nothing,
+                OnConflictAction::DoUpdate(u) => {
+                    if u.selection.is_some() {
+                        return Err(syntax(
+                            "ON CONFLICT ... DO UPDATE ... WHERE is not supported",
+                        ));
+                    }
+                    let mut cols = Vec::new();
+                    for a in &u.assignments {
+                        let AssignmentTarget::ColumnName(name) = &a.target else {
+                            return Err(syntax("assign one column at a time in DO UPDATE SET"));
+                        };
+                        let name = name.to_string().to_ascii_lowercase();
+                        if a.value.to_string().to_ascii_lowercase() != format!("excluded.{name}") {
+                            return Err(syntax(format!(
+                                "DO UPDATE SET supports only col = EXCLUDED.col (got {} = {})",
+                                name, a.value
+                            )));
+                        }
+                        cols.push(name);
+                    }
+                    OnConflict::Update(cols)
+                }
+            }
+        }
+        Some(other) => return Err(syntax(format!("unsupported clause {other}"))),
+    };
+    Ok(TidalStatement::InsertRows {
+        kind,
+        columns,
+        source: source.to_string(),
+        on_conflict,
     })
 }
 
@@ -315,6 +402,11 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     if peek_words(p, &["INSERT", "INTO", "SIGNALS"]) {
         return insert_signals(&mut df).map(Some);
     }
+    for kind in EntityKind::ALL {
+        if peek_words(p, &["INSERT", "INTO", kind.table_name()]) {
+            return insert_rows(&mut df, kind).map(Some);
+        }
+    }
     if peek_words(p, &["CREATE", "TABLE"]) {
         return create_table(&mut df).map(Some);
     }
@@ -381,7 +473,9 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             Ok(Vec::new())
         }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
-        TidalStatement::InsertSignals { .. } => Err(syntax("INSERT runs through SqlSession::sql")),
+        TidalStatement::InsertSignals { .. } | TidalStatement::InsertRows { .. } => {
+            Err(syntax("INSERT runs through SqlSession::sql"))
+        }
         TidalStatement::CreateTable(def) => {
             let mut txn = engine.begin();
             txn.schema_change(SchemaChange::CreateTable(def))?;

@@ -558,3 +558,97 @@ async fn insert_into_signals_is_atomic_and_durable() {
     let t = query(&sql, "SELECT signal_total('like', 50)").await;
     assert_eq!(f64s(&t, 0), vec![Some(0.0)], "a failed INSERT applied rows");
 }
+
+#[tokio::test]
+async fn insert_into_entity_tables_with_on_conflict() {
+    let (_dir, sql) = setup();
+    let count = |b: &[RecordBatch]| {
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let b = query(
+        &sql,
+        "INSERT INTO items (id, title, tags, embedding, created_at) VALUES \
+         (100, 'piano', '{a,\"b c\"}', '[0.5, 1.5]', '2026-11-25 10:00:00'), \
+         (101, 'violin', NULL, NULL, NULL)",
+    )
+    .await;
+    assert_eq!(count(&b), 2);
+    let rows = query(&sql, "SELECT id, title, score, tags, embedding, created_at FROM items WHERE id >= 100 ORDER BY id").await;
+    let text = pretty_format_batches(&rows).unwrap().to_string();
+    assert!(
+        text.contains("| 100 | piano  |       | [a, b c] | [0.5, 1.5] | 2026-11-25T10:00:00 |"),
+        "{text}"
+    );
+    // INSERT ... SELECT, and a duplicate id fails the whole statement.
+    let class = |r: Result<Vec<RecordBatch>, SqlError>| r.unwrap_err().class();
+    assert_eq!(
+        class(
+            sql.sql("INSERT INTO items (id, title) VALUES (102, 'x'), (100, 'dup')")
+                .await
+        ),
+        ErrorClass::UniqueViolation
+    );
+    assert!(
+        ids(&query(&sql, "SELECT id FROM items WHERE id = 102").await).is_empty(),
+        "partial insert applied"
+    );
+    // ON CONFLICT DO NOTHING skips; DO UPDATE changes only the named columns.
+    let b = query(&sql, "INSERT INTO items (id, title) VALUES (100, 'organ'), (103, 'drum') ON CONFLICT (id) DO NOTHING").await;
+    assert_eq!(count(&b), 1);
+    let b = query(&sql, "INSERT INTO items (id, title, score) VALUES (100, 'organ', 9.5) ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title").await;
+    assert_eq!(count(&b), 1);
+    let rows = query(
+        &sql,
+        "SELECT id, title, score, embedding FROM items WHERE id = 100",
+    )
+    .await;
+    let text = pretty_format_batches(&rows).unwrap().to_string();
+    assert!(
+        text.contains("| 100 | organ |       | [0.5, 1.5] |"),
+        "{text}"
+    );
+    // Bad values: wrong vector dimension, NULL id, text into a number.
+    assert_eq!(
+        class(
+            sql.sql("INSERT INTO items (id, embedding) VALUES (104, '[1,2,3]')")
+                .await
+        ),
+        ErrorClass::DataException
+    );
+    assert_eq!(
+        class(
+            sql.sql("INSERT INTO items (id, title) VALUES (NULL, 'x')")
+                .await
+        ),
+        ErrorClass::NotNull
+    );
+    assert_eq!(
+        class(
+            sql.sql("INSERT INTO items (id, score) VALUES (105, 'abc')")
+                .await
+        ),
+        ErrorClass::DataException
+    );
+    assert_eq!(
+        class(
+            sql.sql("INSERT INTO items (id, nope) VALUES (106, 1)")
+                .await
+        ),
+        ErrorClass::InvalidParameter
+    );
+    assert_eq!(class(sql.sql("INSERT INTO items (id, title) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET title = 'x'").await), ErrorClass::Syntax);
+    let b = query(
+        &sql,
+        "INSERT INTO items (id, title) SELECT id + 1000, title FROM items WHERE id <= 3",
+    )
+    .await;
+    assert_eq!(count(&b), 3);
+    assert_eq!(
+        ids(&query(&sql, "SELECT id FROM items WHERE id > 1000 ORDER BY id").await),
+        vec![1001, 1002, 1003]
+    );
+}
