@@ -19,6 +19,8 @@ pub enum CoreError {
     UnknownTable { kind: EntityKind },
     #[error("table {name:?} does not exist (entity tables are items, users and creators)")]
     UnknownTableName { name: String },
+    #[error("column {column:?} of relation {table:?} does not exist")]
+    UnknownColumn { table: String, column: String },
     #[error("column {column:?} is declared twice")]
     DuplicateColumn { column: String },
     #[error("column {column:?}: {reason}")]
@@ -75,6 +77,8 @@ pub enum ErrorClass {
     InvalidParameter,
     /// An object that does not exist (42704 / 42P01).
     UndefinedObject,
+    /// A column that does not exist (42703).
+    UndefinedColumn,
     /// An object that already exists (42710).
     DuplicateObject,
     /// A unique key violated (23505).
@@ -115,6 +119,7 @@ impl CoreError {
             | WrongKind { .. }
             | BadColumn { .. } => ErrorClass::InvalidParameter,
             BadTimestamp { .. } | BadValue { .. } => ErrorClass::DataException,
+            UnknownColumn { .. } => ErrorClass::UndefinedColumn,
             Decode(_) => ErrorClass::Internal,
         }
     }

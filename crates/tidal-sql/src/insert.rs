@@ -12,7 +12,7 @@ use tidal_core::{ColumnType, CoreError, EntityId, EntityKind, Timestamp, Value};
 use tidal_engine::{Engine, EngineError};
 
 use crate::SqlError;
-use crate::statement::OnConflict;
+use crate::statement::{OnConflict, RowChange};
 
 /// Arrow's cast turns unparsable values into NULL by default; a bad value must be an
 /// error instead.
@@ -58,10 +58,10 @@ fn layout(columns: &[String], width: usize) -> Result<[Option<usize>; 5], SqlErr
     let mut pos = [None; 5];
     for (i, n) in names.iter().enumerate() {
         let slot = SIGNAL_COLUMNS.iter().position(|c| c == n).ok_or_else(|| {
-            col_err(
-                n,
-                "signals has no such column (signal, entity_id, user_id, weight, ts)",
-            )
+            SqlError::from(CoreError::UnknownColumn {
+                table: "signals".into(),
+                column: n.to_string(),
+            })
         })?;
         if pos[slot].replace(i).is_some() {
             return Err(col_err(n, "named twice"));
@@ -436,9 +436,9 @@ pub fn insert_rows(
             .iter()
             .map(|c| {
                 let i = def.column_index(c).ok_or_else(|| {
-                    SqlError::from(CoreError::BadColumn {
+                    SqlError::from(CoreError::UnknownColumn {
+                        table: kind.table_name().to_string(),
                         column: c.clone(),
-                        reason: format!("{} has no such column", kind.table_name()),
                     })
                 })?;
                 if !seen.insert(i) {
@@ -519,4 +519,62 @@ pub fn insert_rows(
     }
     txn.commit()?;
     count_batch(written)
+}
+
+/// Applies an UPDATE or DELETE: `rows` holds the matching ids (and, for UPDATE, the new
+/// values of the assigned columns, in order). All changes commit as one transaction.
+pub fn change_rows(
+    engine: &Engine,
+    change: &RowChange,
+    rows: &[RecordBatch],
+) -> Result<RecordBatch, SqlError> {
+    let schema = engine.schema();
+    let def = schema.table(change.kind).map_err(SqlError::from)?;
+    let assigned: Vec<usize> = change
+        .columns
+        .iter()
+        .map(|c| {
+            def.column_index(c).ok_or_else(|| {
+                SqlError::from(CoreError::UnknownColumn {
+                    table: change.kind.table_name().to_string(),
+                    column: c.clone(),
+                })
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let view = engine.read();
+    let mut txn = engine.begin();
+    let mut n = 0u64;
+    for batch in rows {
+        let ids = strict_cast(batch.column(0), &DataType::Int64)
+            .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| col_err("id", "not a BIGINT"))?;
+        let mut values = Vec::with_capacity(assigned.len());
+        for (j, &i) in assigned.iter().enumerate() {
+            values.push(column_values(batch.column(j + 1), &def.columns[i])?.into_iter());
+        }
+        for id in ids.iter() {
+            let id = id
+                .and_then(EntityId::from_i64)
+                .ok_or_else(|| col_err("id", "stored id is invalid"))?;
+            if change.delete {
+                txn.delete(change.kind, id)?;
+            } else {
+                let Some(mut row) = view.get(change.kind, id)? else {
+                    continue;
+                };
+                row.resize(def.columns.len(), Value::Null);
+                for (col, &i) in values.iter_mut().zip(&assigned) {
+                    row[i] = col.next().unwrap_or(Value::Null);
+                }
+                txn.upsert(change.kind, row)?;
+            }
+            n += 1;
+        }
+    }
+    txn.commit()?;
+    count_batch(n)
 }

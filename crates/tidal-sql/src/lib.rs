@@ -44,6 +44,6 @@ mod tests;
 pub use error::SqlError;
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, TidalSchema};
 pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
-pub use statement::{OnConflict, TidalStatement, parse as parse_tidal_statement};
+pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use types::{arrow_type, table_schema};
 pub use udf::{SignalFn, SignalUdf};

@@ -113,6 +113,24 @@ impl SqlSession {
                     &on_conflict,
                 )?]);
             }
+            Some(crate::TidalStatement::ChangeRows(change)) => {
+                // The WHERE clause and the new values are evaluated by DataFusion over
+                // the statement's snapshot; the changes commit as one transaction.
+                let opts = SQLOptions::new()
+                    .with_allow_ddl(false)
+                    .with_allow_dml(false);
+                let rows = self
+                    .ctx
+                    .sql_with_options(&change.query, opts)
+                    .await?
+                    .collect()
+                    .await?;
+                return Ok(vec![crate::insert::change_rows(
+                    &self.engine,
+                    &change,
+                    &rows,
+                )?]);
+            }
             Some(stmt) => return crate::statement::execute(&self.engine, stmt),
             None => {}
         }

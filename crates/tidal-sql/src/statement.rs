@@ -51,6 +51,8 @@ pub enum TidalStatement {
         columns: Vec<String>,
         source: String,
     },
+    /// `UPDATE t SET ... [WHERE ...]` / `DELETE FROM t [WHERE ...]`.
+    ChangeRows(RowChange),
     /// `INSERT INTO items|users|creators [(columns)] <query> [ON CONFLICT (id) ...]`.
     InsertRows {
         kind: EntityKind,
@@ -58,6 +60,17 @@ pub enum TidalStatement {
         source: String,
         on_conflict: OnConflict,
     },
+}
+
+/// `UPDATE`/`DELETE` on an entity table, compiled to a query that finds the rows (and,
+/// for UPDATE, computes the new values): `SELECT id, <value>... FROM t WHERE ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    pub kind: EntityKind,
+    pub query: String,
+    /// Assigned columns, in the order of the query's value columns (empty for DELETE).
+    pub columns: Vec<String>,
+    pub delete: bool,
 }
 
 /// What an entity INSERT does with an id that already exists.
@@ -104,6 +117,65 @@ fn insert_signals(
         columns,
         source: source.to_string(),
     })
+}
+
+fn change_rows(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+    kind: EntityKind,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{AssignmentTarget, FromTable, Statement};
+    let DFStatement::Statement(stmt) = df.parse_statement()? else {
+        return Err(syntax("expected UPDATE or DELETE"));
+    };
+    let table = kind.table_name();
+    let (selection, assignments, delete) = match *stmt {
+        Statement::Update(u) => {
+            if !u.table.joins.is_empty() || u.from.is_some() {
+                return Err(syntax("UPDATE ... FROM and joins are not supported"));
+            }
+            if u.returning.is_some() || u.limit.is_some() || !u.order_by.is_empty() {
+                return Err(syntax("UPDATE takes no RETURNING, ORDER BY or LIMIT"));
+            }
+            (u.selection, u.assignments, false)
+        }
+        Statement::Delete(d) => {
+            let tables = match &d.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            if tables.len() != 1 || !tables[0].joins.is_empty() || d.using.is_some() {
+                return Err(syntax("DELETE works on one table, without USING or joins"));
+            }
+            if d.returning.is_some() || d.limit.is_some() || !d.order_by.is_empty() {
+                return Err(syntax("DELETE takes no RETURNING, ORDER BY or LIMIT"));
+            }
+            (d.selection, Vec::new(), true)
+        }
+        _ => return Err(syntax("expected UPDATE or DELETE")),
+    };
+    let mut columns = Vec::new();
+    let mut values = Vec::new();
+    for a in &assignments {
+        let AssignmentTarget::ColumnName(name) = &a.target else {
+            return Err(syntax("assign one column at a time in UPDATE SET"));
+        };
+        let name = name.to_string().to_ascii_lowercase();
+        if name == "id" {
+            return Err(syntax(
+                "the id of an entity cannot be changed; insert a new row instead",
+            ));
+        }
+        values.push(format!(", ({}) AS __tidal_v{}", a.value, values.len()));
+        columns.push(name);
+    }
+    let filter = selection.map(|e| format!(" WHERE {e}")).unwrap_or_default();
+    let query = format!("SELECT id{} FROM {table}{filter}", values.concat());
+    Ok(TidalStatement::ChangeRows(RowChange {
+        kind,
+        query,
+        columns,
+        delete,
+    }))
 }
 
 fn insert_rows(
@@ -406,6 +478,11 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         if peek_words(p, &["INSERT", "INTO", kind.table_name()]) {
             return insert_rows(&mut df, kind).map(Some);
         }
+        if peek_words(p, &["UPDATE", kind.table_name()])
+            || peek_words(p, &["DELETE", "FROM", kind.table_name()])
+        {
+            return change_rows(&mut df, kind).map(Some);
+        }
     }
     if peek_words(p, &["CREATE", "TABLE"]) {
         return create_table(&mut df).map(Some);
@@ -473,9 +550,9 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             Ok(Vec::new())
         }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
-        TidalStatement::InsertSignals { .. } | TidalStatement::InsertRows { .. } => {
-            Err(syntax("INSERT runs through SqlSession::sql"))
-        }
+        TidalStatement::InsertSignals { .. }
+        | TidalStatement::InsertRows { .. }
+        | TidalStatement::ChangeRows(_) => Err(syntax("INSERT runs through SqlSession::sql")),
         TidalStatement::CreateTable(def) => {
             let mut txn = engine.begin();
             txn.schema_change(SchemaChange::CreateTable(def))?;

@@ -545,7 +545,7 @@ async fn insert_into_signals_is_atomic_and_durable() {
         ),
         (
             "INSERT INTO signals (signal, entity, ts) VALUES ('like', 50, '2026-11-20')",
-            ErrorClass::DataException,
+            ErrorClass::UndefinedColumn,
         ),
         (
             "INSERT INTO signals (signal) VALUES ('like')",
@@ -638,7 +638,7 @@ async fn insert_into_entity_tables_with_on_conflict() {
             sql.sql("INSERT INTO items (id, nope) VALUES (106, 1)")
                 .await
         ),
-        ErrorClass::InvalidParameter
+        ErrorClass::UndefinedColumn
     );
     assert_eq!(class(sql.sql("INSERT INTO items (id, title) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET title = 'x'").await), ErrorClass::Syntax);
     let b = query(
@@ -651,4 +651,63 @@ async fn insert_into_entity_tables_with_on_conflict() {
         ids(&query(&sql, "SELECT id FROM items WHERE id > 1000 ORDER BY id").await),
         vec![1001, 1002, 1003]
     );
+}
+
+#[tokio::test]
+async fn update_and_delete_with_where() {
+    let (_dir, sql) = setup();
+    let count = |b: &[RecordBatch]| {
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let b = query(
+        &sql,
+        "UPDATE items SET title = upper(title), score = score * 10 WHERE id BETWEEN 2 AND 4",
+    )
+    .await;
+    assert_eq!(count(&b), 3);
+    let rows = query(
+        &sql,
+        "SELECT id, title, score FROM items WHERE id <= 5 ORDER BY id",
+    )
+    .await;
+    let text = pretty_format_batches(&rows).unwrap().to_string();
+    assert!(text.contains("| 1  | item 1 | 0.5   |"), "{text}");
+    assert!(text.contains("| 3  | ITEM 3 | 15.0  |"), "{text}");
+    assert!(text.contains("| 5  | item 5 |       |"), "{text}");
+    // Signal functions work in WHERE: delete items without views.
+    let b = query(
+        &sql,
+        "DELETE FROM items WHERE signal_total('view', id) = 0 AND id > 10",
+    )
+    .await;
+    assert_eq!(count(&b), 10);
+    assert_eq!(
+        ids(&query(&sql, "SELECT id FROM items WHERE id > 8 ORDER BY id").await),
+        vec![9, 10]
+    );
+    let b = query(
+        &sql,
+        "DELETE FROM items WHERE id IN (SELECT id FROM items WHERE id > 9)",
+    )
+    .await;
+    assert_eq!(count(&b), 1, "IN (subquery) keeps its filter");
+    // A failing value aborts the whole UPDATE.
+    let e = sql
+        .sql("UPDATE items SET embedding = '[1,2,3]' WHERE id < 5")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::DataException, "{e}");
+    let e = sql
+        .sql("UPDATE items SET id = 5 WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Syntax);
+    let e = sql.sql("UPDATE items SET nope = 1").await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::UndefinedColumn, "{e}");
+    let b = query(&sql, "DELETE FROM items").await;
+    assert_eq!(count(&b), 9);
 }
