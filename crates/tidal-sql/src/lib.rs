@@ -33,6 +33,7 @@
 mod error;
 mod insert;
 mod provider;
+mod scoring;
 mod session;
 mod statement;
 mod types;
@@ -43,6 +44,7 @@ mod tests;
 
 pub use error::SqlError;
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, TidalSchema};
+pub use scoring::{ScoreFn, ScoreUdf};
 pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use types::{arrow_type, table_schema};

@@ -50,7 +50,10 @@ impl SqlSession {
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
-        for udf in SignalUdf::all(&engine) {
+        for udf in SignalUdf::all(&engine)
+            .into_iter()
+            .chain(crate::ScoreUdf::all())
+        {
             ctx.register_udf(udf);
         }
         Ok(SqlSession { ctx, engine })

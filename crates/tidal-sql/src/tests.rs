@@ -711,3 +711,49 @@ async fn update_and_delete_with_where() {
     let b = query(&sql, "DELETE FROM items").await;
     assert_eq!(count(&b), 9);
 }
+
+#[tokio::test]
+async fn scoring_functions_match_their_formulas() {
+    let (_dir, sql) = setup();
+    let b = query(
+        &sql,
+        "SELECT hot(110, 10, TIMESTAMP '2026-11-20 12:00:00'), wilson(80, 100), wilson(0, 0), \
+         wilson(80, 100, 1.96), controversy(10, 5), controversy(10, 0), \
+         hn(11, now() - INTERVAL '8 hours'), hn(11, now() - INTERVAL '8 hours', 1.0), \
+         freshness(now() - INTERVAL '2 days', INTERVAL '1 day'), freshness(now(), '6 hours')",
+    )
+    .await;
+    let v: Vec<f64> = (0..10).map(|i| f64s(&b, i)[0].unwrap()).collect();
+    let secs = t0().0 as f64 / 1e6;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(
+        close(v[0], 2.0 + (secs - 1_134_028_003.0) / 45_000.0),
+        "hot {}",
+        v[0]
+    );
+    let wilson = |u: f64, n: f64, z: f64| {
+        let p = u / n;
+        (p + z * z / (2.0 * n) - z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt())
+            / (1.0 + z * z / n)
+    };
+    assert!(
+        close(v[1], wilson(80.0, 100.0, 1.281551565545)),
+        "wilson {}",
+        v[1]
+    );
+    assert_eq!(v[2], 0.0);
+    assert!(close(v[3], wilson(80.0, 100.0, 1.96)));
+    assert!(close(v[4], 15f64.powf(0.5)));
+    assert_eq!(v[5], 0.0);
+    assert!(close(v[6], 10.0 / 10f64.powf(1.8)), "hn {}", v[6]);
+    assert!(close(v[7], 1.0), "hn gravity 1: {}", v[7]);
+    assert!(close(v[8], 0.25), "freshness {}", v[8]);
+    assert!(close(v[9], 1.0));
+    let e = sql
+        .sql("SELECT freshness(now(), INTERVAL '0 days')")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidParameter, "{e}");
+    let e = sql.sql("SELECT hot(1, 2)").await.unwrap_err();
+    assert!(e.to_string().contains("hot(ups, downs, created_at)"), "{e}");
+}
