@@ -20,6 +20,7 @@ use tidal_engine::{Engine, ReadView};
 use tokio::sync::mpsc::Sender;
 
 use crate::error::engine_err;
+use crate::state::{SignalStateTable, StateTable};
 use crate::types::{BatchBuilder, table_schema};
 
 /// Rows per record batch produced by entity scans.
@@ -49,6 +50,14 @@ impl SchemaProvider for TidalSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        for t in [StateTable::State, StateTable::Windows] {
+            if name.eq_ignore_ascii_case(t.name()) {
+                return Ok(Some(Arc::new(SignalStateTable::new(
+                    self.engine.clone(),
+                    t,
+                ))));
+            }
+        }
         let Ok(kind) = name.parse::<EntityKind>() else {
             return Ok(None);
         };

@@ -757,3 +757,63 @@ async fn scoring_functions_match_their_formulas() {
     let e = sql.sql("SELECT hot(1, 2)").await.unwrap_err();
     assert!(e.to_string().contains("hot(ups, downs, created_at)"), "{e}");
 }
+
+#[tokio::test]
+async fn signal_state_tables_list_active_pairs() {
+    let (_dir, sql) = setup();
+    let b = query(
+        &sql,
+        "SELECT entity_id, signal, total, last_ts FROM signal_state ORDER BY signal, entity_id",
+    )
+    .await;
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    assert!(
+        text.contains("| 2         | like   | 3.0   | 2026-11-20T12:00:00 |"),
+        "{text}"
+    );
+    assert!(
+        text.contains("| 1         | view   | 3.0   | 2026-11-20T12:00:00 |"),
+        "{text}"
+    );
+    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    // `score` is decay at the statement's planning time, which DataFusion stamps
+    // separately from the logical start time the function uses: they differ by the
+    // planning time (milliseconds in a debug build).
+    let b = query(
+        &sql,
+        "SELECT score, decay('view', 1) FROM signal_state WHERE signal = 'view'",
+    )
+    .await;
+    let (score, decay) = (f64s(&b, 0)[0].unwrap(), f64s(&b, 1)[0].unwrap());
+    assert!(
+        (score - decay).abs() <= 1e-3 * decay.abs(),
+        "{score} vs {decay}"
+    );
+    let b = query(
+        &sql,
+        "SELECT entity_id, window, count FROM signal_windows ORDER BY signal, entity_id, window",
+    )
+    .await;
+    let text = pretty_format_batches(&b).unwrap().to_string();
+    assert_eq!(b.iter().map(|b| b.num_rows()).sum::<usize>(), 3, "{text}");
+    assert!(text.contains("| 2         | all    | 3.0   |"), "{text}");
+    let b = query(
+        &sql,
+        "SELECT velocity, acceleration FROM signal_windows WHERE window = 'all'",
+    )
+    .await;
+    assert_eq!((f64s(&b, 0), f64s(&b, 1)), (vec![None], vec![None]));
+    let b = query(
+        &sql,
+        "SELECT count(*) FROM signal_state s JOIN items i ON i.id = s.entity_id",
+    )
+    .await;
+    assert_eq!(
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        2
+    );
+}
