@@ -10,4 +10,5 @@ mod bad_input;
 mod child;
 mod crash_during_ingest;
 mod restart_equivalence;
+mod sql_logic;
 mod sql_reads;
