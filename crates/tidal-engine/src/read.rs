@@ -7,6 +7,8 @@ use tidal_core::{CoreError, EntityId, EntityKind, Row, Schema, SignalDef, Timest
 use crate::EngineError;
 use crate::registry::Shared;
 use crate::store::StoreSnapshot;
+use tidal_core::SignalId;
+use tidal_ledger::Ledger;
 
 /// A read view: the schema and entity rows as of its creation (a consistent
 /// snapshot), and signal state read at an explicit instant `at`.
@@ -64,6 +66,26 @@ impl ReadView {
         Ok(def)
     }
 
+    /// Validates the window for `what` and reads one value under the ledger lock.
+    fn windowed_read(
+        &self,
+        signal: &str,
+        entity: EntityId,
+        window: Window,
+        at: Timestamp,
+        what: &'static str,
+        read: fn(&Ledger, SignalId, EntityId, Window, Timestamp) -> f64,
+    ) -> Result<f64, EngineError> {
+        let def = self.windowed(signal, window, what)?;
+        Ok(read(
+            &self.shared.ledger.ledger.read(),
+            def.id,
+            entity,
+            window,
+            at,
+        ))
+    }
+
     /// `decay(signal, entity, at)`.
     pub fn decay(&self, signal: &str, entity: EntityId, at: Timestamp) -> Result<f64, EngineError> {
         let def = self.signal(signal)?;
@@ -78,13 +100,14 @@ impl ReadView {
         window: Window,
         at: Timestamp,
     ) -> Result<f64, EngineError> {
-        let def = self.windowed(signal, window, "window_count")?;
-        Ok(self
-            .shared
-            .ledger
-            .ledger
-            .read()
-            .window_count(def.id, entity, window, at))
+        self.windowed_read(
+            signal,
+            entity,
+            window,
+            at,
+            "window_count",
+            Ledger::window_count,
+        )
     }
 
     /// `velocity(signal, entity, window, at)`: weight per hour over the window.
@@ -95,13 +118,7 @@ impl ReadView {
         window: Window,
         at: Timestamp,
     ) -> Result<f64, EngineError> {
-        let def = self.windowed(signal, window, "velocity")?;
-        Ok(self
-            .shared
-            .ledger
-            .ledger
-            .read()
-            .velocity(def.id, entity, window, at))
+        self.windowed_read(signal, entity, window, at, "velocity", Ledger::velocity)
     }
 
     /// `acceleration(signal, entity, window, at)`.
@@ -112,13 +129,14 @@ impl ReadView {
         window: Window,
         at: Timestamp,
     ) -> Result<f64, EngineError> {
-        let def = self.windowed(signal, window, "acceleration")?;
-        Ok(self
-            .shared
-            .ledger
-            .ledger
-            .read()
-            .acceleration(def.id, entity, window, at))
+        self.windowed_read(
+            signal,
+            entity,
+            window,
+            at,
+            "acceleration",
+            Ledger::acceleration,
+        )
     }
 
     /// `signal_total(signal, entity)`.

@@ -69,24 +69,30 @@ impl SqlSession {
         &self.engine
     }
 
-    /// Runs one statement and collects its result: tidalDB's own statements
-    /// (`CREATE/DROP SIGNAL`, `SHOW SIGNALS`) or a query planned by DataFusion. Other
-    /// writes and DDL through SQL are not available yet; they are refused rather than
-    /// run against DataFusion's in-memory tables.
+    /// Runs one query through DataFusion with DDL and DML refused, so nothing can land
+    /// in DataFusion's in-memory tables; writes go through the engine instead.
+    async fn read_only(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        let opts = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false);
+        Ok(self
+            .ctx
+            .sql_with_options(sql, opts)
+            .await?
+            .collect()
+            .await?)
+    }
+
+    /// Runs one statement and collects its result. tidalDB's own statements
+    /// (`CREATE/DROP SIGNAL`, `SHOW SIGNALS`, `CREATE/DROP TABLE … WITH (kind = …)`,
+    /// `INSERT`, `UPDATE`, `DELETE`) compile to engine commands — each one atomic and
+    /// durable — and everything else is a read-only query planned by DataFusion.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
         match crate::statement::parse(sql)? {
             Some(crate::TidalStatement::InsertSignals { columns, source }) => {
                 // The source runs as an ordinary read-only query; its rows are then
                 // validated and committed as one transaction.
-                let opts = SQLOptions::new()
-                    .with_allow_ddl(false)
-                    .with_allow_dml(false);
-                let rows = self
-                    .ctx
-                    .sql_with_options(&source, opts)
-                    .await?
-                    .collect()
-                    .await?;
+                let rows = self.read_only(&source).await?;
                 return Ok(vec![crate::insert::insert_signals(
                     &self.engine,
                     &columns,
@@ -99,15 +105,7 @@ impl SqlSession {
                 source,
                 on_conflict,
             }) => {
-                let opts = SQLOptions::new()
-                    .with_allow_ddl(false)
-                    .with_allow_dml(false);
-                let rows = self
-                    .ctx
-                    .sql_with_options(&source, opts)
-                    .await?
-                    .collect()
-                    .await?;
+                let rows = self.read_only(&source).await?;
                 return Ok(vec![crate::insert::insert_rows(
                     &self.engine,
                     kind,
@@ -119,15 +117,7 @@ impl SqlSession {
             Some(crate::TidalStatement::ChangeRows(change)) => {
                 // The WHERE clause and the new values are evaluated by DataFusion over
                 // the statement's snapshot; the changes commit as one transaction.
-                let opts = SQLOptions::new()
-                    .with_allow_ddl(false)
-                    .with_allow_dml(false);
-                let rows = self
-                    .ctx
-                    .sql_with_options(&change.query, opts)
-                    .await?
-                    .collect()
-                    .await?;
+                let rows = self.read_only(&change.query).await?;
                 return Ok(vec![crate::insert::change_rows(
                     &self.engine,
                     &change,
@@ -137,10 +127,6 @@ impl SqlSession {
             Some(stmt) => return crate::statement::execute(&self.engine, stmt),
             None => {}
         }
-        let opts = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false);
-        let df = self.ctx.sql_with_options(sql, opts).await?;
-        Ok(df.collect().await?)
+        self.read_only(sql).await
     }
 }
