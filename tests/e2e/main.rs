@@ -12,3 +12,4 @@ mod crash_during_ingest;
 mod restart_equivalence;
 mod sql_logic;
 mod sql_reads;
+mod sql_restart;

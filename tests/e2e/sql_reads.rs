@@ -103,3 +103,45 @@ async fn select_ranks_items_by_signal_functions() {
         100
     );
 }
+
+#[tokio::test]
+async fn sql_stream_yields_batches_and_runs_writes() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path()).unwrap();
+    let mut s = db
+        .sql_stream("CREATE TABLE items (id BIGINT PRIMARY KEY, n INT) WITH (kind = 'item')")
+        .await
+        .unwrap();
+    while let Some(b) = s.next().await {
+        b.unwrap();
+    }
+    // A write returns its count row through the stream, and is applied before it.
+    let mut s = db
+        .sql_stream(
+            "INSERT INTO items (id, n) SELECT value, value % 10 FROM generate_series(1, 50000)",
+        )
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    let count = first
+        .column(0)
+        .as_any()
+        .downcast_ref::<tidal::datafusion::arrow::array::UInt64Array>()
+        .unwrap();
+    assert_eq!(count.value(0), 50_000);
+    assert!(s.next().await.is_none());
+    // A large scan arrives in several bounded batches.
+    let mut s = db.sql_stream("SELECT id, n FROM items").await.unwrap();
+    let (mut batches, mut rows) = (0, 0);
+    while let Some(b) = s.next().await {
+        let b = b.unwrap();
+        assert!(b.num_rows() <= tidal::SCAN_BATCH_ROWS);
+        batches += 1;
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 50_000);
+    assert!(batches >= 50_000 / tidal::SCAN_BATCH_ROWS, "{batches}");
+    // Errors surface from the call, not as a panic.
+    assert!(db.sql_stream("SELECT nope FROM items").await.is_err());
+}

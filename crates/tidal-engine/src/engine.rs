@@ -12,6 +12,7 @@ use tidal_wal::{Lsn, Op, Wal, WalOptions};
 use crate::EngineError;
 use crate::checkpoint;
 use crate::config::{EngineConfig, TXN_BYTES_MAX};
+use crate::history::{HISTORY_TAIL_EVENTS_MAX, History};
 use crate::read::ReadView;
 use crate::registry::{LedgerMaterializer, Registry, Shared};
 use crate::store::EntityStore;
@@ -72,7 +73,7 @@ impl Engine {
     /// after it, and starts the writer and the background checkpointer.
     pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
         let dir = &config.dir;
-        for sub in ["", "wal", "store", "checkpoints"] {
+        for sub in ["", "wal", "store", "checkpoints", "history"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| EngineError::io(&p, e))?;
         }
@@ -89,7 +90,11 @@ impl Engine {
             });
         }
         let started = Instant::now();
-        let mut names = std::collections::BTreeSet::from(["schema", "ledger"]);
+        let mut names = std::collections::BTreeSet::from([
+            "schema",
+            "ledger",
+            crate::registry::HISTORY_SECTION,
+        ]);
         for m in &config.materializers {
             if !names.insert(m.name()) {
                 return Err(EngineError::DuplicateMaterializer {
@@ -98,10 +103,12 @@ impl Engine {
             }
         }
         let store = EntityStore::open(&dir.join("store"))?;
+        let history = History::open(&dir.join("history"))?;
         let shared = Arc::new(Shared {
             schema: RwLock::new(Arc::new(Schema::new())),
             store,
             ledger: Arc::new(LedgerMaterializer::default()),
+            history,
             extra: config.materializers.clone(),
         });
         let ckpt = checkpoint::load_latest(&dir.join("checkpoints"))?;
@@ -239,10 +246,13 @@ fn checkpoint_inner(inner: &Inner) -> Result<CheckpointStats, EngineError> {
     let bytes = checkpoint::write(&inner.config.dir.join("checkpoints"), &snapshot)?;
     drop(snapshot);
     inner.shared.store.persist()?;
+    // The WAL is the only other copy of unflushed events: retire only what the history
+    // files now hold.
+    let flushed = inner.shared.history.flush()?;
     let (deleted, wal_bytes) = {
         let wal = inner.wal.read();
         let wal = wal.as_ref().ok_or(EngineError::Closed)?;
-        (wal.retire_through(lsn)?, wal.stats().bytes)
+        (wal.retire_through(lsn.min(flushed))?, wal.stats().bytes)
     };
     *state = CheckpointState {
         wal_bytes_at_last: wal_bytes,
@@ -285,6 +295,7 @@ fn checkpointer_loop(inner: Weak<Inner>) {
             let grown = stats.bytes.saturating_sub(state.wal_bytes_at_last);
             let limit = inner.config.checkpoint_wal_bytes.unwrap_or(u64::MAX);
             grown >= limit
+                || inner.shared.history.memory_events() >= HISTORY_TAIL_EVENTS_MAX
                 || (wal.last_lsn() > state.lsn_at_last
                     && state.at_last.elapsed() >= inner.config.checkpoint_interval)
         };

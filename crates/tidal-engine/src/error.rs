@@ -38,6 +38,8 @@ pub enum EngineError {
     Closed,
     #[error("two materializers are named {name:?}")]
     DuplicateMaterializer { name: String },
+    #[error("event history: {reason}")]
+    History { reason: String },
     #[error("transaction too large: {what}")]
     TooLarge { what: String },
 }

@@ -38,6 +38,7 @@ mod engine;
 mod error;
 #[cfg(test)]
 mod fixture_tests;
+mod history;
 mod read;
 mod registry;
 mod store;
@@ -47,6 +48,10 @@ mod tests;
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
 pub use engine::{CheckpointStats, Engine, WriteOutcome, WriteTxn};
 pub use error::EngineError;
+pub use history::{
+    HISTORY_BLOCK_EVENTS, HISTORY_ROW_GROUP_ROWS, HISTORY_TAIL_EVENTS_MAX, HistoryFile,
+    HistorySnapshot, history_schema,
+};
 pub use read::ReadView;
 pub use registry::Materializer;
 pub use store::StoreSnapshot;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tidal_core::{CoreError, EntityId, EntityKind, Row, Schema, SignalDef, Timestamp, Window};
 
 use crate::EngineError;
+use crate::history::HistorySnapshot;
 use crate::registry::Shared;
 use crate::store::StoreSnapshot;
 use tidal_core::SignalId;
@@ -171,5 +172,11 @@ impl ReadView {
     /// Runs `f` with shared access to the ledger, for vectorized readers.
     pub fn with_ledger<R>(&self, f: impl FnOnce(&tidal_ledger::Ledger) -> R) -> R {
         f(&self.shared.ledger.ledger.read())
+    }
+
+    /// The event history: immutable Parquet files plus the in-memory events not yet
+    /// flushed, disjoint, as of this call.
+    pub fn history(&self) -> Result<HistorySnapshot, EngineError> {
+        self.shared.history.snapshot()
     }
 }

@@ -13,6 +13,7 @@ use tidal_wal::{Applier, CommittedTxn, Lsn, Op};
 
 use crate::EngineError;
 use crate::checkpoint::Checkpoint;
+use crate::history::History;
 use crate::store::EntityStore;
 
 /// A piece of derived state kept in memory and saved in checkpoints.
@@ -33,12 +34,16 @@ pub trait Materializer: Send + Sync + fmt::Debug {
     fn restore(&self, bytes: &[u8]) -> Result<(), EngineError>;
 }
 
+/// Checkpoint section holding the history's signal names.
+pub(crate) const HISTORY_SECTION: &str = "history";
+
 /// State shared by the writer (through the registry) and every reader.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub schema: RwLock<Arc<Schema>>,
     pub store: EntityStore,
     pub ledger: Arc<LedgerMaterializer>,
+    pub history: History,
     pub extra: Vec<Arc<dyn Materializer>>,
 }
 
@@ -97,6 +102,8 @@ pub(crate) struct Registry {
     checkpoint_lsn: Lsn,
     /// Transactions at or below this LSN are already in the entity store.
     store_lsn: Lsn,
+    /// Events of transactions at or below this LSN are already in history files.
+    history_lsn: Lsn,
     /// Last LSN applied (or covered by restored state).
     pub applied_lsn: Lsn,
     /// Entity existence as changed by transactions prepared but not yet applied.
@@ -109,7 +116,8 @@ impl Registry {
     /// Restores checkpointed state (if any) and positions replay after it.
     pub fn restore(shared: Arc<Shared>, ckpt: Option<Checkpoint>) -> Result<Registry, EngineError> {
         let mut checkpoint_lsn = 0;
-        if let Some(c) = ckpt {
+        let mut names = None;
+        if let Some(c) = &ckpt {
             checkpoint_lsn = c.lsn;
             if let Some(bytes) = c.section("schema") {
                 let mut d = Decoder::new(bytes);
@@ -122,10 +130,14 @@ impl Registry {
                     m.restore(bytes)?;
                 }
             }
+            names = c.section(HISTORY_SECTION);
         }
+        let schema = shared.schema.read().clone();
+        shared.history.restore_names(names, &schema)?;
         let store_lsn = shared.store.applied_lsn()?;
         Ok(Registry {
             applied_lsn: checkpoint_lsn.max(store_lsn),
+            history_lsn: shared.history.flushed_at_open,
             shared,
             checkpoint_lsn,
             store_lsn,
@@ -144,6 +156,11 @@ impl Registry {
         for m in self.shared.materializers() {
             sections.push((m.name().to_string(), m.snapshot()?));
         }
+        self.shared.history.freeze(self.applied_lsn);
+        sections.push((
+            HISTORY_SECTION.to_string(),
+            self.shared.history.snapshot_names(),
+        ));
         self.shared.store.mark_applied(self.applied_lsn)?;
         Ok(Checkpoint {
             lsn: self.applied_lsn,
@@ -256,6 +273,7 @@ impl Applier for Registry {
         if txn.lsn > self.store_lsn {
             self.shared.store.apply(txn)?;
         }
+        self.shared.history.apply(txn, txn.lsn > self.history_lsn);
         if in_memory {
             for m in self.shared.materializers() {
                 m.apply(txn, &schema)?;

@@ -243,3 +243,150 @@ fn writes_after_shutdown_fail_cleanly() {
     txn.signal("view", EntityId(1), None, 1.0, None).unwrap();
     assert!(matches!(txn.commit(), Err(EngineError::Closed)));
 }
+
+/// All history rows (files read back with the parquet crate, plus memory), as sortable
+/// tuples.
+fn history_rows(engine: &Engine) -> Vec<(String, i64, Option<i64>, u64, i64)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    let snap = engine.read().history().unwrap();
+    let mut batches = snap.batches.clone();
+    for f in &snap.files {
+        let file = std::fs::File::open(&f.path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            assert_eq!(b.schema(), crate::history_schema());
+            // Every row of a file is on the file's day.
+            let ts = b.column(4).as_primitive::<TimestampMicrosecondType>();
+            assert!(
+                ts.values()
+                    .iter()
+                    .all(|t| t.div_euclid(86_400_000_000) == f.day)
+            );
+            batches.push(b);
+        }
+    }
+    let mut out = Vec::new();
+    for b in batches {
+        let sig = b.column(0).as_string::<i32>();
+        let ent = b.column(1).as_primitive::<Int64Type>();
+        let user = b.column(2).as_primitive::<Int64Type>();
+        let w = b.column(3).as_primitive::<Float64Type>();
+        let ts = b.column(4).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            out.push((
+                sig.value(i).to_string(),
+                ent.value(i),
+                user.is_valid(i).then(|| user.value(i)),
+                w.value(i).to_bits(),
+                ts.value(i),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn history_flushes_by_day_at_checkpoint_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let day_us = 24 * 60 * MINUTE_US;
+    let mut expected = Vec::new();
+    // Three UTC days of events, some without a user, in several transactions.
+    for batch in 0..3 {
+        let mut txn = engine.begin();
+        for i in 0..1_000i64 {
+            let ts = t0().saturating_sub((i % 3) * day_us + batch * MINUTE_US + i);
+            let user = (i % 4 != 0).then_some(EntityId(i as u64 % 17));
+            txn.signal(
+                "view",
+                EntityId(i as u64 % 50),
+                user,
+                1.0 + i as f64,
+                Some(ts),
+            )
+            .unwrap();
+            expected.push((
+                "view".to_string(),
+                i % 50,
+                user.map(|u| u.0 as i64),
+                (1.0 + i as f64).to_bits(),
+                ts.0,
+            ));
+        }
+        txn.commit().unwrap();
+    }
+    expected.sort();
+    let snap = engine.read().history().unwrap();
+    assert!(snap.files.is_empty());
+    assert_eq!(history_rows(&engine), expected);
+
+    let stats = engine.checkpoint().unwrap();
+    let snap = engine.read().history().unwrap();
+    assert_eq!(snap.files.len(), 3, "one file per UTC day");
+    assert!(snap.batches.is_empty());
+    assert!(snap.files.iter().all(|f| f.hi == stats.lsn));
+    assert_eq!(history_rows(&engine), expected);
+
+    // More events after the flush stay in memory; a restart replays exactly those.
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(99), None, 2.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    expected.push(("view".into(), 99, None, 2.0f64.to_bits(), t0().0));
+    expected.sort();
+    assert_eq!(history_rows(&engine), expected);
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(history_rows(&engine), expected);
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(history_rows(&engine), expected);
+}
+
+#[test]
+fn history_keeps_dropped_signal_names_and_deletes_unpublished_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), None, 1.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    engine.checkpoint().unwrap();
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(2), None, 1.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    let mut txn = engine.begin();
+    let id = engine.schema().signal("view").unwrap().id;
+    txn.schema_change(SchemaChange::DropSignal {
+        name: "view".into(),
+        id,
+    })
+    .unwrap();
+    txn.commit().unwrap();
+    let expected = history_rows(&engine);
+    assert_eq!(expected.len(), 2);
+    assert!(expected.iter().all(|r| r.0 == "view"));
+    let files = engine.read().history().unwrap().files;
+    drop(engine);
+
+    // A file a crashed flush wrote beyond FLUSHED must not be read (its events come back
+    // from the WAL instead).
+    let orphan = files[0]
+        .path
+        .with_file_name(format!("{:020}-{:020}.parquet", 0, u64::MAX / 2));
+    std::fs::copy(&files[0].path, &orphan).unwrap();
+    let engine = open(dir.path(), &clock);
+    assert!(!orphan.exists());
+    assert_eq!(history_rows(&engine), expected);
+}

@@ -31,6 +31,7 @@
 //! Statements that write or change the schema are not available through SQL yet.
 
 mod error;
+mod history;
 mod insert;
 mod provider;
 mod scoring;
@@ -44,7 +45,8 @@ mod udf;
 mod tests;
 
 pub use error::SqlError;
-pub use provider::{EntityTable, SCAN_BATCH_ROWS, TidalSchema};
+pub use history::SignalsTable;
+pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
 pub use scoring::{ScoreFn, ScoreUdf};
 pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
 pub use state::{SignalStateTable, StateTable};

@@ -20,6 +20,7 @@ use tidal_engine::{Engine, ReadView};
 use tokio::sync::mpsc::Sender;
 
 use crate::error::engine_err;
+use crate::history::SignalsTable;
 use crate::state::{SignalStateTable, StateTable};
 use crate::types::{BatchBuilder, table_schema};
 
@@ -42,14 +43,27 @@ impl TidalSchema {
 #[async_trait]
 impl SchemaProvider for TidalSchema {
     fn table_names(&self) -> Vec<String> {
-        self.engine
+        let mut names: Vec<String> = self
+            .engine
             .schema()
             .tables()
             .map(|t| t.kind.table_name().to_string())
-            .collect()
+            .collect();
+        names.extend(
+            [
+                SIGNALS_TABLE,
+                StateTable::State.name(),
+                StateTable::Windows.name(),
+            ]
+            .map(String::from),
+        );
+        names
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
+        if name.eq_ignore_ascii_case(SIGNALS_TABLE) {
+            return Ok(Some(Arc::new(SignalsTable::new(self.engine.clone()))));
+        }
         for t in [StateTable::State, StateTable::Windows] {
             if name.eq_ignore_ascii_case(t.name()) {
                 return Ok(Some(Arc::new(SignalStateTable::new(
@@ -80,6 +94,9 @@ impl SchemaProvider for TidalSchema {
             .any(|t| t == &name.to_ascii_lowercase())
     }
 }
+
+/// The event-history table's name.
+pub const SIGNALS_TABLE: &str = "signals";
 
 /// An entity table (`items`, `users`, `creators`) read from a consistent snapshot.
 #[derive(Debug)]

@@ -4,9 +4,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::prelude::DataFrame;
 use datafusion::prelude::SessionConfig;
 use tidal_engine::Engine;
 
@@ -69,18 +72,17 @@ impl SqlSession {
         &self.engine
     }
 
-    /// Runs one query through DataFusion with DDL and DML refused, so nothing can land
+    /// Plans one query through DataFusion with DDL and DML refused, so nothing can land
     /// in DataFusion's in-memory tables; writes go through the engine instead.
-    async fn read_only(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    async fn read_only_frame(&self, sql: &str) -> Result<DataFrame, SqlError> {
         let opts = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false);
-        Ok(self
-            .ctx
-            .sql_with_options(sql, opts)
-            .await?
-            .collect()
-            .await?)
+        Ok(self.ctx.sql_with_options(sql, opts).await?)
+    }
+
+    async fn read_only(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        Ok(self.read_only_frame(sql).await?.collect().await?)
     }
 
     /// Runs one statement and collects its result. tidalDB's own statements
@@ -88,16 +90,40 @@ impl SqlSession {
     /// `INSERT`, `UPDATE`, `DELETE`) compile to engine commands — each one atomic and
     /// durable — and everything else is a read-only query planned by DataFusion.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+        match self.run(sql).await? {
+            Output::Done(batches) => Ok(batches),
+            Output::Query(frame) => Ok(frame.collect().await?),
+        }
+    }
+
+    /// Like [`SqlSession::sql`], but a query's rows are streamed in batches as
+    /// DataFusion produces them (bounded memory for large results; dropping the stream
+    /// stops the query). Writes run to completion before the stream is returned.
+    pub async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream, SqlError> {
+        match self.run(sql).await? {
+            Output::Done(batches) => {
+                let schema = match batches.first() {
+                    Some(b) => b.schema(),
+                    None => Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                };
+                Ok(Box::pin(MemoryStream::try_new(batches, schema, None)?))
+            }
+            Output::Query(frame) => Ok(frame.execute_stream().await?),
+        }
+    }
+
+    async fn run(&self, sql: &str) -> Result<Output, SqlError> {
+        let done = |b: RecordBatch| Ok(Output::Done(vec![b]));
         match crate::statement::parse(sql)? {
             Some(crate::TidalStatement::InsertSignals { columns, source }) => {
                 // The source runs as an ordinary read-only query; its rows are then
                 // validated and committed as one transaction.
                 let rows = self.read_only(&source).await?;
-                return Ok(vec![crate::insert::insert_signals(
+                done(crate::insert::insert_signals(
                     &self.engine,
                     &columns,
                     &rows,
-                )?]);
+                )?)
             }
             Some(crate::TidalStatement::InsertRows {
                 kind,
@@ -106,27 +132,28 @@ impl SqlSession {
                 on_conflict,
             }) => {
                 let rows = self.read_only(&source).await?;
-                return Ok(vec![crate::insert::insert_rows(
+                done(crate::insert::insert_rows(
                     &self.engine,
                     kind,
                     &columns,
                     &rows,
                     &on_conflict,
-                )?]);
+                )?)
             }
             Some(crate::TidalStatement::ChangeRows(change)) => {
                 // The WHERE clause and the new values are evaluated by DataFusion over
                 // the statement's snapshot; the changes commit as one transaction.
                 let rows = self.read_only(&change.query).await?;
-                return Ok(vec![crate::insert::change_rows(
-                    &self.engine,
-                    &change,
-                    &rows,
-                )?]);
+                done(crate::insert::change_rows(&self.engine, &change, &rows)?)
             }
-            Some(stmt) => return crate::statement::execute(&self.engine, stmt),
-            None => {}
+            Some(stmt) => Ok(Output::Done(crate::statement::execute(&self.engine, stmt)?)),
+            None => Ok(Output::Query(self.read_only_frame(sql).await?)),
         }
-        self.read_only(sql).await
     }
+}
+
+/// A statement's result: computed already (writes, tidal statements) or a planned query.
+enum Output {
+    Done(Vec<RecordBatch>),
+    Query(DataFrame),
 }

@@ -817,3 +817,92 @@ async fn signal_state_tables_list_active_pairs() {
         2
     );
 }
+
+fn text(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).unwrap().to_string()
+}
+
+#[tokio::test]
+async fn signals_table_reads_memory_and_parquet_history_identically() {
+    let (_dir, sql) = setup();
+    let base = query(&sql, "SELECT count(*) FROM signals").await;
+    let base = base[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    let mut values = Vec::new();
+    for i in 0..300i64 {
+        let sig = if i % 3 == 0 { "like" } else { "view" };
+        let user = if i % 7 == 0 {
+            "NULL".to_string()
+        } else {
+            (i % 11).to_string()
+        };
+        values.push(format!(
+            "('{sig}', {}, {user}, {}.5, TIMESTAMP '2026-11-{:02} {:02}:00:00')",
+            i % 13,
+            i % 4,
+            18 + i % 3,
+            i % 24
+        ));
+    }
+    let insert = format!(
+        "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES {}",
+        values.join(", ")
+    );
+    query(&sql, &insert).await;
+    let queries = [
+        "SELECT count(*), sum(weight) FROM signals",
+        "SELECT signal, entity_id, user_id, weight, ts FROM signals \
+         WHERE signal = 'like' AND entity_id = 3 ORDER BY ts, user_id",
+        "SELECT count(*) FROM signals WHERE user_id IS NULL",
+        "SELECT count(*) FROM signals \
+         WHERE ts >= TIMESTAMP '2026-11-19' AND ts < TIMESTAMP '2026-11-20'",
+        "SELECT count(*) FROM signals WHERE ts BETWEEN '2026-11-20 05:00:00' AND '2026-11-20 09:00:00'",
+        "SELECT entity_id, count(*) AS n FROM signals GROUP BY entity_id ORDER BY n DESC, entity_id LIMIT 3",
+        "SELECT ts FROM signals ORDER BY ts LIMIT 2",
+    ];
+    let mut before = Vec::new();
+    for q in queries {
+        before.push(text(&query(&sql, q).await));
+    }
+    assert!(
+        before[0].contains(&format!("| {} ", base + 300)),
+        "{}",
+        before[0]
+    );
+    assert!(before[3].contains("| 100 "), "{}", before[3]);
+
+    // After a checkpoint the same rows come from Parquet files, one per UTC day.
+    sql.engine().checkpoint().unwrap();
+    let snap = sql.engine().read().history().unwrap();
+    assert_eq!(snap.files.len(), 3);
+    assert!(snap.batches.is_empty());
+    for (q, b) in queries.iter().zip(&before) {
+        assert_eq!(&text(&query(&sql, q).await), b, "{q}");
+    }
+    // A ts range of one day reads one file.
+    let plan = text(
+        &query(
+            &sql,
+            "EXPLAIN SELECT count(*) FROM signals \
+             WHERE ts >= TIMESTAMP '2026-11-19' AND ts < TIMESTAMP '2026-11-20'",
+        )
+        .await,
+    );
+    assert_eq!(plan.matches(".parquet").count(), 1, "{plan}");
+
+    // New events join the history from memory; both sources are read together.
+    query(
+        &sql,
+        "INSERT INTO signals (signal, entity_id, weight, ts) VALUES ('like', 3, 9, '2026-11-20 23:59:59')",
+    )
+    .await;
+    let both = text(&query(&sql, "SELECT count(*), sum(weight) FROM signals").await);
+
+    assert!(both.contains(&format!("| {} ", base + 301)), "{both}");
+    let empty = query(&sql, "SELECT * FROM signals WHERE signal = 'nope'").await;
+    assert_eq!(empty.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}

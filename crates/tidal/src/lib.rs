@@ -39,8 +39,9 @@ use std::sync::{Arc, OnceLock};
 /// DataFusion, as tidalDB links it (use this re-export to get matching versions).
 pub use datafusion;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionContext;
-pub use tidal_sql::{SqlError, SqlSession};
+pub use tidal_sql::{SCAN_BATCH_ROWS, SqlError, SqlSession};
 
 pub use tidal_core::{
     Clock, ColumnDef, ColumnType, CoreError, DecaySpec, EntityId, EntityKind, ErrorClass,
@@ -154,6 +155,13 @@ impl Database {
     /// `information_schema`, `EXPLAIN`) and collects the result as Arrow batches.
     pub async fn sql(&self, query: &str) -> Result<Vec<RecordBatch>> {
         Ok(self.sql_session()?.sql(query).await?)
+    }
+
+    /// Like [`Database::sql`], but the rows of a query arrive as a stream of batches
+    /// while DataFusion computes them (bounded memory for large results; dropping the
+    /// stream stops the query). A write statement completes before this returns.
+    pub async fn sql_stream(&self, query: &str) -> Result<SendableRecordBatchStream> {
+        Ok(self.sql_session()?.sql_stream(query).await?)
     }
 
     /// The DataFusion `SessionContext` over this database, for callers that embed
