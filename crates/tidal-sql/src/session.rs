@@ -42,12 +42,21 @@ impl SqlSession {
     /// Builds the session: `tidal.public` with the entity tables, the signal functions,
     /// `information_schema`, and a bounded memory pool.
     pub fn new(engine: Arc<Engine>) -> Result<SqlSession, SqlError> {
+        SqlSession::with_memory_limit(engine, QUERY_MEMORY_BYTES_MAX)
+    }
+
+    /// Like [`SqlSession::new`] with a different bound on the memory all queries may
+    /// hold at once (a query over it fails with SQLSTATE 53200).
+    pub fn with_memory_limit(
+        engine: Arc<Engine>,
+        memory_bytes: usize,
+    ) -> Result<SqlSession, SqlError> {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES_MAX)))
+            .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let catalog = MemoryCatalogProvider::new();

@@ -143,6 +143,12 @@ impl Database {
         &self.engine
     }
 
+    /// A shared handle to the engine, for building more SQL sessions over it (for
+    /// example with another memory limit, as the server does).
+    pub fn engine_arc(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
     fn sql_session(&self) -> Result<&SqlSession> {
         if let Some(s) = self.sql.get() {
             return Ok(s);

@@ -1,0 +1,133 @@
+//! The server's error type and the one place errors become SQLSTATEs.
+
+use pgwire::error::{ErrorInfo, PgWireError};
+use tidal::datafusion::error::DataFusionError;
+use tidal_core::ErrorClass;
+use tidal_sql::SqlError;
+
+/// Errors of the wire front end, wrapping the SQL layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error(transparent)]
+    Database(#[from] tidal::Error),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("invalid parameter ${index}: {reason}")]
+    BadParameter { index: usize, reason: String },
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    #[error("canceling statement due to statement timeout")]
+    Timeout,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Config(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for ServerError {
+    fn from(e: DataFusionError) -> Self {
+        ServerError::Sql(SqlError::DataFusion(e))
+    }
+}
+
+impl ServerError {
+    /// The SQLSTATE sent to the client.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            ServerError::Sql(e) => sql_state(e),
+            ServerError::Database(tidal::Error::Sql(e)) => sql_state(e),
+            ServerError::Database(tidal::Error::Engine(e)) => class_state(e.class(), ""),
+            ServerError::Database(_) => "XX000",
+            ServerError::Unsupported(_) => "0A000",
+            ServerError::BadParameter { .. } => "22023",
+            ServerError::Cancelled | ServerError::Timeout => "57014",
+            ServerError::ShuttingDown => "57P01",
+            ServerError::Config(_) => "22023",
+            ServerError::Io(_) | ServerError::Internal(_) => "XX000",
+        }
+    }
+
+    /// The ErrorResponse for this error. Internal failures are logged in full and sent
+    /// without their details.
+    pub fn to_error_info(&self) -> ErrorInfo {
+        let state = self.sqlstate();
+        let message = if state == "XX000" || state == "58030" {
+            tracing::error!(error = %self, "internal error");
+            match state {
+                "58030" => format!("storage failure: {self}"),
+                _ => "internal error; details are in the server log".to_string(),
+            }
+        } else {
+            self.to_string()
+        };
+        ErrorInfo::new("ERROR".to_string(), state.to_string(), message)
+    }
+
+    pub fn into_pg(self) -> PgWireError {
+        PgWireError::UserError(Box::new(self.to_error_info()))
+    }
+}
+
+fn sql_state(e: &SqlError) -> &'static str {
+    // A few DataFusion errors carry more precise information than their class.
+    if let SqlError::DataFusion(df) = e {
+        match df.find_root() {
+            DataFusionError::SchemaError(s, _) => {
+                use tidal::datafusion::common::SchemaError;
+                return match s.as_ref() {
+                    SchemaError::FieldNotFound { .. } => "42703",
+                    SchemaError::AmbiguousReference { .. } => "42702",
+                    _ => "42P01",
+                };
+            }
+            DataFusionError::Plan(m) if m.contains("table") && m.contains("not found") => {
+                return "42P01";
+            }
+            DataFusionError::ArrowError(a, _) => {
+                use tidal::datafusion::arrow::error::ArrowError;
+                return match a.as_ref() {
+                    ArrowError::DivideByZero => "22012",
+                    ArrowError::CastError(_) | ArrowError::ParseError(_) => "22P02",
+                    ArrowError::ArithmeticOverflow(_) => "22003",
+                    ArrowError::MemoryError(_) => "53200",
+                    _ => "22000",
+                };
+            }
+            // Execution errors are about the data or the query (bad cast, bad
+            // argument at run time), not about the server.
+            DataFusionError::Execution(_) => return "22000",
+            DataFusionError::External(inner) => {
+                if let Some(inner) = inner.downcast_ref::<SqlError>() {
+                    return sql_state(inner);
+                }
+            }
+            _ => {}
+        }
+    }
+    class_state(e.class(), &e.to_string())
+}
+
+fn class_state(class: ErrorClass, message: &str) -> &'static str {
+    match class {
+        ErrorClass::Syntax => "42601",
+        ErrorClass::InvalidParameter => "22023",
+        ErrorClass::UndefinedObject if message.contains("table") => "42P01",
+        ErrorClass::UndefinedObject => "42704",
+        ErrorClass::UndefinedColumn => "42703",
+        ErrorClass::DuplicateObject => "42710",
+        ErrorClass::UniqueViolation => "23505",
+        ErrorClass::NotNull => "23502",
+        ErrorClass::DataException => "22000",
+        ErrorClass::OutOfMemory => "53200",
+        ErrorClass::Cancelled => "57014",
+        ErrorClass::Unavailable => "58030",
+        _ => "XX000",
+    }
+}

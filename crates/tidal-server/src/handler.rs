@@ -1,0 +1,905 @@
+//! One connection: startup/auth, simple and extended query, cancel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{Sink, Stream, StreamExt};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::api::auth::{
+    AuthSource, DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+};
+use pgwire::api::cancel::CancelHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::QueryParser;
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireServerHandlers, PidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use tidal::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tidal::datafusion::execution::SendableRecordBatchStream;
+use tidal_sql::{SqlSession, TidalStatement};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use crate::config::{QUERY_BYTES_MAX, ServerConfig};
+use crate::sqltext::{self, SessionCommand};
+use crate::{ServerError, encode};
+
+/// The only role; with no password configured, only loopback clients may use it.
+pub const USER: &str = "tidal";
+
+/// State shared by every connection of one server.
+pub(crate) struct Shared {
+    pub session: SqlSession,
+    pub config: ServerConfig,
+    pub cancels: CancelRegistry,
+    /// Statements executing right now (shutdown waits for them).
+    pub running: AtomicUsize,
+    pub running_done: Notify,
+    pub shutting_down: AtomicBool,
+    pub next_pid: AtomicI32,
+    pub scram: Option<Arc<ScramSecret>>,
+}
+
+impl Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// The salted password for SCRAM-SHA-256, derived once at start.
+#[derive(Debug)]
+pub(crate) struct ScramSecret {
+    pub salt: Vec<u8>,
+    pub salted: Vec<u8>,
+}
+
+#[async_trait]
+impl AuthSource for ScramSecret {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        if login.user() != Some(USER) {
+            return Err(fatal("28P01", "password authentication failed"));
+        }
+        Ok(Password::new(Some(self.salt.clone()), self.salted.clone()))
+    }
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        code.into(),
+        message.into(),
+    )))
+}
+
+/// Cancel targets by backend pid. Secrets are compared in constant time.
+#[derive(Debug, Default)]
+pub(crate) struct CancelRegistry {
+    map: Mutex<HashMap<i32, (i32, Arc<CancelFlag>)>>,
+}
+
+impl CancelRegistry {
+    fn register(&self, pid: i32, secret: i32, flag: Arc<CancelFlag>) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(pid, (secret, flag));
+        }
+    }
+
+    pub fn unregister(&self, pid: i32) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&pid);
+        }
+    }
+
+    fn cancel(&self, pid: i32, secret: &SecretKey) {
+        let given: [u8; 4] = match secret {
+            SecretKey::I32(v) => v.to_be_bytes(),
+            SecretKey::Bytes(b) if b.len() == 4 => [b[0], b[1], b[2], b[3]],
+            SecretKey::Bytes(_) => return,
+        };
+        let target = self.map.lock().ok().and_then(|m| m.get(&pid).cloned());
+        if let Some((secret, flag)) = target {
+            let diff = secret
+                .to_be_bytes()
+                .iter()
+                .zip(given.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                flag.cancel();
+            }
+        }
+    }
+}
+
+/// Cancels the statement running on one connection.
+#[derive(Debug, Default)]
+pub(crate) struct CancelFlag {
+    generation: AtomicU64,
+    notify: Notify,
+}
+
+impl CancelFlag {
+    fn cancel(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn current(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once a cancel arrives after generation `since`.
+    async fn cancelled(&self, since: u64) {
+        loop {
+            let notified = self.notify.notified();
+            if self.current() != since {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Per-connection session settings.
+#[derive(Debug)]
+struct ConnState {
+    settings: BTreeMap<String, String>,
+    statement_timeout: Option<Duration>,
+    in_transaction: bool,
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    state: Mutex<ConnState>,
+    cancel: Arc<CancelFlag>,
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    pid: AtomicI32,
+    parser: Arc<Parser>,
+    sasl: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+}
+
+impl Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared
+            .cancels
+            .unregister(self.pid.load(Ordering::SeqCst));
+    }
+}
+
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = format!("15.0 (tidalDB {})", env!("CARGO_PKG_VERSION"));
+    p.time_zone = "UTC".into();
+    p
+}
+
+/// Issues pids and secrets and records them for cancel requests.
+struct PidGen(Arc<Conn>);
+
+impl PidSecretKeyGenerator for PidGen {
+    fn generate(&self, _client: &dyn ClientInfo) -> (i32, SecretKey) {
+        self.0.register_pid()
+    }
+}
+
+impl Conn {
+    pub fn new(shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) -> Arc<Conn> {
+        let timeout = shared.config.statement_timeout;
+        Arc::new_cyclic(|weak: &std::sync::Weak<Conn>| {
+            let sasl = shared.scram.as_ref().map(|secret| {
+                let mut scram = ScramAuth::new(secret.clone());
+                scram.set_iterations(crate::config::SCRAM_ITERATIONS);
+                SASLAuthStartupHandler::new(Arc::new(server_parameters()))
+                    .with_scram(scram)
+                    .with_pid_secret_key_generator(Arc::new(WeakPidGen(weak.clone())))
+            });
+            Conn {
+                parser: Arc::new(Parser {
+                    shared: shared.clone(),
+                }),
+                shared,
+                state: Mutex::new(ConnState {
+                    settings: BTreeMap::new(),
+                    statement_timeout: timeout,
+                    in_transaction: false,
+                }),
+                cancel: Arc::new(CancelFlag::default()),
+                permit: Mutex::new(permit),
+                pid: AtomicI32::new(0),
+                sasl,
+            }
+        })
+    }
+
+    fn register_pid(&self) -> (i32, SecretKey) {
+        let pid = self.shared.next_pid.fetch_add(1, Ordering::SeqCst);
+        let secret: i32 = rand::random();
+        self.pid.store(pid, Ordering::SeqCst);
+        self.shared
+            .cancels
+            .register(pid, secret, self.cancel.clone());
+        (pid, SecretKey::I32(secret))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        // A poisoned lock only means a panic elsewhere mid-update of plain settings.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one statement (parameters already bound).
+    async fn execute(
+        &self,
+        sql: &str,
+        formats: &Format,
+        described: Option<&SchemaRef>,
+    ) -> Result<Response, ServerError> {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(ServerError::ShuttingDown);
+        }
+        if sql.len() > QUERY_BYTES_MAX {
+            return Err(ServerError::Unsupported(format!(
+                "statement of {} bytes exceeds the {QUERY_BYTES_MAX}-byte limit",
+                sql.len()
+            )));
+        }
+        if let Some(cmd) = sqltext::session_command(sql)? {
+            return self.session_command(cmd, formats);
+        }
+        let guard = Running::new(self.shared.clone());
+        let stmt = tidal_sql::parse_tidal_statement(sql)?;
+        let tag = match &stmt {
+            Some(TidalStatement::InsertSignals { .. } | TidalStatement::InsertRows { .. }) => {
+                Some(Tag::new("INSERT").with_oid(0))
+            }
+            Some(TidalStatement::ChangeRows(c)) => {
+                Some(Tag::new(if c.delete { "DELETE" } else { "UPDATE" }))
+            }
+            Some(TidalStatement::CreateSignal(_)) => Some(Tag::new("CREATE SIGNAL")),
+            Some(TidalStatement::DropSignal { .. }) => Some(Tag::new("DROP SIGNAL")),
+            Some(TidalStatement::CreateTable(_)) => Some(Tag::new("CREATE TABLE")),
+            Some(TidalStatement::DropTable { .. }) => Some(Tag::new("DROP TABLE")),
+            Some(TidalStatement::ShowSignals) | None => None,
+        };
+        if let Some(tag) = tag {
+            if self.lock().in_transaction {
+                return Err(ServerError::Unsupported(
+                    "writes inside BEGIN ... COMMIT are not supported yet; run the statement \
+                     outside the transaction block (each statement is atomic on its own)"
+                        .into(),
+                ));
+            }
+            // Writes block on the WAL's group commit: run them on the blocking pool so
+            // many clients' commits can share one fsync. A write runs to completion once
+            // started (neither timeout nor cancel can leave it half-known).
+            let session = self.shared.session.clone();
+            let sql = sql.to_string();
+            let handle = tokio::runtime::Handle::current();
+            let batches = tokio::task::spawn_blocking(move || handle.block_on(session.sql(&sql)))
+                .await
+                .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??;
+            drop(guard);
+            let rows = count_of(&batches);
+            let tag = match stmt {
+                Some(
+                    TidalStatement::InsertSignals { .. }
+                    | TidalStatement::InsertRows { .. }
+                    | TidalStatement::ChangeRows(_),
+                ) => tag.with_rows(rows),
+                _ => tag,
+            };
+            return Ok(Response::Execution(tag));
+        }
+        let timeout = self.lock().statement_timeout;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let since = self.cancel.current();
+        let plan = async {
+            let stream = self.shared.session.sql_stream(sql).await?;
+            Ok::<_, ServerError>(stream)
+        };
+        let stream = tokio::select! {
+            r = plan => r?,
+            _ = self.cancel.cancelled(since) => return Err(ServerError::Cancelled),
+            _ = sleep_until(deadline) => return Err(ServerError::Timeout),
+        };
+        let target = described.cloned().unwrap_or_else(|| stream.schema());
+        let fields = Arc::new(encode::fields(
+            &target,
+            &formats_of(formats, target.fields().len()),
+        )?);
+        let rows = row_stream(
+            stream,
+            target,
+            fields.clone(),
+            self.cancel.clone(),
+            since,
+            deadline,
+            guard,
+        );
+        Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+
+    fn session_command(
+        &self,
+        cmd: SessionCommand,
+        formats: &Format,
+    ) -> Result<Response, ServerError> {
+        let mut st = self.lock();
+        Ok(match cmd {
+            SessionCommand::Begin => {
+                st.in_transaction = true;
+                Response::TransactionStart(Tag::new("BEGIN"))
+            }
+            SessionCommand::Commit => {
+                st.in_transaction = false;
+                Response::TransactionEnd(Tag::new("COMMIT"))
+            }
+            SessionCommand::Rollback => {
+                st.in_transaction = false;
+                Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
+            SessionCommand::Discard => {
+                st.settings.clear();
+                st.statement_timeout = self.shared.config.statement_timeout;
+                Response::Execution(Tag::new("DISCARD ALL"))
+            }
+            SessionCommand::Set { name, value } => {
+                if name == "statement_timeout" {
+                    st.statement_timeout = match &value {
+                        None => self.shared.config.statement_timeout,
+                        Some(v) => crate::config::parse_duration(v)?,
+                    };
+                }
+                let tag = if value.is_some() { "SET" } else { "RESET" };
+                match value {
+                    Some(v) => st.settings.insert(name, v),
+                    None => st.settings.remove(&name),
+                };
+                Response::Execution(Tag::new(tag))
+            }
+            SessionCommand::Show { name } => {
+                let value = match name.as_str() {
+                    "statement_timeout" => st
+                        .statement_timeout
+                        .map_or("0".to_string(), |d| format!("{}ms", d.as_millis())),
+                    _ => st
+                        .settings
+                        .get(&name)
+                        .cloned()
+                        .or_else(|| default_setting(&name).map(String::from))
+                        .ok_or_else(|| {
+                            ServerError::Sql(tidal_sql::SqlError::Syntax {
+                                message: format!("unrecognized configuration parameter \"{name}\""),
+                            })
+                        })?,
+                };
+                let schema = Arc::new(Schema::new(vec![Field::new(&name, DataType::Utf8, false)]));
+                let col: ArrayRef = Arc::new(StringArray::from(vec![value]));
+                let batch = RecordBatch::try_new(schema.clone(), vec![col])
+                    .map_err(|e| ServerError::Internal(e.to_string()))?;
+                let fields = Arc::new(encode::fields(&schema, &formats_of(formats, 1))?);
+                let rows = encode::rows(&batch, &fields)?;
+                Response::Query(QueryResponse::new(
+                    fields,
+                    futures::stream::iter(rows.into_iter().map(Ok)),
+                ))
+            }
+        })
+    }
+}
+
+fn default_setting(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => "15.0",
+        "server_version_num" => "150000",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "timezone" => "UTC",
+        "intervalstyle" => "postgres",
+        "integer_datetimes" | "standard_conforming_strings" => "on",
+        "search_path" => "public",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "transaction_read_only" | "default_transaction_read_only" => "off",
+        "application_name" => "",
+        "extra_float_digits" => "1",
+        "max_identifier_length" => "63",
+        "lc_collate" | "lc_ctype" | "lc_messages" | "lc_monetary" | "lc_numeric" | "lc_time" => "C",
+        _ => return None,
+    })
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn formats_of(format: &Format, n: usize) -> Vec<FieldFormat> {
+    (0..n).map(|i| format.format_for(i)).collect()
+}
+
+fn count_of(batches: &[RecordBatch]) -> usize {
+    use tidal::datafusion::arrow::array::AsArray;
+    use tidal::datafusion::arrow::datatypes::UInt64Type;
+    batches
+        .first()
+        .filter(|b| b.num_columns() == 1 && b.column(0).data_type() == &DataType::UInt64)
+        .map_or(0, |b| {
+            b.column(0)
+                .as_primitive::<UInt64Type>()
+                .values()
+                .iter()
+                .sum::<u64>() as usize
+        })
+}
+
+/// Counts a statement as running until dropped.
+struct Running(Arc<Shared>);
+
+impl Running {
+    fn new(shared: Arc<Shared>) -> Running {
+        shared.running.fetch_add(1, Ordering::SeqCst);
+        Running(shared)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.running_done.notify_waiters();
+        }
+    }
+}
+
+/// DataRows from a DataFusion stream, batch by batch, stopping at cancel or timeout.
+fn row_stream(
+    stream: SendableRecordBatchStream,
+    target: SchemaRef,
+    fields: Arc<Vec<FieldInfo>>,
+    cancel: Arc<CancelFlag>,
+    since: u64,
+    deadline: Option<tokio::time::Instant>,
+    guard: Running,
+) -> impl Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
+    struct St {
+        stream: SendableRecordBatchStream,
+        target: SchemaRef,
+        fields: Arc<Vec<FieldInfo>>,
+        cancel: Arc<CancelFlag>,
+        since: u64,
+        deadline: Option<tokio::time::Instant>,
+        done: bool,
+        _guard: Running,
+    }
+    let st = St {
+        stream,
+        target,
+        fields,
+        cancel,
+        since,
+        deadline,
+        done: false,
+        _guard: guard,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let next = tokio::select! {
+            b = st.stream.next() => b,
+            _ = st.cancel.cancelled(st.since) => Some(Err(ServerError::Cancelled.into_df())),
+            _ = sleep_until(st.deadline) => Some(Err(ServerError::Timeout.into_df())),
+        };
+        let rows = match next {
+            None => return None,
+            Some(Err(e)) => {
+                st.done = true;
+                vec![Err(ServerError::from_df(e).into_pg())]
+            }
+            Some(Ok(batch)) => {
+                match conform(&batch, &st.target).and_then(|b| encode::rows(&b, &st.fields)) {
+                    Ok(rows) => rows.into_iter().map(Ok).collect(),
+                    Err(e) => {
+                        st.done = true;
+                        vec![Err(e.into_pg())]
+                    }
+                }
+            }
+        };
+        Some((futures::stream::iter(rows), st))
+    })
+    .flatten()
+}
+
+/// Casts a batch to the schema that was described to the client.
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ServerError> {
+    if batch.schema().fields().len() != target.fields().len() {
+        return Err(ServerError::Internal(
+            "result has a different number of columns than described".into(),
+        ));
+    }
+    let same = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(target.fields())
+        .all(|(a, b)| a.data_type() == b.data_type());
+    if same {
+        return Ok(batch.clone());
+    }
+    let cols = batch
+        .columns()
+        .iter()
+        .zip(target.fields())
+        .map(|(c, f)| tidal::datafusion::arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    let schema = Arc::new(Schema::new(
+        target
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(schema, cols).map_err(|e| ServerError::Internal(e.to_string()))
+}
+
+impl ServerError {
+    fn into_df(self) -> tidal::datafusion::error::DataFusionError {
+        tidal::datafusion::error::DataFusionError::External(Box::new(self))
+    }
+
+    fn from_df(e: tidal::datafusion::error::DataFusionError) -> ServerError {
+        match e {
+            tidal::datafusion::error::DataFusionError::External(inner) => {
+                match inner.downcast::<ServerError>() {
+                    Ok(s) => *s,
+                    Err(inner) => ServerError::from(
+                        tidal::datafusion::error::DataFusionError::External(inner),
+                    ),
+                }
+            }
+            other => ServerError::from(other),
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Conn {
+    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statements = sqltext::split(query).map_err(ServerError::into_pg)?;
+        let mut out = Vec::with_capacity(statements.len());
+        let last = statements.len().saturating_sub(1);
+        for (i, sql) in statements.iter().enumerate() {
+            match self.execute(sql, &Format::UnifiedText, None).await {
+                // Earlier statements' rows are materialised so that the next statement
+                // runs after them, as in PostgreSQL.
+                Ok(Response::Query(mut q)) if i < last => {
+                    let mut rows = Vec::new();
+                    let mut failed = None;
+                    while let Some(r) = q.data_rows().next().await {
+                        match r {
+                            Ok(row) => rows.push(Ok(row)),
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    let fields = q.row_schema();
+                    out.push(Response::Query(QueryResponse::new(
+                        fields,
+                        futures::stream::iter(rows),
+                    )));
+                    if let Some(e) = failed {
+                        out.push(Response::Error(Box::new(error_info(e))));
+                        break;
+                    }
+                }
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    out.push(Response::Error(Box::new(e.to_error_info())));
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(Response::EmptyQuery);
+        }
+        Ok(out)
+    }
+}
+
+fn error_info(e: PgWireError) -> ErrorInfo {
+    match e {
+        PgWireError::UserError(info) => *info,
+        other => ErrorInfo::new("ERROR".into(), "XX000".into(), other.to_string()),
+    }
+}
+
+/// A parsed extended-protocol statement.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    sql: String,
+    params: Vec<Type>,
+    /// Result columns, or `None` for statements without rows.
+    schema: Option<SchemaRef>,
+}
+
+/// Plans statements for Parse/Describe: parameter types and result columns.
+#[derive(Debug)]
+pub(crate) struct Parser {
+    shared: Arc<Shared>,
+}
+
+impl Parser {
+    async fn prepare(&self, sql: &str, given: &[Option<Type>]) -> Result<Prepared, ServerError> {
+        let n = sqltext::placeholder_count(sql)?.max(given.len());
+        let mut params: Vec<Option<Type>> = (0..n)
+            .map(|i| {
+                given
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+            })
+            .collect();
+        let mut schema = None;
+        if let Some(cmd) = sqltext::session_command(sql)? {
+            if let SessionCommand::Show { name } = cmd {
+                schema = Some(Arc::new(Schema::new(vec![Field::new(
+                    name,
+                    DataType::Utf8,
+                    false,
+                )])));
+            }
+        } else {
+            match tidal_sql::parse_tidal_statement(sql)? {
+                Some(TidalStatement::ShowSignals) => {
+                    let b = self.shared.session.sql("SHOW SIGNALS").await?;
+                    schema = b.first().map(|b| b.schema());
+                }
+                Some(stmt) => {
+                    crate::params::infer_write(&self.shared.session, sql, &stmt, &mut params)
+                        .await?;
+                }
+                None => {
+                    let plan = self
+                        .shared
+                        .session
+                        .context()
+                        .state()
+                        .create_logical_plan(sql)
+                        .await?;
+                    let types = plan.get_parameter_types()?;
+                    for (i, p) in params.iter_mut().enumerate() {
+                        if p.is_none()
+                            && let Some(Some(dt)) = types.get(&format!("${}", i + 1))
+                        {
+                            *p = encode::pg_type(dt).ok();
+                        }
+                    }
+                    schema = Some(Arc::new(plan.schema().as_arrow().clone()));
+                }
+            }
+        }
+        Ok(Prepared {
+            sql: sql.to_string(),
+            params: params
+                .into_iter()
+                .map(|p| p.unwrap_or(Type::TEXT))
+                .collect(),
+            schema,
+        })
+    }
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Prepared;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<Prepared>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let statements = sqltext::split(sql).map_err(ServerError::into_pg)?;
+        match statements.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(
+                self.prepare(one, types)
+                    .await
+                    .map_err(ServerError::into_pg)?,
+            )),
+            _ => Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
+                message: "cannot insert multiple commands into a prepared statement".into(),
+            })
+            .into_pg()),
+        }
+    }
+
+    fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.params.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &Prepared,
+        column_format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        let Some(schema) = &stmt.schema else {
+            return Ok(Vec::new());
+        };
+        let formats = formats_of(
+            column_format.unwrap_or(&Format::UnifiedText),
+            schema.fields().len(),
+        );
+        encode::fields(schema, &formats).map_err(ServerError::into_pg)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Conn {
+    type Statement = Prepared;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Prepared>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let stmt = &portal.statement.statement;
+        let mut literals = Vec::with_capacity(portal.parameters.len());
+        for (i, value) in portal.parameters.iter().enumerate() {
+            let ty = stmt.params.get(i).cloned().unwrap_or(Type::TEXT);
+            let binary = portal.parameter_format.format_for(i) == FieldFormat::Binary;
+            literals.push(
+                sqltext::literal(i + 1, &ty, value.as_ref(), binary)
+                    .map_err(ServerError::into_pg)?,
+            );
+        }
+        let sql = if literals.is_empty() {
+            stmt.sql.clone()
+        } else {
+            sqltext::bind(&stmt.sql, &literals).map_err(ServerError::into_pg)?
+        };
+        self.execute(&sql, &portal.result_column_format, stmt.schema.as_ref())
+            .await
+            .map_err(ServerError::into_pg)
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Conn {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(startup) = &message {
+            let held = self.permit.lock().map(|p| p.is_some()).unwrap_or(false);
+            if !held {
+                return Err(fatal("53300", "sorry, too many clients already"));
+            }
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
+                return Err(fatal("57P03", "the database system is shutting down"));
+            }
+            let user = startup.parameters.get("user").map(String::as_str);
+            if user != Some(USER) {
+                return Err(fatal(
+                    "28000",
+                    format!(
+                        "role \"{}\" does not exist; connect as user \"{USER}\"",
+                        user.unwrap_or("")
+                    ),
+                ));
+            }
+            if self.sasl.is_none() {
+                if !client.socket_addr().ip().is_loopback() {
+                    return Err(fatal(
+                        "28000",
+                        "no password is configured, so only loopback connections are accepted \
+                         (start the server with --password-file or TIDAL_PASSWORD)",
+                    ));
+                }
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let (pid, secret) = self.register_pid();
+                client.set_pid_and_secret_key(pid, secret);
+                return finish_authentication(client, &server_parameters()).await;
+            }
+        }
+        match &self.sasl {
+            Some(sasl) => sasl.on_startup(client, message).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl CancelHandler for Conn {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        self.shared.cancels.cancel(request.pid, &request.secret_key);
+    }
+}
+
+/// Pid generator holding the connection weakly (the connection owns the SASL handler
+/// that owns the generator).
+struct WeakPidGen(std::sync::Weak<Conn>);
+
+impl PidSecretKeyGenerator for WeakPidGen {
+    fn generate(&self, client: &dyn ClientInfo) -> (i32, SecretKey) {
+        match self.0.upgrade() {
+            Some(conn) => PidGen(conn).generate(client),
+            None => (0, SecretKey::I32(0)),
+        }
+    }
+}
+
+/// The handler set pgwire asks for, all served by one connection object.
+pub(crate) struct Handlers(pub Arc<Conn>);
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        self.0.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        self.0.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.0.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        self.0.clone()
+    }
+}

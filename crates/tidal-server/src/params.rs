@@ -1,0 +1,136 @@
+//! Parameter types of write statements, from the target columns: `$n` in an INSERT's
+//! VALUES takes its column's type, `SET c = $n` in an UPDATE takes c's type, and the
+//! rest (WHERE clauses, SELECT sources) comes from DataFusion's planner.
+
+use pgwire::api::Type;
+use tidal::datafusion::sql::sqlparser::ast::{
+    AssignmentTarget, Expr, SetExpr, Statement, TableObject, Value,
+};
+use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use tidal::datafusion::sql::sqlparser::parser::Parser;
+use tidal_core::EntityKind;
+use tidal_sql::{SqlSession, TidalStatement};
+
+use crate::{ServerError, encode};
+
+fn placeholder(e: &Expr) -> Option<usize> {
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(p) => p.strip_prefix('$')?.parse().ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The pg type of a column of `table` (`signals` or an entity table).
+fn column_type(session: &SqlSession, table: &str, column: &str) -> Option<Type> {
+    let column = column.to_ascii_lowercase();
+    if table.eq_ignore_ascii_case("signals") {
+        return Some(match column.as_str() {
+            "signal" => Type::TEXT,
+            "entity_id" | "user_id" => Type::INT8,
+            "weight" => Type::FLOAT8,
+            "ts" => Type::TIMESTAMP,
+            _ => return None,
+        });
+    }
+    let kind: EntityKind = table.parse().ok()?;
+    let schema = session.engine().schema();
+    let def = schema.table(kind).ok()?;
+    let col = def.columns.iter().find(|c| c.name == column)?;
+    encode::pg_type(&tidal_sql::arrow_type(col.ty)).ok()
+}
+
+fn set(params: &mut [Option<Type>], n: usize, ty: Option<Type>) {
+    if let (Some(slot), Some(ty)) = (n.checked_sub(1).and_then(|i| params.get_mut(i)), ty)
+        && slot.is_none()
+    {
+        *slot = Some(ty);
+    }
+}
+
+/// Fills in the unknown entries of `params` for an INSERT/UPDATE/DELETE.
+pub async fn infer_write(
+    session: &SqlSession,
+    sql: &str,
+    stmt: &TidalStatement,
+    params: &mut [Option<Type>],
+) -> Result<(), ServerError> {
+    if params.iter().all(Option::is_some) {
+        return Ok(());
+    }
+    let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok();
+    match parsed.as_deref() {
+        Some([Statement::Insert(insert)]) => {
+            let table = match &insert.table {
+                TableObject::TableName(name) => name.to_string(),
+                _ => return Ok(()),
+            };
+            let columns: Vec<String> = if insert.columns.is_empty() {
+                default_columns(session, &table)
+            } else {
+                insert.columns.iter().map(|c| c.to_string()).collect()
+            };
+            if let Some(source) = &insert.source
+                && let SetExpr::Values(values) = source.body.as_ref()
+            {
+                for row in &values.rows {
+                    for (i, e) in row.iter().enumerate() {
+                        if let (Some(n), Some(col)) = (placeholder(e), columns.get(i)) {
+                            set(params, n, column_type(session, &table, col));
+                        }
+                    }
+                }
+            }
+        }
+        Some([Statement::Update(update)]) => {
+            let table = update.table.relation.to_string();
+            for a in &update.assignments {
+                if let (AssignmentTarget::ColumnName(c), Some(n)) =
+                    (&a.target, placeholder(&a.value))
+                {
+                    let col = c.0.last().map(|p| p.to_string()).unwrap_or_default();
+                    set(params, n, column_type(session, &table, &col));
+                }
+            }
+        }
+        _ => {}
+    }
+    // WHERE clauses and SELECT sources: ask the planner about the compiled query.
+    let query = match stmt {
+        TidalStatement::ChangeRows(c) => Some(c.query.as_str()),
+        TidalStatement::InsertRows { source, .. }
+        | TidalStatement::InsertSignals { source, .. } => Some(source.as_str()),
+        _ => None,
+    };
+    if let Some(query) = query
+        && params.iter().any(Option::is_none)
+        && let Ok(plan) = session.context().state().create_logical_plan(query).await
+        && let Ok(types) = plan.get_parameter_types()
+    {
+        for (name, dt) in types {
+            if let (Some(n), Some(dt)) = (name.strip_prefix('$').and_then(|n| n.parse().ok()), dt) {
+                set(params, n, encode::pg_type(&dt).ok());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn default_columns(session: &SqlSession, table: &str) -> Vec<String> {
+    if table.eq_ignore_ascii_case("signals") {
+        return ["signal", "entity_id", "user_id", "weight", "ts"]
+            .map(String::from)
+            .to_vec();
+    }
+    let Ok(kind) = table.parse::<EntityKind>() else {
+        return Vec::new();
+    };
+    session
+        .engine()
+        .schema()
+        .table(kind)
+        .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,343 @@
+//! SQL text handling at the wire edge: splitting a simple-query string into statements,
+//! binding `$n` parameters as typed literals, and recognising session commands.
+
+use bytes::Bytes;
+use pgwire::api::Type;
+use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use tidal::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::ServerError;
+
+/// Days / µs between 1970-01-01 and PostgreSQL's 2000-01-01 epoch.
+const PG_EPOCH_DAYS: i64 = 10_957;
+const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
+
+fn tokenize(sql: &str) -> Result<Vec<Token>, ServerError> {
+    Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize()
+        .map_err(|e| {
+            ServerError::Sql(tidal_sql::SqlError::Syntax {
+                message: e.to_string(),
+            })
+        })
+}
+
+/// Splits on top-level `;` (not inside strings, quoted names or comments); empty
+/// statements are dropped.
+pub fn split(sql: &str) -> Result<Vec<String>, ServerError> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for t in tokenize(sql)? {
+        if t == Token::SemiColon {
+            if !is_blank(&cur) {
+                out.push(std::mem::take(&mut cur));
+            }
+            cur.clear();
+        } else {
+            cur.push_str(&t.to_string());
+        }
+    }
+    if !is_blank(&cur) {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+fn is_blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+/// The highest `$n` in the statement (0 if none).
+pub fn placeholder_count(sql: &str) -> Result<usize, ServerError> {
+    Ok(tokenize(sql)?
+        .iter()
+        .filter_map(|t| match t {
+            Token::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0))
+}
+
+/// Replaces every `$n` by the SQL literal for parameter n.
+pub fn bind(sql: &str, literals: &[String]) -> Result<String, ServerError> {
+    let mut out = String::with_capacity(sql.len() + 16 * literals.len());
+    for t in tokenize(sql)? {
+        match &t {
+            Token::Placeholder(p) => {
+                let n = p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| (1..=literals.len()).contains(n))
+                    .ok_or_else(|| ServerError::BadParameter {
+                        index: 0,
+                        reason: format!("{p} has no bound value"),
+                    })?;
+                out.push_str(&literals[n - 1]);
+            }
+            _ => out.push_str(&t.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The SQL literal for one bound parameter value (`None` = NULL).
+pub fn literal(
+    index: usize,
+    ty: &Type,
+    value: Option<&Bytes>,
+    binary: bool,
+) -> Result<String, ServerError> {
+    let Some(value) = value else {
+        return Ok("NULL".into());
+    };
+    let bad = |reason: String| ServerError::BadParameter { index, reason };
+    if !binary {
+        let text = std::str::from_utf8(value).map_err(|e| bad(e.to_string()))?;
+        return Ok(match *ty {
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
+                let v: i64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("{text:?} is not an integer")))?;
+                v.to_string()
+            }
+            Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
+                let v: f64 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(format!("{text:?} is not a number")))?;
+                float_literal(v)
+            }
+            Type::BOOL => match text.trim().to_ascii_lowercase().as_str() {
+                "t" | "true" | "yes" | "on" | "1" => "TRUE".into(),
+                "f" | "false" | "no" | "off" | "0" => "FALSE".into(),
+                other => return Err(bad(format!("{other:?} is not a boolean"))),
+            },
+            Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+                format!("CAST({} AS TIMESTAMP)", quote(text))
+            }
+            Type::DATE => format!("CAST({} AS DATE)", quote(text)),
+            _ => quote(text),
+        });
+    }
+    let fixed = |n: usize| -> Result<&[u8], ServerError> {
+        if value.len() == n {
+            Ok(&value[..])
+        } else {
+            Err(bad(format!(
+                "binary {} needs {n} bytes, got {}",
+                ty.name(),
+                value.len()
+            )))
+        }
+    };
+    Ok(match *ty {
+        Type::BOOL => if fixed(1)?[0] != 0 { "TRUE" } else { "FALSE" }.into(),
+        Type::INT2 => i16::from_be_bytes(arr(fixed(2)?)).to_string(),
+        Type::INT4 => i32::from_be_bytes(arr(fixed(4)?)).to_string(),
+        Type::OID => u32::from_be_bytes(arr(fixed(4)?)).to_string(),
+        Type::INT8 => i64::from_be_bytes(arr(fixed(8)?)).to_string(),
+        Type::FLOAT4 => float_literal(f32::from_be_bytes(arr(fixed(4)?)) as f64),
+        Type::FLOAT8 => float_literal(f64::from_be_bytes(arr(fixed(8)?))),
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+            let us = i64::from_be_bytes(arr(fixed(8)?)).saturating_add(PG_EPOCH_MICROS);
+            format!(
+                "CAST({} AS TIMESTAMP)",
+                quote(&tidal::Timestamp(us).to_string())
+            )
+        }
+        Type::DATE => {
+            let d = i32::from_be_bytes(arr(fixed(4)?)) as i64 + PG_EPOCH_DAYS;
+            let (y, m, dd) = tidal_core::time::civil_from_days(d);
+            format!("CAST('{y:04}-{m:02}-{dd:02}' AS DATE)")
+        }
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
+            quote(std::str::from_utf8(value).map_err(|e| bad(e.to_string()))?)
+        }
+        Type::BYTEA => {
+            let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+            format!("X'{hex}'")
+        }
+        _ => {
+            return Err(ServerError::Unsupported(format!(
+                "binary parameters of type {} are not supported; send it as text",
+                ty.name()
+            )));
+        }
+    })
+}
+
+fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    a.copy_from_slice(&b[..N]);
+    a
+}
+
+fn float_literal(v: f64) -> String {
+    if v.is_finite() {
+        // `{:?}` keeps a decimal point or exponent, so the literal stays a float.
+        format!("{v:?}")
+    } else if v.is_nan() {
+        "CAST('NaN' AS DOUBLE)".into()
+    } else if v > 0.0 {
+        "CAST('Infinity' AS DOUBLE)".into()
+    } else {
+        "CAST('-Infinity' AS DOUBLE)".into()
+    }
+}
+
+/// Session and transaction commands the server answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    Begin,
+    Commit,
+    Rollback,
+    Set { name: String, value: Option<String> },
+    Show { name: String },
+    Discard,
+}
+
+/// Recognises BEGIN/COMMIT/ROLLBACK, SET/RESET/SHOW of settings and DISCARD.
+pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError> {
+    let words: Vec<Token> = tokenize(sql)?
+        .into_iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let word = |i: usize| -> Option<String> {
+        match words.get(i)? {
+            Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+            _ => None,
+        }
+    };
+    let first = word(0).unwrap_or_default();
+    Ok(Some(match first.as_str() {
+        "begin" | "start" => SessionCommand::Begin,
+        "commit" | "end" => SessionCommand::Commit,
+        "rollback" | "abort" => SessionCommand::Rollback,
+        "discard" => SessionCommand::Discard,
+        "reset" => SessionCommand::Set {
+            name: word(1).unwrap_or_default(),
+            value: None,
+        },
+        "show" if word(1).as_deref() != Some("signals") && words.len() >= 2 => {
+            let name: String = words[1..].iter().map(|t| t.to_string()).collect();
+            SessionCommand::Show {
+                name: name.to_ascii_lowercase(),
+            }
+        }
+        "set" => {
+            let mut i = 1;
+            if matches!(word(i).as_deref(), Some("session" | "local")) {
+                i += 1;
+            }
+            // SET TIME ZONE x
+            let name =
+                if word(i).as_deref() == Some("time") && word(i + 1).as_deref() == Some("zone") {
+                    i += 2;
+                    "timezone".to_string()
+                } else {
+                    let mut name = word(i).unwrap_or_default();
+                    i += 1;
+                    while words.get(i) == Some(&Token::Period) {
+                        name.push('.');
+                        name.push_str(&word(i + 1).unwrap_or_default());
+                        i += 2;
+                    }
+                    if matches!(words.get(i), Some(Token::Eq)) || word(i).as_deref() == Some("to") {
+                        i += 1;
+                    }
+                    name
+                };
+            let value: Vec<String> = words[i.min(words.len())..]
+                .iter()
+                .map(|t| match t {
+                    Token::SingleQuotedString(s) => s.clone(),
+                    Token::Word(w) => w.value.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            let value = value.join(" ");
+            let value = if value.eq_ignore_ascii_case("default") {
+                None
+            } else {
+                Some(value)
+            };
+            SessionCommand::Set { name, value }
+        }
+        _ => return Ok(None),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_respects_strings_and_comments() {
+        let parts =
+            split("SELECT ';' AS a; -- c;\nSELECT 2;;  ; INSERT INTO t VALUES ('x;y')").unwrap();
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert!(parts[0].contains("';'"));
+        assert!(parts[2].contains("'x;y'"));
+    }
+
+    #[test]
+    fn bind_replaces_placeholders_outside_strings() {
+        let lits = vec!["42".to_string(), "'it''s'".to_string()];
+        let sql = bind("SELECT $1, '$2', $2 FROM t WHERE id = $1", &lits).unwrap();
+        assert_eq!(sql, "SELECT 42, '$2', 'it''s' FROM t WHERE id = 42");
+        assert!(bind("SELECT $3", &lits).is_err());
+        assert_eq!(placeholder_count("SELECT $1, $12, '$40'").unwrap(), 12);
+    }
+
+    #[test]
+    fn binary_parameters_decode() {
+        let b = Bytes::from(42i64.to_be_bytes().to_vec());
+        assert_eq!(literal(1, &Type::INT8, Some(&b), true).unwrap(), "42");
+        let b = Bytes::from(1.5f64.to_be_bytes().to_vec());
+        assert_eq!(literal(1, &Type::FLOAT8, Some(&b), true).unwrap(), "1.5");
+        let b = Bytes::from(0i64.to_be_bytes().to_vec());
+        assert_eq!(
+            literal(1, &Type::TIMESTAMP, Some(&b), true).unwrap(),
+            "CAST('2000-01-01 00:00:00' AS TIMESTAMP)"
+        );
+        assert!(literal(1, &Type::INT8, Some(&Bytes::from_static(b"12")), true).is_err());
+        let t = Bytes::from_static(b"o'k");
+        assert_eq!(literal(1, &Type::TEXT, Some(&t), false).unwrap(), "'o''k'");
+        assert!(literal(1, &Type::INT4, Some(&Bytes::from_static(b"x1")), false).is_err());
+    }
+
+    #[test]
+    fn session_commands() {
+        use SessionCommand::*;
+        assert_eq!(session_command("BEGIN").unwrap(), Some(Begin));
+        assert_eq!(session_command("start transaction").unwrap(), Some(Begin));
+        assert_eq!(
+            session_command("SET statement_timeout = '5s'").unwrap(),
+            Some(Set {
+                name: "statement_timeout".into(),
+                value: Some("5s".into())
+            })
+        );
+        assert_eq!(
+            session_command("SET TIME ZONE 'UTC'").unwrap(),
+            Some(Set {
+                name: "timezone".into(),
+                value: Some("UTC".into())
+            })
+        );
+        assert_eq!(
+            session_command("show DateStyle").unwrap(),
+            Some(Show {
+                name: "datestyle".into()
+            })
+        );
+        assert_eq!(session_command("SHOW SIGNALS").unwrap(), None);
+        assert_eq!(session_command("SELECT 1").unwrap(), None);
+    }
+}
