@@ -37,7 +37,8 @@ fn invalid_schema_definitions_are_rejected() {
             name: "like".into()
         }
     );
-    assert_eq!(e.class(), ErrorClass::DuplicateObject);
+    // SQL.md §1: an invalid definition, 42601/22023 (not 42710).
+    assert_eq!(e.class(), ErrorClass::InvalidParameter);
     assert!(matches!(
         SignalDef::new("bad name", EntityKind::Item, DecaySpec::None, [w]),
         Err(CoreError::BadIdentifier { .. })

@@ -44,7 +44,16 @@ impl AsyncDB for TidalDb {
                     ))
                 })?;
             for r in 0..b.num_rows() {
-                rows.push(fmts.iter().map(|f| f.value(r).to_string()).collect());
+                // An empty string would vanish in the runner's whitespace-normalized
+                // comparison; print it as sqllogictest's usual "(empty)".
+                rows.push(
+                    fmts.iter()
+                        .map(|f| match f.value(r).to_string() {
+                            s if s.is_empty() => "(empty)".to_string(),
+                            s => s,
+                        })
+                        .collect(),
+                );
             }
         }
         Ok(DBOutput::Rows {

@@ -103,13 +103,14 @@ impl CoreError {
         use CoreError::*;
         match self {
             BadIdentifier { .. } | BadWindow { .. } | BadInterval { .. } => ErrorClass::Syntax,
-            DuplicateSignal { .. } | DuplicateTable { .. } | DuplicateColumn { .. } => {
-                ErrorClass::DuplicateObject
-            }
+            // SQL.md §1 puts a duplicate signal name with the invalid definitions
+            // (42601/22023), not with PostgreSQL's duplicate_object (42710).
+            DuplicateTable { .. } | DuplicateColumn { .. } => ErrorClass::DuplicateObject,
             UnknownSignal { .. } | UnknownTable { .. } | UnknownTableName { .. } => {
                 ErrorClass::UndefinedObject
             }
-            HalfLifeOutOfRange { .. }
+            DuplicateSignal { .. }
+            | HalfLifeOutOfRange { .. }
             | UnknownKind { .. }
             | UnknownMark { .. }
             | UndeclaredWindow { .. }

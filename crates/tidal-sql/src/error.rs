@@ -1,3 +1,4 @@
+use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tidal_core::{CoreError, ErrorClass};
 use tidal_engine::EngineError;
@@ -65,6 +66,20 @@ impl SqlError {
                 DataFusionError::Plan(_) => ErrorClass::Syntax,
                 DataFusionError::NotImplemented(_) => ErrorClass::Syntax,
                 DataFusionError::ResourcesExhausted(_) => ErrorClass::OutOfMemory,
+                // A value that cannot be cast or parsed (`CAST('x' AS BIGINT)`, a bad
+                // timestamp literal), a division by zero or an overflow is bad data in the
+                // statement (22000), not an internal failure.
+                DataFusionError::ArrowError(a, _)
+                    if matches!(
+                        **a,
+                        ArrowError::CastError(_)
+                            | ArrowError::ParseError(_)
+                            | ArrowError::DivideByZero
+                            | ArrowError::ArithmeticOverflow(_)
+                    ) =>
+                {
+                    ErrorClass::DataException
+                }
                 _ => ErrorClass::Internal,
             },
         }

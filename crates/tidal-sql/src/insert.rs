@@ -119,7 +119,9 @@ pub fn insert_signals(
         let weight = weight
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<Float64Array>());
-        let ts = pos[4].map(|i| timestamps(batch, i)).transpose()?;
+        let ts = pos[4]
+            .map(|i| timestamps(batch.column(i), "ts"))
+            .transpose()?;
         for r in 0..n {
             if sig.is_null(r) {
                 return Err(SqlError::Engine(EngineError::NullColumn {
@@ -180,35 +182,42 @@ pub fn insert_signals(
         .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))
 }
 
-/// The `ts` column as microseconds: text goes through tidalDB's timestamp parser (UTC
-/// when no zone is given), anything else through Arrow's cast.
-fn timestamps(batch: &RecordBatch, i: usize) -> Result<TimestampMicrosecondArray, SqlError> {
-    let col = batch.column(i);
-    if matches!(
-        col.data_type(),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    ) {
-        let text = as_type(batch, i, &DataType::Utf8, "ts")?;
-        let text = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| col_err("ts", "must be a timestamp"))?;
-        let mut out = Vec::with_capacity(text.len());
-        for v in text.iter() {
-            out.push(v.map(Timestamp::parse).transpose()?.map(|t| t.0));
+/// A timestamp column (`ts` of signals, or an entity column named `name`) as
+/// microseconds: text goes through tidalDB's timestamp parser (UTC when no zone is
+/// given), timestamps and dates through Arrow's cast. Anything else is an error: Arrow
+/// would read a number as microseconds since the epoch, where PostgreSQL refuses it.
+fn timestamps(col: &Arc<dyn Array>, name: &str) -> Result<TimestampMicrosecondArray, SqlError> {
+    let cast = |ty: &DataType| {
+        strict_cast(col, ty).map_err(|e| col_err(name, format!("cannot be read as {ty}: {e}")))
+    };
+    match col.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let text = cast(&DataType::Utf8)?;
+            let text = text
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| col_err(name, "must be a timestamp"))?;
+            let mut out = Vec::with_capacity(text.len());
+            for v in text.iter() {
+                out.push(v.map(Timestamp::parse).transpose()?.map(|t| t.0));
+            }
+            Ok(out.into_iter().collect())
         }
-        return Ok(out.into_iter().collect());
+        DataType::Null | DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
+            let a = cast(&DataType::Timestamp(TimeUnit::Microsecond, None))?;
+            a.as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .cloned()
+                .ok_or_else(|| col_err(name, "must be a timestamp"))
+        }
+        other => Err(col_err(
+            name,
+            format!(
+                "a value of type {other} cannot be read as a timestamp \
+                 (give a TIMESTAMP or text such as '2026-11-25 10:00:00')"
+            ),
+        )),
     }
-    let a = as_type(
-        batch,
-        i,
-        &DataType::Timestamp(TimeUnit::Microsecond, None),
-        "ts",
-    )?;
-    a.as_any()
-        .downcast_ref::<TimestampMicrosecondArray>()
-        .cloned()
-        .ok_or_else(|| col_err("ts", "must be a timestamp"))
 }
 
 fn count_batch(n: u64) -> Result<RecordBatch, SqlError> {
@@ -282,7 +291,7 @@ fn column_values(
             );
         }
         ColumnType::Timestamp => {
-            let a = timestamps_of(array, name)?;
+            let a = timestamps(array, name)?;
             out.extend(
                 a.iter()
                     .map(|v| v.map_or(Value::Null, |t| Value::Timestamp(Timestamp(t)))),
@@ -407,15 +416,6 @@ fn parse_vector(column: &str, s: &str) -> Result<Vec<f32>, SqlError> {
                 .map_err(|_| col_err(column, format!("{x:?} is not a number")))
         })
         .collect()
-}
-
-fn timestamps_of(
-    array: &Arc<dyn Array>,
-    name: &str,
-) -> Result<TimestampMicrosecondArray, SqlError> {
-    let batch = RecordBatch::try_from_iter([(name, array.clone())])
-        .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))?;
-    timestamps(&batch, 0)
 }
 
 /// `INSERT INTO items|users|creators`: every row of `batches` becomes one atomic write.

@@ -255,6 +255,20 @@ async fn default_at_is_one_instant_per_statement() {
     )
     .await;
     assert_eq!(f64s(&b, 0), vec![Some(0.0)]);
+    // Also when every argument is a constant: the planner folds such calls before it
+    // simplifies them, and must not read them at the folding instant (the engine's
+    // clock, here a manual one behind the wall clock) instead of the statement start.
+    let b = query(
+        &sql,
+        "SELECT decay('view', 1) - decay('view', 1, now()), \
+         window_count('view', 1, '1h') - window_count('view', 1, '1h', now()), \
+         velocity('view', 1, '1h') - velocity('view', 1, '1h', now()), \
+         acceleration('view', 1, '1h') - acceleration('view', 1, '1h', now())",
+    )
+    .await;
+    for col in 0..4 {
+        assert_eq!(f64s(&b, col), vec![Some(0.0)], "column {col}");
+    }
     let plan = query(&sql, "EXPLAIN SELECT decay('view', id) FROM items").await;
     let text = pretty_format_batches(&plan).unwrap().to_string();
     assert!(
@@ -369,7 +383,7 @@ async fn signal_ddl_through_sql() {
         .sql("CREATE SIGNAL skip ON items DECAY NONE")
         .await
         .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::DuplicateObject, "{e}");
+    assert_eq!(e.class(), ErrorClass::InvalidParameter, "{e}");
     let e = sql
         .sql("CREATE SIGNAL bad ON items DECAY NONE WINDOWS ('91d')")
         .await
@@ -905,4 +919,151 @@ async fn signals_table_reads_memory_and_parquet_history_identically() {
     assert!(both.contains(&format!("| {} ", base + 301)), "{both}");
     let empty = query(&sql, "SELECT * FROM signals WHERE signal = 'nope'").await;
     assert_eq!(empty.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+}
+
+/// SQL.md §1 and §4 name the SQLSTATE of these errors: 42601 (syntax) or 22023 (bad
+/// parameter). A duplicate signal name was 42710 and a window that does not parse, given
+/// to a function, was 42601.
+#[tokio::test]
+async fn contract_errors_have_the_contract_sqlstate_class() {
+    let (_dir, sql) = setup();
+    let cases = [
+        // §1: invalid definitions.
+        (
+            "CREATE SIGNAL view ON items DECAY NONE",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "CREATE SIGNAL \"VIEW\" ON items DECAY NONE",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "CREATE SIGNAL \"bad name\" ON items DECAY NONE",
+            ErrorClass::Syntax,
+        ),
+        ("CREATE SIGNAL 1abc ON items DECAY NONE", ErrorClass::Syntax),
+        (
+            "CREATE SIGNAL s ON items DECAY EXPONENTIAL HALF_LIFE '0 seconds'",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY EXPONENTIAL HALF_LIFE '-1 day'",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY EXPONENTIAL HALF_LIFE '11 years'",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY EXPONENTIAL HALF_LIFE 'soon'",
+            ErrorClass::Syntax,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY NONE WINDOWS ('5s')",
+            ErrorClass::Syntax,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY NONE WINDOWS ('91d')",
+            ErrorClass::Syntax,
+        ),
+        (
+            "CREATE SIGNAL s ON items DECAY NONE WINDOWS ('1.5h')",
+            ErrorClass::Syntax,
+        ),
+        (
+            "CREATE SIGNAL s ON posts DECAY NONE",
+            ErrorClass::InvalidParameter,
+        ),
+        // §4: windows of the read functions.
+        (
+            "SELECT window_count('view', 1, '7d')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "SELECT window_count('view', 1, '5s')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "SELECT velocity('view', 1, 'abc')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "SELECT acceleration('view', id, '91d') FROM items",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "SELECT velocity('like', 1, 'all')",
+            ErrorClass::InvalidParameter,
+        ),
+        (
+            "SELECT acceleration('like', 1, 'all')",
+            ErrorClass::InvalidParameter,
+        ),
+    ];
+    for (q, expected) in cases {
+        let e = sql.sql(q).await.unwrap_err();
+        assert_eq!(e.class(), expected, "{q}: {e}");
+    }
+    let e = sql
+        .sql("SELECT window_count('view', 1, '5s')")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("invalid window \"5s\"") && e.contains("declared windows are 1h, 1d"),
+        "{e}"
+    );
+}
+
+/// A value in a statement that cannot be cast or parsed is bad data (22000), not an
+/// internal error; signal functions refuse a fractional entity and a numeric `at`
+/// instead of reading entity 1 or the epoch; a number is not a timestamp on INSERT.
+#[tokio::test]
+async fn bad_values_are_data_errors_not_internal_ones() {
+    let (_dir, sql) = setup();
+    let cases = [
+        ("SELECT CAST('x' AS BIGINT)", ErrorClass::DataException),
+        (
+            "SELECT decay('view', 1, 'garbage')",
+            ErrorClass::DataException,
+        ),
+        ("SELECT decay('view', 'x')", ErrorClass::DataException),
+        ("SELECT decay('view', 1.5)", ErrorClass::Syntax),
+        ("SELECT decay('view', 1, 5)", ErrorClass::Syntax),
+        (
+            "INSERT INTO signals VALUES ('like', 1, 1, 1.0, 1700000000)",
+            ErrorClass::DataException,
+        ),
+        (
+            "INSERT INTO items (id, created_at) VALUES (100, 1.5)",
+            ErrorClass::DataException,
+        ),
+    ];
+    for (q, expected) in cases {
+        let e = sql.sql(q).await.unwrap_err();
+        assert_eq!(e.class(), expected, "{q}: {e}");
+    }
+    let e = sql.sql("SELECT decay('view', 1.5)").await.unwrap_err();
+    assert!(
+        e.to_string().contains("the entity must be a BIGINT id"),
+        "{e}"
+    );
+    let e = sql.sql("SELECT decay('view', 1, 5)").await.unwrap_err();
+    assert!(e.to_string().contains("`at` must be a TIMESTAMP"), "{e}");
+    // Text, timestamps and dates are still accepted where they were.
+    query(
+        &sql,
+        "SELECT decay('view', '1', '2026-11-20 12:00:00'), decay('view', 1, DATE '2026-11-20'), \
+         decay('view', CAST(1 AS INT), TIMESTAMP '2026-11-20 12:00:00')",
+    )
+    .await;
+    let b = query(&sql, "SELECT count(*) FROM items WHERE id = 100").await;
+    assert_eq!(
+        b[0].column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        0
+    );
 }

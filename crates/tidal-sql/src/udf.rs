@@ -4,6 +4,12 @@
 //! Each call gathers a whole Arrow array of entity ids through the ledger's batch
 //! readers under one shared lock. When `at` is omitted, the planner's simplifier fills in
 //! the statement's start time, so every row of a statement is read at one instant.
+//!
+//! A call starts *unbound* and volatile: DataFusion folds constant calls (all arguments
+//! literals, as in `SELECT decay('like', 42)`) before it asks the function to simplify
+//! itself, and folding a call without `at` would read it at whatever instant the folding
+//! happens to run. `simplify` binds the call — fills in `at` and swaps in a stable
+//! instance — after which folding it is safe.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -94,15 +100,30 @@ fn ts_type() -> DataType {
 pub struct SignalUdf {
     f: SignalFn,
     engine: Arc<Engine>,
+    /// The instant the call reads at is settled: given by the caller or filled in by
+    /// `simplify` (always, for the functions without `at`). Bound calls are stable,
+    /// unbound ones volatile so that constant folding leaves them to `simplify`.
+    bound: bool,
     signature: Signature,
 }
 
 impl SignalUdf {
+    /// The function as registered: unbound until the planner simplifies the call.
     pub fn new(f: SignalFn, engine: Arc<Engine>) -> SignalUdf {
+        SignalUdf::with_binding(f, engine, !f.has_at())
+    }
+
+    fn with_binding(f: SignalFn, engine: Arc<Engine>, bound: bool) -> SignalUdf {
+        let volatility = if bound {
+            Volatility::Stable
+        } else {
+            Volatility::Volatile
+        };
         SignalUdf {
             f,
             engine,
-            signature: Signature::user_defined(Volatility::Stable),
+            bound,
+            signature: Signature::user_defined(volatility),
         }
     }
 
@@ -117,7 +138,7 @@ impl SignalUdf {
 
 impl PartialEq for SignalUdf {
     fn eq(&self, other: &Self) -> bool {
-        self.f == other.f && Arc::ptr_eq(&self.engine, &other.engine)
+        self.f == other.f && self.bound == other.bound && Arc::ptr_eq(&self.engine, &other.engine)
     }
 }
 
@@ -126,6 +147,7 @@ impl Eq for SignalUdf {}
 impl Hash for SignalUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.f.hash(state);
+        self.bound.hash(state);
         Arc::as_ptr(&self.engine).hash(state);
     }
 }
@@ -170,11 +192,42 @@ impl ScalarUDFImpl for SignalUdf {
                 ),
             ));
         }
+        // PostgreSQL would not call a BIGINT/TIMESTAMP function with a fraction or a
+        // number: without these checks 1.5 would read entity 1 and 5 the instant 5 µs
+        // after the epoch. (Text is converted, as PostgreSQL converts an untyped literal.)
+        let text = |t: &DataType| {
+            matches!(
+                t,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+            )
+        };
+        if !(arg_types[1].is_integer() || text(&arg_types[1])) {
+            return Err(bad_arg(
+                self.f.name(),
+                format!(
+                    "the entity must be a BIGINT id, not {} ({})",
+                    arg_types[1],
+                    self.f.usage()
+                ),
+            ));
+        }
         let mut out = vec![DataType::Utf8, DataType::Int64];
         if self.f.has_window() {
             out.push(DataType::Utf8);
         }
         if arg_types.len() == max && self.f.has_at() {
+            let at = &arg_types[max - 1];
+            if !(text(at)
+                || matches!(
+                    at,
+                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+                ))
+            {
+                return Err(bad_arg(
+                    self.f.name(),
+                    format!("`at` must be a TIMESTAMP, not {at} ({})", self.f.usage()),
+                ));
+            }
             out.push(ts_type());
         }
         Ok(out)
@@ -188,21 +241,24 @@ impl ScalarUDFImpl for SignalUdf {
     }
 
     fn simplify(&self, mut args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
-        let (min, _) = self.f.arity();
-        if !self.f.has_at() || args.len() != min {
+        if self.bound {
             return Ok(ExprSimplifyResult::Original(args));
         }
-        // Fix `at` to the statement's start so every row sees the same instant.
-        let Some(start) = info.query_execution_start_time() else {
-            return Ok(ExprSimplifyResult::Original(args));
-        };
-        let us = start.timestamp_micros();
-        args.push(lit(ScalarValue::TimestampMicrosecond(Some(us), None)));
+        let (min, _) = self.f.arity();
+        if args.len() == min {
+            // Fix `at` to the statement's start so every row sees the same instant.
+            let Some(start) = info.query_execution_start_time() else {
+                return Ok(ExprSimplifyResult::Original(args));
+            };
+            let us = start.timestamp_micros();
+            args.push(lit(ScalarValue::TimestampMicrosecond(Some(us), None)));
+        }
         Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(
             datafusion::logical_expr::expr::ScalarFunction::new_udf(
-                Arc::new(ScalarUDF::new_from_impl(SignalUdf::new(
+                Arc::new(ScalarUDF::new_from_impl(SignalUdf::with_binding(
                     self.f,
                     self.engine.clone(),
+                    true,
                 ))),
                 args,
             ),
@@ -217,7 +273,13 @@ impl ScalarUDFImpl for SignalUdf {
         let def = view.signal(&name).map_err(engine_err)?.clone();
         let window = if f.has_window() {
             let text = const_str(f, "window", &args.args[2])?;
-            let w = Window::parse(&text).map_err(engine_err)?;
+            // Not a window at all is a bad argument (22023) like an undeclared one.
+            let w = Window::parse(&text).map_err(|e| {
+                bad_arg(
+                    f.name(),
+                    format!("{e}; declared windows are {}", def.windows_text()),
+                )
+            })?;
             if w == Window::All && f != SignalFn::WindowCount {
                 return Err(engine_err(CoreError::AllWindowNotAllowed {
                     what: f.name(),
