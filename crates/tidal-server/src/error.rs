@@ -17,6 +17,11 @@ pub enum ServerError {
     Unsupported(String),
     #[error("invalid parameter ${index}: {reason}")]
     BadParameter { index: usize, reason: String },
+    #[error("COPY line {line}: {source}")]
+    CopyLine { line: u64, source: Box<ServerError> },
+    /// A value that does not parse as its column's type.
+    #[error("{0}")]
+    InvalidText(String),
     #[error("canceling statement due to user request")]
     Cancelled,
     #[error("canceling statement due to statement timeout")]
@@ -46,6 +51,8 @@ impl ServerError {
             ServerError::Database(tidal::Error::Engine(e)) => class_state(e.class(), ""),
             ServerError::Database(_) => "XX000",
             ServerError::Unsupported(_) => "0A000",
+            ServerError::InvalidText(_) => "22P02",
+            ServerError::CopyLine { source, .. } => source.sqlstate(),
             ServerError::BadParameter { .. } => "22023",
             ServerError::Cancelled | ServerError::Timeout => "57014",
             ServerError::ShuttingDown => "57P01",

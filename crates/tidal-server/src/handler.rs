@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{Sink, Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{
@@ -15,9 +15,10 @@ use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -25,6 +26,7 @@ use pgwire::api::{
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -34,6 +36,7 @@ use tidal_sql::{SqlSession, TidalStatement};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{QUERY_BYTES_MAX, ServerConfig};
+use crate::copy::{self, CopyCommand, CopyIn};
 use crate::sqltext::{self, SessionCommand};
 use crate::{ServerError, encode};
 
@@ -169,6 +172,8 @@ pub(crate) struct Conn {
     pid: AtomicI32,
     parser: Arc<Parser>,
     sasl: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+    /// A `COPY ... FROM STDIN` receiving data.
+    copy: Mutex<Option<CopyIn>>,
 }
 
 impl Debug for Conn {
@@ -228,6 +233,7 @@ impl Conn {
                 permit: Mutex::new(permit),
                 pid: AtomicI32::new(0),
                 sasl,
+                copy: Mutex::new(None),
             }
         })
     }
@@ -265,6 +271,9 @@ impl Conn {
         }
         if let Some(cmd) = sqltext::session_command(sql)? {
             return self.session_command(cmd, formats);
+        }
+        if let Some(cmd) = copy::parse(sql)? {
+            return self.start_copy(cmd).await;
         }
         let guard = Running::new(self.shared.clone());
         let stmt = tidal_sql::parse_tidal_statement(sql)?;
@@ -337,6 +346,63 @@ impl Conn {
             guard,
         );
         Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+
+    async fn start_copy(&self, cmd: CopyCommand) -> Result<Response, ServerError> {
+        match cmd {
+            CopyCommand::In {
+                table,
+                columns,
+                format,
+            } => {
+                if self.lock().in_transaction {
+                    return Err(ServerError::Unsupported(
+                        "COPY FROM inside BEGIN ... COMMIT is not supported yet".into(),
+                    ));
+                }
+                let schema = self.shared.session.engine().schema();
+                let copy = CopyIn::new(&schema, &table, &columns, format)?;
+                let n = copy.columns();
+                *self.copy.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy);
+                Ok(Response::CopyIn(CopyResponse::new(
+                    0,
+                    n,
+                    futures::stream::empty(),
+                )))
+            }
+            CopyCommand::Out { query, format } => {
+                let stream = self.shared.session.sql_stream(&query).await?;
+                let n = stream.schema().fields().len();
+                let header = (format.csv && format.header).then(|| {
+                    let names: Vec<String> = stream
+                        .schema()
+                        .fields()
+                        .iter()
+                        .map(|f| copy::csv_field(f.name(), &format))
+                        .collect();
+                    let line = format!("{}\n", names.join(&format.delimiter.to_string()));
+                    Ok(CopyData::new(bytes::Bytes::from(line)))
+                });
+                let rows = stream
+                    .map(move |batch| {
+                        let batch = batch.map_err(|e| ServerError::from(e).into_pg())?;
+                        let mut out = Vec::with_capacity(batch.num_rows());
+                        for row in 0..batch.num_rows() {
+                            let mut line = String::new();
+                            copy::format_row(&batch, row, &format, &mut line)
+                                .map_err(ServerError::into_pg)?;
+                            out.push(Ok(CopyData::new(bytes::Bytes::from(line))));
+                        }
+                        Ok::<_, PgWireError>(futures::stream::iter(out))
+                    })
+                    .flat_map(|r| match r {
+                        Ok(s) => s.left_stream(),
+                        Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
+                    });
+                let rows = futures::stream::iter(header).chain(rows);
+                Ok(Response::CopyOut(CopyResponse::new(0, n, rows)))
+            }
+        }
     }
 
     fn session_command(
@@ -901,5 +967,68 @@ impl PgWireServerHandlers for Handlers {
 
     fn cancel_handler(&self) -> Arc<impl CancelHandler> {
         self.0.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
+        self.0.clone()
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Conn {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(copy) = self.copy.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            copy.feed(&data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let copy = self.copy.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(copy) = copy else {
+            return Err(
+                ServerError::Internal("CopyDone without a COPY in progress".into()).into_pg(),
+            );
+        };
+        let engine = self.shared.session.engine().clone();
+        let _running = Running::new(self.shared.clone());
+        // One transaction for the whole COPY, committed on the blocking pool.
+        let rows = tokio::task::spawn_blocking(move || copy.finish(&engine))
+            .await
+            .map_err(|e| ServerError::Internal(format!("COPY task failed: {e}")).into_pg())?
+            .map_err(ServerError::into_pg)?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(rows).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.copy.lock().unwrap_or_else(|p| p.into_inner()).take();
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".into(),
+            "57014".into(),
+            format!(
+                "COPY from stdin failed: {}; nothing was applied",
+                fail.message
+            ),
+        )))
     }
 }

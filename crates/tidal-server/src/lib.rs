@@ -16,6 +16,7 @@
 //! ```
 
 mod config;
+mod copy;
 mod encode;
 mod error;
 mod handler;
