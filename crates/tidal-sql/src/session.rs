@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::SendableRecordBatchStream;
@@ -123,6 +125,13 @@ impl SqlSession {
 
     async fn run(&self, sql: &str) -> Result<Output, SqlError> {
         let done = |b: RecordBatch| Ok(Output::Done(vec![b]));
+        if let Some((analyze, rest)) = explain_prefix(sql)
+            && let Some(stmt) = crate::statement::parse(rest)?
+        {
+            return Ok(Output::Done(vec![
+                self.explain_tidal(&stmt, analyze).await?,
+            ]));
+        }
         match crate::statement::parse(sql)? {
             Some(crate::TidalStatement::InsertSignals { columns, source }) => {
                 // The source runs as an ordinary read-only query; its rows are then
@@ -159,6 +168,136 @@ impl SqlSession {
             None => Ok(Output::Query(self.read_only_frame(sql).await?)),
         }
     }
+}
+
+impl SqlSession {
+    /// `EXPLAIN` of a tidalDB statement: what the engine will do, then DataFusion's plan
+    /// of the query that produces its rows (if any). Same columns as DataFusion's EXPLAIN.
+    async fn explain_tidal(
+        &self,
+        stmt: &crate::TidalStatement,
+        analyze: bool,
+    ) -> Result<RecordBatch, SqlError> {
+        use crate::TidalStatement as T;
+        let atomic = "validated, then committed as one WAL transaction (durable on return)";
+        let (what, source): (String, Option<&str>) = match stmt {
+            T::CreateSignal(def) => (
+                format!(
+                    "CreateSignal: {} ON {} windows=[{}]; schema change, {atomic}",
+                    def.name,
+                    def.kind.table_name(),
+                    def.windows_text()
+                ),
+                None,
+            ),
+            T::DropSignal { name, if_exists } => (
+                format!("DropSignal: {name} if_exists={if_exists}; schema change, {atomic}"),
+                None,
+            ),
+            T::ShowSignals => ("ShowSignals: reads the schema".to_string(), None),
+            T::CreateTable(def) => (
+                format!(
+                    "CreateTable: {} ({} columns); schema change, {atomic}",
+                    def.kind.table_name(),
+                    def.columns.len()
+                ),
+                None,
+            ),
+            T::DropTable { kind, if_exists } => (
+                format!(
+                    "DropTable: {} if_exists={if_exists}; deletes every row, {atomic}",
+                    kind.table_name()
+                ),
+                None,
+            ),
+            T::InsertSignals { columns, source } => (
+                format!(
+                    "InsertSignals: columns=[{}]; rows of the query below are {atomic}",
+                    columns.join(", ")
+                ),
+                Some(source.as_str()),
+            ),
+            T::InsertRows {
+                kind,
+                columns,
+                source,
+                on_conflict,
+            } => (
+                format!(
+                    "InsertRows: {} columns=[{}] on_conflict={on_conflict:?}; rows of the query \
+                     below are {atomic}",
+                    kind.table_name(),
+                    columns.join(", ")
+                ),
+                Some(source.as_str()),
+            ),
+            T::ChangeRows(c) => (
+                format!(
+                    "{}: {} columns=[{}]; rows found (and new values computed) by the query \
+                     below are {atomic}",
+                    if c.delete { "Delete" } else { "Update" },
+                    c.kind.table_name(),
+                    c.columns.join(", ")
+                ),
+                Some(c.query.as_str()),
+            ),
+        };
+        let is_write = !matches!(stmt, T::ShowSignals);
+        if analyze && is_write {
+            return Err(SqlError::Syntax {
+                message: "EXPLAIN ANALYZE would apply this write; use EXPLAIN without ANALYZE"
+                    .into(),
+            });
+        }
+        let mut kinds = vec!["tidal_statement".to_string()];
+        let mut plans = vec![what];
+        if let Some(source) = source {
+            for b in self.read_only(&format!("EXPLAIN {source}")).await? {
+                let col = |i: usize| {
+                    b.column(i)
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|a| a.iter().map(|v| v.unwrap_or("").to_string()).collect())
+                        .unwrap_or_else(Vec::new)
+                };
+                let (k, p): (Vec<String>, Vec<String>) = (col(0), col(1));
+                kinds.extend(k.into_iter().map(|k| format!("source {k}")));
+                plans.extend(p);
+            }
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(kinds)),
+                Arc::new(StringArray::from(plans)),
+            ],
+        )
+        .map_err(|e| SqlError::DataFusion(e.into()))
+    }
+}
+
+/// `EXPLAIN [ANALYZE] [VERBOSE] <rest>` → (analyze, rest).
+fn explain_prefix(sql: &str) -> Option<(bool, &str)> {
+    fn word<'a>(s: &'a str, w: &str) -> Option<&'a str> {
+        s.get(..w.len())
+            .filter(|p| p.eq_ignore_ascii_case(w))
+            .filter(|_| s[w.len()..].starts_with(char::is_whitespace))
+            .map(|_| s[w.len()..].trim_start())
+    }
+    let mut rest = word(sql.trim_start(), "EXPLAIN")?;
+    let mut analyze = false;
+    if let Some(r) = word(rest, "ANALYZE") {
+        analyze = true;
+        rest = r;
+    }
+    if let Some(r) = word(rest, "VERBOSE") {
+        rest = r;
+    }
+    Some((analyze, rest))
 }
 
 /// A statement's result: computed already (writes, tidal statements) or a planned query.

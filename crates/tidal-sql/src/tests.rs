@@ -1067,3 +1067,49 @@ async fn bad_values_are_data_errors_not_internal_ones() {
         0
     );
 }
+
+#[tokio::test]
+async fn explain_describes_tidal_statements_without_running_them() {
+    let (_dir, sql) = setup();
+    let before = text(&query(&sql, "SELECT count(*) FROM signals").await);
+    let plan = text(
+        &query(
+            &sql,
+            "EXPLAIN INSERT INTO signals (signal, entity_id) SELECT 'like', id FROM items WHERE id < 3",
+        )
+        .await,
+    );
+    assert!(
+        plan.contains("InsertSignals: columns=[signal, entity_id]"),
+        "{plan}"
+    );
+    assert!(plan.contains("source logical_plan"), "{plan}");
+    assert!(plan.contains("source physical_plan"), "{plan}");
+    assert_eq!(
+        text(&query(&sql, "SELECT count(*) FROM signals").await),
+        before,
+        "EXPLAIN must not apply the write"
+    );
+    let plan = text(&query(&sql, "explain UPDATE items SET title = 'x' WHERE id = 1").await);
+    assert!(plan.contains("Update: items columns=[title]"), "{plan}");
+    let plan = text(
+        &query(
+            &sql,
+            "EXPLAIN CREATE SIGNAL share ON items DECAY NONE WINDOWS ('all')",
+        )
+        .await,
+    );
+    assert!(plan.contains("CreateSignal: share ON items"), "{plan}");
+    assert!(sql.engine().schema().signal("share").is_err());
+    let e = sql
+        .sql("EXPLAIN ANALYZE DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Syntax, "{e}");
+    // Plain queries still get DataFusion's own EXPLAIN.
+    let plan = text(&query(&sql, "EXPLAIN SELECT id FROM items").await);
+    assert!(
+        plan.contains("logical_plan") && !plan.contains("tidal_statement"),
+        "{plan}"
+    );
+}
