@@ -95,6 +95,8 @@ pub enum ErrorClass {
     Internal,
     /// The database cannot accept writes until restarted (58030).
     Unavailable,
+    /// A concurrent change invalidated a transaction; retrying it may succeed (40001).
+    Conflict,
 }
 
 impl CoreError {

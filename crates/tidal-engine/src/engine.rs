@@ -170,15 +170,39 @@ impl Engine {
     /// Starts an atomic write: every op added is validated immediately; nothing is
     /// applied until [`WriteTxn::commit`], and then all of it or none.
     pub fn begin(&self) -> WriteTxn<'_> {
+        let schema = self.schema();
         WriteTxn {
             engine: self,
-            schema: self.schema(),
+            base_version: schema.version,
+            schema,
             ops: Vec::new(),
             bytes: 0,
             rows: 0,
             now: self.now(),
             ddl: None,
         }
+    }
+
+    /// Continues a transaction detached with [`WriteTxn::suspend`]. Fails with
+    /// [`EngineError::Conflict`] if the schema changed since the transaction's first
+    /// operation (its validated operations could be stale); the caller retries.
+    pub fn resume(&self, pending: PendingTxn) -> Result<WriteTxn<'_>, EngineError> {
+        let ddl = pending.ddl.then(|| self.inner.ddl.lock());
+        if !pending.ops.is_empty() && self.schema().version != pending.base_version {
+            return Err(EngineError::Conflict {
+                what: "the schema changed while this transaction was open; retry it".into(),
+            });
+        }
+        Ok(WriteTxn {
+            engine: self,
+            base_version: pending.base_version,
+            schema: pending.schema,
+            ops: pending.ops,
+            bytes: pending.bytes,
+            rows: pending.rows,
+            now: self.now(),
+            ddl,
+        })
     }
 
     /// A consistent read view of entity rows and signal state.
@@ -317,6 +341,27 @@ pub struct WriteTxn<'a> {
     /// Held from the first schema change to commit, so DDL is serialized and signal ids
     /// assigned here stay unique.
     ddl: Option<MutexGuard<'a, ()>>,
+    /// Engine schema version the operations were validated against.
+    base_version: u64,
+}
+
+/// A transaction's validated operations, detached from the engine between the
+/// statements of a client's `BEGIN … COMMIT` block (no locks are held while detached).
+#[derive(Debug)]
+pub struct PendingTxn {
+    ops: Vec<Op>,
+    bytes: usize,
+    rows: usize,
+    schema: Arc<Schema>,
+    base_version: u64,
+    ddl: bool,
+}
+
+impl PendingTxn {
+    /// Whether any operation was added.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
 }
 
 impl WriteTxn<'_> {
@@ -435,7 +480,14 @@ impl WriteTxn<'_> {
             self.ddl = Some(self.engine.inner.ddl.lock());
             // Under the DDL lock the schema cannot move; validate against the newest.
             if self.schema.version != self.engine.schema().version {
+                if self.ops.iter().any(|op| !matches!(op, Op::Schema(_))) {
+                    return Err(EngineError::Conflict {
+                        what: "the schema changed while this transaction was open; retry it"
+                            .into(),
+                    });
+                }
                 let mut s = (*self.engine.schema()).clone();
+                self.base_version = s.version;
                 for op in &self.ops {
                     if let Op::Schema(c) = op {
                         s.apply(c)?;
@@ -456,6 +508,19 @@ impl WriteTxn<'_> {
     /// Number of ops so far.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Detaches the transaction from the engine (releasing the DDL lock) so it can be
+    /// continued later with [`Engine::resume`].
+    pub fn suspend(self) -> PendingTxn {
+        PendingTxn {
+            ddl: self.ddl.is_some(),
+            ops: self.ops,
+            bytes: self.bytes,
+            rows: self.rows,
+            schema: self.schema,
+            base_version: self.base_version,
+        }
     }
 
     /// Makes the transaction durable and applied, all or nothing.

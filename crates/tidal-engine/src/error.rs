@@ -40,6 +40,8 @@ pub enum EngineError {
     DuplicateMaterializer { name: String },
     #[error("event history: {reason}")]
     History { reason: String },
+    #[error("could not serialize access: {what}")]
+    Conflict { what: String },
     #[error("transaction too large: {what}")]
     TooLarge { what: String },
 }
@@ -62,6 +64,7 @@ impl EngineError {
                 ErrorClass::DataException
             }
             EngineError::TooLarge { .. } => ErrorClass::InvalidParameter,
+            EngineError::Conflict { .. } => ErrorClass::Conflict,
             EngineError::Wal(WalError::Poisoned) | EngineError::Closed => ErrorClass::Unavailable,
             EngineError::Wal(WalError::TooLarge { .. }) => ErrorClass::InvalidParameter,
             _ => ErrorClass::Internal,

@@ -390,3 +390,46 @@ fn history_keeps_dropped_signal_names_and_deletes_unpublished_files() {
     assert!(!orphan.exists());
     assert_eq!(history_rows(&engine), expected);
 }
+
+#[test]
+fn suspended_transactions_resume_commit_atomically_or_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    // Two "statements" of one transaction, detached in between.
+    let mut txn = engine.begin();
+    txn.upsert(EntityKind::Item, row(1, "a")).unwrap();
+    let pending = txn.suspend();
+    assert!(engine.read().get(EntityKind::Item, EntityId(1)).unwrap().is_none());
+    let mut txn = engine.resume(pending).unwrap();
+    txn.signal("view", EntityId(1), None, 1.0, Some(t0())).unwrap();
+    let def = SignalDef::new("like", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
+    txn.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    // Validated against the transaction's own schema change.
+    txn.signal("like", EntityId(1), None, 2.0, Some(t0())).unwrap();
+    let pending = txn.suspend();
+    assert!(engine.schema().signal("like").is_err(), "nothing visible before commit");
+    let out = engine.resume(pending).unwrap().commit().unwrap();
+    assert_eq!((out.rows, out.events_accepted), (1, 2));
+    let view = engine.read();
+    assert!(view.get(EntityKind::Item, EntityId(1)).unwrap().is_some());
+    assert_eq!(view.total("like", EntityId(1)).unwrap(), 2.0);
+
+    // A schema change by someone else while detached: the transaction conflicts.
+    let mut txn = engine.begin();
+    txn.upsert(EntityKind::Item, row(2, "b")).unwrap();
+    let pending = txn.suspend();
+    let mut other = engine.begin();
+    let def = SignalDef::new("share", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
+    other.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    other.commit().unwrap();
+    let err = engine.resume(pending).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict { .. }), "{err}");
+    assert_eq!(err.class(), tidal_core::ErrorClass::Conflict);
+    assert!(engine.read().get(EntityKind::Item, EntityId(2)).unwrap().is_none());
+    // An empty pending transaction never conflicts.
+    let empty = engine.begin().suspend();
+    assert!(empty.is_empty());
+    engine.resume(empty).unwrap().commit().unwrap();
+}

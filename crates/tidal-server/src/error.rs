@@ -26,6 +26,8 @@ pub enum ServerError {
     Cancelled,
     #[error("canceling statement due to statement timeout")]
     Timeout,
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    TransactionAborted,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -56,6 +58,7 @@ impl ServerError {
             ServerError::BadParameter { .. } => "22023",
             ServerError::Cancelled | ServerError::Timeout => "57014",
             ServerError::ShuttingDown => "57P01",
+            ServerError::TransactionAborted => "25P02",
             ServerError::Config(_) => "22023",
             ServerError::Io(_) | ServerError::Internal(_) => "XX000",
         }
@@ -135,6 +138,7 @@ fn class_state(class: ErrorClass, message: &str) -> &'static str {
         ErrorClass::OutOfMemory => "53200",
         ErrorClass::Cancelled => "57014",
         ErrorClass::Unavailable => "58030",
+        ErrorClass::Conflict => "40001",
         _ => "XX000",
     }
 }

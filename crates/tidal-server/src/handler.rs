@@ -32,6 +32,7 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use tidal::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tidal::datafusion::execution::SendableRecordBatchStream;
+use tidal_engine::PendingTxn;
 use tidal_sql::{SqlSession, TidalStatement};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
@@ -160,7 +161,18 @@ impl CancelFlag {
 struct ConnState {
     settings: BTreeMap<String, String>,
     statement_timeout: Option<Duration>,
-    in_transaction: bool,
+    txn: Txn,
+}
+
+/// The client's transaction block.
+#[derive(Debug, Default)]
+enum Txn {
+    #[default]
+    None,
+    /// Inside BEGIN: writes accumulate here (taken out while a statement runs).
+    Open(Option<PendingTxn>),
+    /// A statement failed inside the block: everything until ROLLBACK/COMMIT is refused.
+    Failed,
 }
 
 /// One client connection.
@@ -174,6 +186,9 @@ pub(crate) struct Conn {
     sasl: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
     /// A `COPY ... FROM STDIN` receiving data.
     copy: Mutex<Option<CopyIn>>,
+    /// Set when a result stream fails after its statement returned (the error reaches
+    /// the client while rows are sent); the next statement marks the block failed.
+    stream_failed: Arc<AtomicBool>,
 }
 
 impl Debug for Conn {
@@ -227,13 +242,14 @@ impl Conn {
                 state: Mutex::new(ConnState {
                     settings: BTreeMap::new(),
                     statement_timeout: timeout,
-                    in_transaction: false,
+                    txn: Txn::None,
                 }),
                 cancel: Arc::new(CancelFlag::default()),
                 permit: Mutex::new(permit),
                 pid: AtomicI32::new(0),
                 sasl,
                 copy: Mutex::new(None),
+                stream_failed: Arc::new(AtomicBool::new(false)),
             }
         })
     }
@@ -253,8 +269,32 @@ impl Conn {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one statement (parameters already bound).
+    /// Runs one statement (parameters already bound), with transaction-block rules: a
+    /// failed statement inside BEGIN aborts the block.
     async fn execute(
+        &self,
+        sql: &str,
+        formats: &Format,
+        described: Option<&SchemaRef>,
+    ) -> Result<Response, ServerError> {
+        let in_block = {
+            let mut st = self.lock();
+            if self.stream_failed.swap(false, Ordering::SeqCst) && matches!(st.txn, Txn::Open(_)) {
+                st.txn = Txn::Failed;
+            }
+            !matches!(st.txn, Txn::None)
+        };
+        let r = self.execute_inner(sql, formats, described).await;
+        if r.is_err() && in_block {
+            let mut st = self.lock();
+            if !matches!(st.txn, Txn::None) {
+                st.txn = Txn::Failed;
+            }
+        }
+        r
+    }
+
+    async fn execute_inner(
         &self,
         sql: &str,
         formats: &Format,
@@ -270,7 +310,13 @@ impl Conn {
             )));
         }
         if let Some(cmd) = sqltext::session_command(sql)? {
+            if cmd == SessionCommand::Commit {
+                return self.commit().await;
+            }
             return self.session_command(cmd, formats);
+        }
+        if matches!(self.lock().txn, Txn::Failed) {
+            return Err(ServerError::TransactionAborted);
         }
         if let Some(cmd) = copy::parse(sql)? {
             return self.start_copy(cmd).await;
@@ -291,12 +337,29 @@ impl Conn {
             Some(TidalStatement::ShowSignals) | None => None,
         };
         if let Some(tag) = tag {
-            if self.lock().in_transaction {
-                return Err(ServerError::Unsupported(
-                    "writes inside BEGIN ... COMMIT are not supported yet; run the statement \
-                     outside the transaction block (each statement is atomic on its own)"
-                        .into(),
-                ));
+            let pending = match &mut self.lock().txn {
+                Txn::Open(p) => Some(p.take()),
+                _ => None,
+            };
+            if let Some(pending) = pending {
+                let pending = pending
+                    .ok_or_else(|| ServerError::Internal("transaction already in use".into()))?;
+                // Validated and added to the block's transaction; applied at COMMIT.
+                let (pending, batches) =
+                    self.shared.session.sql_in_transaction(sql, pending).await?;
+                if let Txn::Open(slot) = &mut self.lock().txn {
+                    *slot = Some(pending);
+                }
+                let rows = count_of(&batches);
+                let tag = match stmt {
+                    Some(
+                        TidalStatement::InsertSignals { .. }
+                        | TidalStatement::InsertRows { .. }
+                        | TidalStatement::ChangeRows(_),
+                    ) => tag.with_rows(rows),
+                    _ => tag,
+                };
+                return Ok(Response::Execution(tag));
             }
             // Writes block on the WAL's group commit: run them on the blocking pool so
             // many clients' commits can share one fsync. A write runs to completion once
@@ -336,16 +399,32 @@ impl Conn {
             &target,
             &formats_of(formats, target.fields().len()),
         )?);
-        let rows = row_stream(
-            stream,
-            target,
-            fields.clone(),
-            self.cancel.clone(),
+        let ctl = StreamCtl {
+            cancel: self.cancel.clone(),
             since,
             deadline,
-            guard,
-        );
+            failed: self.stream_failed.clone(),
+        };
+        let rows = row_stream(stream, target, fields.clone(), ctl, guard);
         Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+
+    /// COMMIT: applies the block's writes as one durable transaction. COMMIT of a
+    /// failed block rolls it back, as in PostgreSQL.
+    async fn commit(&self) -> Result<Response, ServerError> {
+        let txn = std::mem::take(&mut self.lock().txn);
+        match txn {
+            Txn::Open(Some(pending)) if !pending.is_empty() => {
+                let session = self.shared.session.clone();
+                let _running = Running::new(self.shared.clone());
+                tokio::task::spawn_blocking(move || session.commit(pending))
+                    .await
+                    .map_err(|e| ServerError::Internal(format!("commit task failed: {e}")))??;
+                Ok(Response::TransactionEnd(Tag::new("COMMIT")))
+            }
+            Txn::Failed => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+            _ => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
+        }
     }
 
     async fn start_copy(&self, cmd: CopyCommand) -> Result<Response, ServerError> {
@@ -355,9 +434,11 @@ impl Conn {
                 columns,
                 format,
             } => {
-                if self.lock().in_transaction {
+                if !matches!(self.lock().txn, Txn::None) {
                     return Err(ServerError::Unsupported(
-                        "COPY FROM inside BEGIN ... COMMIT is not supported yet".into(),
+                        "COPY FROM inside BEGIN ... COMMIT is not supported yet (each COPY is \
+                         atomic on its own)"
+                            .into(),
                     ));
                 }
                 let schema = self.shared.session.engine().schema();
@@ -413,15 +494,15 @@ impl Conn {
         let mut st = self.lock();
         Ok(match cmd {
             SessionCommand::Begin => {
-                st.in_transaction = true;
+                if matches!(st.txn, Txn::None) {
+                    st.txn = Txn::Open(Some(self.shared.session.begin()));
+                }
                 Response::TransactionStart(Tag::new("BEGIN"))
             }
-            SessionCommand::Commit => {
-                st.in_transaction = false;
-                Response::TransactionEnd(Tag::new("COMMIT"))
-            }
+            // Handled (asynchronously) by `commit`.
+            SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             SessionCommand::Rollback => {
-                st.in_transaction = false;
+                st.txn = Txn::None;
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
             }
             SessionCommand::Discard => {
@@ -539,13 +620,19 @@ impl Drop for Running {
 }
 
 /// DataRows from a DataFusion stream, batch by batch, stopping at cancel or timeout.
+/// What stops a result stream early, and where it reports failure.
+struct StreamCtl {
+    cancel: Arc<CancelFlag>,
+    since: u64,
+    deadline: Option<tokio::time::Instant>,
+    failed: Arc<AtomicBool>,
+}
+
 fn row_stream(
     stream: SendableRecordBatchStream,
     target: SchemaRef,
     fields: Arc<Vec<FieldInfo>>,
-    cancel: Arc<CancelFlag>,
-    since: u64,
-    deadline: Option<tokio::time::Instant>,
+    ctl: StreamCtl,
     guard: Running,
 ) -> impl Stream<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send + 'static {
     struct St {
@@ -556,16 +643,18 @@ fn row_stream(
         since: u64,
         deadline: Option<tokio::time::Instant>,
         done: bool,
+        failed: Arc<AtomicBool>,
         _guard: Running,
     }
     let st = St {
         stream,
         target,
         fields,
-        cancel,
-        since,
-        deadline,
+        cancel: ctl.cancel,
+        since: ctl.since,
+        deadline: ctl.deadline,
         done: false,
+        failed: ctl.failed,
         _guard: guard,
     };
     futures::stream::unfold(st, |mut st| async move {
@@ -581,6 +670,7 @@ fn row_stream(
             None => return None,
             Some(Err(e)) => {
                 st.done = true;
+                st.failed.store(true, Ordering::SeqCst);
                 vec![Err(ServerError::from_df(e).into_pg())]
             }
             Some(Ok(batch)) => {

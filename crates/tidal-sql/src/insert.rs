@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::error::DataFusionError;
 use std::sync::Arc;
 use tidal_core::{ColumnType, CoreError, EntityId, EntityKind, Timestamp, Value};
-use tidal_engine::{Engine, EngineError};
+use tidal_engine::{Engine, EngineError, WriteTxn};
 
 use crate::SqlError;
 use crate::statement::{OnConflict, RowChange};
@@ -93,6 +93,21 @@ pub fn insert_signals(
     batches: &[RecordBatch],
 ) -> Result<RecordBatch, SqlError> {
     let mut txn = engine.begin();
+    let rows = add_signals(&mut txn, columns, batches)?;
+    let outcome = txn.commit()?;
+    debug_assert_eq!(
+        rows as usize,
+        outcome.events_accepted + outcome.events_duplicate
+    );
+    count_batch(outcome.events_accepted as u64)
+}
+
+/// Adds every row of `batches` as an event to `txn` (not committed); returns the rows.
+pub fn add_signals(
+    txn: &mut WriteTxn<'_>,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<u64, SqlError> {
     let mut rows = 0u64;
     for batch in batches {
         let pos = layout(columns, batch.num_columns())?;
@@ -167,19 +182,7 @@ pub fn insert_signals(
             rows += 1;
         }
     }
-    let outcome = txn.commit()?;
-    debug_assert_eq!(
-        rows as usize,
-        outcome.events_accepted + outcome.events_duplicate
-    );
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "count",
-        DataType::UInt64,
-        false,
-    )]));
-    let count = UInt64Array::from(vec![outcome.events_accepted as u64]);
-    RecordBatch::try_new(schema, vec![Arc::new(count)])
-        .map_err(|e| SqlError::DataFusion(DataFusionError::from(e)))
+    Ok(rows)
 }
 
 /// A timestamp column (`ts` of signals, or an entity column named `name`) as
@@ -220,7 +223,7 @@ fn timestamps(col: &Arc<dyn Array>, name: &str) -> Result<TimestampMicrosecondAr
     }
 }
 
-fn count_batch(n: u64) -> Result<RecordBatch, SqlError> {
+pub(crate) fn count_batch(n: u64) -> Result<RecordBatch, SqlError> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "count",
         DataType::UInt64,
@@ -426,8 +429,23 @@ pub fn insert_rows(
     batches: &[RecordBatch],
     on_conflict: &OnConflict,
 ) -> Result<RecordBatch, SqlError> {
-    let schema = engine.schema();
-    let def = schema.table(kind).map_err(SqlError::from)?;
+    let mut txn = engine.begin();
+    let written = add_rows(&mut txn, engine, kind, columns, batches, on_conflict)?;
+    txn.commit()?;
+    count_batch(written)
+}
+
+/// Adds the rows of an entity INSERT to `txn` (not committed); returns the rows written.
+/// ON CONFLICT looks at committed rows.
+pub fn add_rows(
+    txn: &mut WriteTxn<'_>,
+    engine: &Engine,
+    kind: EntityKind,
+    columns: &[String],
+    batches: &[RecordBatch],
+    on_conflict: &OnConflict,
+) -> Result<u64, SqlError> {
+    let def = txn.schema().table(kind).map_err(SqlError::from)?.clone();
     let targets: Vec<usize> = if columns.is_empty() {
         (0..def.columns.len()).collect()
     } else {
@@ -459,7 +477,6 @@ pub fn insert_rows(
         _ => Vec::new(),
     };
     let view = engine.read();
-    let mut txn = engine.begin();
     let mut written = 0u64;
     let mut seen_ids = std::collections::HashSet::new();
     for batch in batches {
@@ -496,7 +513,14 @@ pub fn insert_rows(
                 ));
             }
             match on_conflict {
-                OnConflict::Error => txn.insert(kind, row)?,
+                OnConflict::Error => {
+                    // Fail fast (the commit re-checks under the writer): inside a
+                    // client transaction this reports the duplicate at its statement.
+                    if view.get(kind, id)?.is_some() {
+                        return Err(SqlError::Engine(EngineError::DuplicateKey { kind, id }));
+                    }
+                    txn.insert(kind, row)?
+                }
                 OnConflict::Nothing => {
                     if view.get(kind, id)?.is_some() {
                         continue;
@@ -517,8 +541,7 @@ pub fn insert_rows(
             written += 1;
         }
     }
-    txn.commit()?;
-    count_batch(written)
+    Ok(written)
 }
 
 /// Applies an UPDATE or DELETE: `rows` holds the matching ids (and, for UPDATE, the new
@@ -528,8 +551,20 @@ pub fn change_rows(
     change: &RowChange,
     rows: &[RecordBatch],
 ) -> Result<RecordBatch, SqlError> {
-    let schema = engine.schema();
-    let def = schema.table(change.kind).map_err(SqlError::from)?;
+    let mut txn = engine.begin();
+    let n = add_changes(&mut txn, engine, change, rows)?;
+    txn.commit()?;
+    count_batch(n)
+}
+
+/// Adds an UPDATE's or DELETE's changes to `txn` (not committed); returns the rows.
+pub fn add_changes(
+    txn: &mut WriteTxn<'_>,
+    engine: &Engine,
+    change: &RowChange,
+    rows: &[RecordBatch],
+) -> Result<u64, SqlError> {
+    let def = txn.schema().table(change.kind).map_err(SqlError::from)?.clone();
     let assigned: Vec<usize> = change
         .columns
         .iter()
@@ -543,7 +578,6 @@ pub fn change_rows(
         })
         .collect::<Result<_, _>>()?;
     let view = engine.read();
-    let mut txn = engine.begin();
     let mut n = 0u64;
     for batch in rows {
         let ids = strict_cast(batch.column(0), &DataType::Int64)
@@ -575,6 +609,5 @@ pub fn change_rows(
             n += 1;
         }
     }
-    txn.commit()?;
-    count_batch(n)
+    Ok(n)
 }

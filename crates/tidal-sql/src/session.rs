@@ -13,7 +13,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::SessionConfig;
-use tidal_engine::Engine;
+use tidal_engine::{Engine, PendingTxn, WriteOutcome};
 
 use crate::SqlError;
 use crate::provider::TidalSchema;
@@ -121,6 +121,63 @@ impl SqlSession {
             }
             Output::Query(frame) => Ok(frame.execute_stream().await?),
         }
+    }
+
+    /// Runs one statement inside a client transaction: a write is validated and added
+    /// to `pending` (nothing is applied until [`SqlSession::commit`]) and returns its row
+    /// count; a query runs against committed state and returns its rows. On error the
+    /// transaction is gone (the caller treats it as aborted).
+    pub async fn sql_in_transaction(
+        &self,
+        sql: &str,
+        pending: PendingTxn,
+    ) -> Result<(PendingTxn, Vec<RecordBatch>), SqlError> {
+        use crate::TidalStatement as T;
+        let stmt = match crate::statement::parse(sql)? {
+            None | Some(T::ShowSignals) => return Ok((pending, self.sql(sql).await?)),
+            Some(stmt) => stmt,
+        };
+        // Source rows first (async), then the synchronous add under the engine.
+        let rows = match &stmt {
+            T::InsertSignals { source, .. } | T::InsertRows { source, .. } => {
+                self.read_only(source).await?
+            }
+            T::ChangeRows(c) => self.read_only(&c.query).await?,
+            _ => Vec::new(),
+        };
+        let mut txn = self.engine.resume(pending)?;
+        let n = match &stmt {
+            T::InsertSignals { columns, .. } => crate::insert::add_signals(&mut txn, columns, &rows)?,
+            T::InsertRows {
+                kind,
+                columns,
+                on_conflict,
+                ..
+            } => crate::insert::add_rows(
+                &mut txn,
+                &self.engine,
+                *kind,
+                columns,
+                &rows,
+                on_conflict,
+            )?,
+            T::ChangeRows(c) => crate::insert::add_changes(&mut txn, &self.engine, c, &rows)?,
+            _ => {
+                crate::statement::add_statement(&mut txn, stmt)?;
+                return Ok((txn.suspend(), Vec::new()));
+            }
+        };
+        Ok((txn.suspend(), vec![crate::insert::count_batch(n)?]))
+    }
+
+    /// Starts an empty client transaction.
+    pub fn begin(&self) -> PendingTxn {
+        self.engine.begin().suspend()
+    }
+
+    /// Commits a client transaction: all of it, durably, or nothing.
+    pub fn commit(&self, pending: PendingTxn) -> Result<WriteOutcome, SqlError> {
+        Ok(self.engine.resume(pending)?.commit()?)
     }
 
     async fn run(&self, sql: &str) -> Result<Output, SqlError> {

@@ -571,6 +571,36 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
     }
 }
 
+/// Adds a DDL statement to an open transaction (not committed). SHOW and the DML
+/// statements are not handled here.
+pub fn add_statement(
+    txn: &mut tidal_engine::WriteTxn<'_>,
+    stmt: TidalStatement,
+) -> Result<(), SqlError> {
+    let change = match stmt {
+        TidalStatement::CreateSignal(def) => SchemaChange::CreateSignal(def),
+        TidalStatement::DropSignal { name, if_exists } => {
+            if if_exists && txn.schema().signal(&name).is_err() {
+                return Ok(());
+            }
+            SchemaChange::DropSignal {
+                name,
+                id: SignalId(0),
+            }
+        }
+        TidalStatement::CreateTable(def) => SchemaChange::CreateTable(def),
+        TidalStatement::DropTable { kind, if_exists } => {
+            if if_exists && txn.schema().table(kind).is_err() {
+                return Ok(());
+            }
+            SchemaChange::DropTable { kind }
+        }
+        _ => return Err(syntax("not a schema statement")),
+    };
+    txn.schema_change(change)?;
+    Ok(())
+}
+
 fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
     let schema = engine.schema();
     let signals: Vec<&SignalDef> = schema.signals().collect();
