@@ -309,6 +309,7 @@ impl Conn {
                 sql.len()
             )));
         }
+        let sql = &*crate::catalog::rewrite(sql);
         if let Some(cmd) = sqltext::session_command(sql)? {
             if cmd == SessionCommand::Commit {
                 return self.commit().await;
@@ -817,6 +818,7 @@ pub(crate) struct Parser {
 
 impl Parser {
     async fn prepare(&self, sql: &str, given: &[Option<Type>]) -> Result<Prepared, ServerError> {
+        let sql = &*crate::catalog::rewrite(sql);
         let n = sqltext::placeholder_count(sql)?.max(given.len());
         let mut params: Vec<Option<Type>> = (0..n)
             .map(|i| {

@@ -15,6 +15,7 @@
 //! # }
 //! ```
 
+mod catalog;
 mod config;
 mod copy;
 mod encode;
@@ -207,6 +208,7 @@ fn register_functions(session: &SqlSession) {
     ));
     ctx.register_udf(constant("current_database", "tidal".into()));
     ctx.register_udf(constant("current_schema", "public".into()));
+    catalog::register(session);
 }
 
 fn tls_acceptor(
