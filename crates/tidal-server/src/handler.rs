@@ -864,6 +864,7 @@ impl Parser {
                             *p = encode::pg_type(dt).ok();
                         }
                     }
+                    crate::params::infer_from_syntax(sql, &mut params);
                     schema = Some(Arc::new(plan.schema().as_arrow().clone()));
                 }
             }

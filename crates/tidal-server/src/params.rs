@@ -3,8 +3,11 @@
 //! rest (WHERE clauses, SELECT sources) comes from DataFusion's planner.
 
 use pgwire::api::Type;
+use std::ops::ControlFlow;
+
 use tidal::datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, Expr, SetExpr, Statement, TableObject, Value,
+    AssignmentTarget, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    SetExpr, Statement, TableObject, Value, visit_expressions,
 };
 use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use tidal::datafusion::sql::sqlparser::parser::Parser;
@@ -97,6 +100,7 @@ pub async fn infer_write(
         }
         _ => {}
     }
+    infer_from_syntax(sql, params);
     // WHERE clauses and SELECT sources: ask the planner about the compiled query.
     let query = match stmt {
         TidalStatement::ChangeRows(c) => Some(c.query.as_str()),
@@ -133,4 +137,109 @@ fn default_columns(session: &SqlSession, table: &str) -> Vec<String> {
         .table(kind)
         .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default()
+}
+
+/// Types DataFusion's planner leaves open (it only types placeholders compared with
+/// columns): `$n::TYPE` / `CAST($n AS TYPE)` take the cast's type, and arguments of the
+/// signal functions take the declared argument types (`decay('like', $1)` → BIGINT), as
+/// PostgreSQL types parameters from a function's signature.
+pub fn infer_from_syntax(sql: &str, params: &mut [Option<Type>]) {
+    if params.iter().all(Option::is_some) {
+        return;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return;
+    };
+    let _ = visit_expressions(&statements, |e| {
+        match e {
+            Expr::Cast {
+                expr, data_type, ..
+            } => {
+                if let Some(n) = placeholder(expr) {
+                    set(params, n, cast_type(data_type));
+                }
+            }
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_ascii_lowercase();
+                if let (Some(types), FunctionArguments::List(list)) =
+                    (signal_function_args(&name), &f.args)
+                {
+                    for (arg, ty) in list.args.iter().zip(types) {
+                        if let FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) = arg
+                            && let Some(n) = placeholder(a)
+                        {
+                            set(params, n, Some(ty.clone()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// Argument types of the signal functions (SQL.md §4).
+fn signal_function_args(name: &str) -> Option<&'static [Type]> {
+    Some(match name {
+        "decay" => &[Type::TEXT, Type::INT8, Type::TIMESTAMP],
+        "window_count" | "velocity" | "acceleration" => {
+            &[Type::TEXT, Type::INT8, Type::TEXT, Type::TIMESTAMP]
+        }
+        "signal_total" | "last_signal_at" => &[Type::TEXT, Type::INT8],
+        _ => return None,
+    })
+}
+
+/// The pg type of a cast target, for the types tidalDB has.
+fn cast_type(t: &SqlType) -> Option<Type> {
+    let name = t.to_string().to_ascii_uppercase();
+    let base = name.split('(').next().unwrap_or_default().trim();
+    Some(match base {
+        "BIGINT" | "INT8" | "INT64" => Type::INT8,
+        "INT" | "INTEGER" | "INT4" | "INT32" => Type::INT4,
+        "SMALLINT" | "INT2" | "INT16" => Type::INT2,
+        "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" | "FLOAT64" => Type::FLOAT8,
+        "REAL" | "FLOAT4" | "FLOAT32" => Type::FLOAT4,
+        "BOOLEAN" | "BOOL" => Type::BOOL,
+        "TEXT" | "VARCHAR" | "CHARACTER VARYING" | "STRING" => Type::TEXT,
+        "TEXT[]" | "VARCHAR[]" => Type::TEXT_ARRAY,
+        "DATE" => Type::DATE,
+        "TIMESTAMPTZ" => Type::TIMESTAMPTZ,
+        _ if base.starts_with("TIMESTAMP") && base.contains("WITH TIME ZONE") => Type::TIMESTAMPTZ,
+        _ if base.starts_with("TIMESTAMP") => Type::TIMESTAMP,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_typed_by_casts_and_signal_functions() {
+        let mut p = vec![None; 5];
+        infer_from_syntax(
+            "SELECT decay($1, $2), window_count('like', id, $3, $4::TIMESTAMP) \
+             FROM items WHERE id > $5::BIGINT",
+            &mut p,
+        );
+        assert_eq!(
+            p,
+            vec![
+                Some(Type::TEXT),
+                Some(Type::INT8),
+                Some(Type::TEXT),
+                Some(Type::TIMESTAMP),
+                Some(Type::INT8)
+            ]
+        );
+        // Types already known are kept.
+        let mut p = vec![Some(Type::INT4)];
+        infer_from_syntax("SELECT signal_total('like', $1)", &mut p);
+        assert_eq!(p, vec![Some(Type::INT4)]);
+        let mut p = vec![None];
+        infer_from_syntax("SELECT CAST($1 AS DOUBLE PRECISION)", &mut p);
+        assert_eq!(p, vec![Some(Type::FLOAT8)]);
+    }
 }

@@ -12,8 +12,29 @@ use crate::ServerError;
 const PG_EPOCH_DAYS: i64 = 10_957;
 const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
 
+/// Tokens with string values unescaped (`'it''s'` → `it's`), for reading values.
 fn tokenize(sql: &str) -> Result<Vec<Token>, ServerError> {
+    tokens(sql, true)
+}
+
+/// Tokens exactly as written (`'it''s'` stays `it''s`), so that printing them gives the
+/// statement text back; used wherever SQL is re-assembled from tokens.
+fn tokenize_raw(sql: &str) -> Result<Vec<Token>, ServerError> {
+    tokens(sql, false)
+}
+
+/// A raw token's text. The tokenizer always unescapes `E'…'` and `U&'…'` strings, so
+/// those are written back as standard strings with the same value.
+fn render(t: &Token) -> String {
+    match t {
+        Token::EscapedStringLiteral(s) | Token::UnicodeStringLiteral(s) => quote(s),
+        other => other.to_string(),
+    }
+}
+
+fn tokens(sql: &str, unescape: bool) -> Result<Vec<Token>, ServerError> {
     Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .with_unescape(unescape)
         .tokenize()
         .map_err(|e| {
             ServerError::Sql(tidal_sql::SqlError::Syntax {
@@ -27,29 +48,29 @@ fn tokenize(sql: &str) -> Result<Vec<Token>, ServerError> {
 pub fn split(sql: &str) -> Result<Vec<String>, ServerError> {
     let mut out = Vec::new();
     let mut cur = String::new();
-    for t in tokenize(sql)? {
+    // Whitespace and comments alone are no statement (PostgreSQL answers EmptyQuery).
+    let mut blank = true;
+    for t in tokenize_raw(sql)? {
         if t == Token::SemiColon {
-            if !is_blank(&cur) {
+            if !blank {
                 out.push(std::mem::take(&mut cur));
             }
             cur.clear();
+            blank = true;
         } else {
-            cur.push_str(&t.to_string());
+            blank &= matches!(t, Token::Whitespace(_));
+            cur.push_str(&render(&t));
         }
     }
-    if !is_blank(&cur) {
+    if !blank {
         out.push(cur);
     }
     Ok(out)
 }
 
-fn is_blank(s: &str) -> bool {
-    s.trim().is_empty()
-}
-
 /// The highest `$n` in the statement (0 if none).
 pub fn placeholder_count(sql: &str) -> Result<usize, ServerError> {
-    Ok(tokenize(sql)?
+    Ok(tokenize_raw(sql)?
         .iter()
         .filter_map(|t| match t {
             Token::Placeholder(p) => p.strip_prefix('$')?.parse::<usize>().ok(),
@@ -62,7 +83,7 @@ pub fn placeholder_count(sql: &str) -> Result<usize, ServerError> {
 /// Replaces every `$n` by the SQL literal for parameter n.
 pub fn bind(sql: &str, literals: &[String]) -> Result<String, ServerError> {
     let mut out = String::with_capacity(sql.len() + 16 * literals.len());
-    for t in tokenize(sql)? {
+    for t in tokenize_raw(sql)? {
         match &t {
             Token::Placeholder(p) => {
                 let n = p
@@ -75,7 +96,7 @@ pub fn bind(sql: &str, literals: &[String]) -> Result<String, ServerError> {
                     })?;
                 out.push_str(&literals[n - 1]);
             }
-            _ => out.push_str(&t.to_string()),
+            _ => out.push_str(&render(&t)),
         }
     }
     Ok(out)
@@ -163,6 +184,19 @@ pub fn literal(
             let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
             format!("X'{hex}'")
         }
+        Type::TEXT_ARRAY
+        | Type::VARCHAR_ARRAY
+        | Type::BPCHAR_ARRAY
+        | Type::NAME_ARRAY
+        | Type::BOOL_ARRAY
+        | Type::INT2_ARRAY
+        | Type::INT4_ARRAY
+        | Type::INT8_ARRAY
+        | Type::FLOAT4_ARRAY
+        | Type::FLOAT8_ARRAY
+        | Type::TIMESTAMP_ARRAY
+        | Type::TIMESTAMPTZ_ARRAY
+        | Type::DATE_ARRAY => array_literal(index, value)?,
         _ => {
             return Err(ServerError::Unsupported(format!(
                 "binary parameters of type {} are not supported; send it as text",
@@ -170,6 +204,58 @@ pub fn literal(
             )));
         }
     })
+}
+
+/// A one-dimensional array in PostgreSQL's binary form (what drivers such as
+/// tokio-postgres send for `Vec<String>`) as `ARRAY[...]`; `'{}'` when empty.
+fn array_literal(index: usize, value: &[u8]) -> Result<String, ServerError> {
+    let bad = |reason: String| ServerError::BadParameter {
+        index,
+        reason: format!("binary array: {reason}"),
+    };
+    let mut rest = value;
+    let mut take = |n: usize| -> Result<&[u8], ServerError> {
+        if rest.len() < n {
+            return Err(bad("truncated".into()));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let dims = i32::from_be_bytes(arr(take(4)?));
+    let _has_nulls = take(4)?;
+    let elem_oid = u32::from_be_bytes(arr(take(4)?));
+    if dims == 0 {
+        return Ok("'{}'".into());
+    }
+    if dims != 1 {
+        return Err(ServerError::Unsupported(format!(
+            "parameter ${index}: arrays of {dims} dimensions are not supported"
+        )));
+    }
+    let len = i32::from_be_bytes(arr(take(4)?));
+    let _lower_bound = take(4)?;
+    let elem = Type::from_oid(elem_oid)
+        .ok_or_else(|| bad(format!("unknown element type (oid {elem_oid})")))?;
+    let len = usize::try_from(len).map_err(|_| bad(format!("negative length {len}")))?;
+    let mut items = Vec::with_capacity(len.min(1024));
+    for _ in 0..len {
+        let n = i32::from_be_bytes(arr(take(4)?));
+        match usize::try_from(n) {
+            Err(_) => items.push("NULL".to_string()),
+            Ok(n) => {
+                let item = Bytes::copy_from_slice(take(n)?);
+                items.push(literal(index, &elem, Some(&item), true)?);
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes".into()));
+    }
+    if items.is_empty() {
+        return Ok("'{}'".into());
+    }
+    Ok(format!("ARRAY[{}]", items.join(", ")))
 }
 
 fn arr<const N: usize>(b: &[u8]) -> [u8; N] {
@@ -282,8 +368,31 @@ mod tests {
         let parts =
             split("SELECT ';' AS a; -- c;\nSELECT 2;;  ; INSERT INTO t VALUES ('x;y')").unwrap();
         assert_eq!(parts.len(), 3, "{parts:?}");
+        assert!(
+            split(" ; -- only a comment\n ; /* and another */")
+                .unwrap()
+                .is_empty()
+        );
         assert!(parts[0].contains("';'"));
         assert!(parts[2].contains("'x;y'"));
+    }
+
+    #[test]
+    fn split_and_bind_keep_escapes() {
+        let sql = "SELECT 'it''s; ok' AS a, E'x\\'y', \"we\"\"ird\"; SELECT $$do;l$$";
+        let parts = split(sql).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                "SELECT 'it''s; ok' AS a, 'x''y', \"we\"\"ird\"".to_string(),
+                " SELECT $$do;l$$".to_string()
+            ]
+        );
+        let lits = vec!["'o''k'".to_string()];
+        assert_eq!(
+            bind("SELECT 'it''s', $1", &lits).unwrap(),
+            "SELECT 'it''s', 'o''k'"
+        );
     }
 
     #[test]
@@ -310,6 +419,41 @@ mod tests {
         let t = Bytes::from_static(b"o'k");
         assert_eq!(literal(1, &Type::TEXT, Some(&t), false).unwrap(), "'o''k'");
         assert!(literal(1, &Type::INT4, Some(&Bytes::from_static(b"x1")), false).is_err());
+    }
+
+    #[test]
+    fn binary_array_parameters_decode() {
+        // {"a b", NULL, "it's"} as text[]: ndim, has_null, elem oid, len, lbound, items.
+        let mut b = Vec::new();
+        for v in [1i32, 1, Type::TEXT.oid() as i32, 3, 1] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        for item in [Some("a b"), None, Some("it's")] {
+            match item {
+                Some(s) => {
+                    b.extend_from_slice(&(s.len() as i32).to_be_bytes());
+                    b.extend_from_slice(s.as_bytes());
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        let v = Bytes::from(b.clone());
+        assert_eq!(
+            literal(1, &Type::TEXT_ARRAY, Some(&v), true).unwrap(),
+            "ARRAY['a b', NULL, 'it''s']"
+        );
+        let truncated = Bytes::from(b[..b.len() - 1].to_vec());
+        assert!(literal(1, &Type::TEXT_ARRAY, Some(&truncated), true).is_err());
+        // An empty array has no dimensions.
+        let mut e = Vec::new();
+        for v in [0i32, 0, Type::INT8.oid() as i32] {
+            e.extend_from_slice(&v.to_be_bytes());
+        }
+        let e = Bytes::from(e);
+        assert_eq!(
+            literal(1, &Type::INT8_ARRAY, Some(&e), true).unwrap(),
+            "'{}'"
+        );
     }
 
     #[test]

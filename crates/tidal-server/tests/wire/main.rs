@@ -1,0 +1,16 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Integration tests of `tidal serve`'s PostgreSQL wire protocol, driven by real
+//! clients: tokio-postgres (extended protocol, binary results, SCRAM, cancel) and psql.
+//!
+//! Most tests run a [`tidal_server::Server`] in process on a free port with its own
+//! temporary data directory; the durability tests run the real `tidal` binary and kill
+//! it.
+
+mod auth;
+mod catalog;
+mod common;
+mod durability;
+mod errors;
+mod limits;
+mod protocol;
+mod psql;

@@ -1,0 +1,621 @@
+//! Extended protocol with typed parameters and binary results, prepared statements,
+//! type round trips, the simple protocol with several statements, empty queries.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::types::Type;
+
+use crate::common::{SCHEMA, start};
+
+/// 2025-11-24 16:00:00.123456 UTC.
+fn fixed_ts() -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456)
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// Flattens simple-query results: `complete N` per statement, `row a|b|NULL` per row.
+fn simple(msgs: &[SimpleQueryMessage]) -> Vec<String> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(format!("complete {n}")),
+            SimpleQueryMessage::Row(r) => Some(format!(
+                "row {}",
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_parameters_and_binary_results() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+
+    let n = c
+        .execute(
+            "INSERT INTO items (id, title, score, created_at) VALUES ($1, $2, $3, $4)",
+            &[&1i64, &"t", &1.5f64, &fixed_ts()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "execute returns the inserted row count");
+
+    let now = SystemTime::now();
+    let ts1 = now - Duration::from_secs(3600);
+    let ts2 = now - Duration::from_secs(2 * 3600);
+    let insert_signal =
+        "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES ($1, $2, $3, $4, $5)";
+    let n = c
+        .execute(insert_signal, &[&"like", &1i64, &7i64, &2.0f64, &ts1])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // user_id NULL
+    let n = c
+        .execute(
+            insert_signal,
+            &[&"like", &1i64, &None::<i64>, &1.0f64, &ts2],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // Two rows in one statement.
+    let n = c
+        .execute(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) \
+             VALUES ($1, $2, $3, $4, $5), ($1, $6, $3, $4, $5)",
+            &[&"view", &1i64, &8i64, &1.0f64, &ts1, &2i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+
+    let rows = c
+        .query(
+            "SELECT id, decay('like', id) FROM items WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].columns()[0].type_(), &Type::INT8);
+    assert_eq!(rows[0].columns()[1].type_(), &Type::FLOAT8);
+    let id: i64 = rows[0].get(0);
+    let decay: f64 = rows[0].get(1);
+    assert_eq!(id, 1);
+    // 2·2^(−1h/14d) + 1·2^(−2h/14d); the statement runs a moment after `now`.
+    let half_life = 14.0 * 86_400.0;
+    let expected = 2.0 * (-3600.0f64 / half_life).exp2() + (-7200.0f64 / half_life).exp2();
+    assert!(close(decay, expected, 1e-5), "decay {decay} vs {expected}");
+
+    let row = c
+        .query_one(
+            "SELECT signal_total('like', id), window_count('like', id, '24h'), \
+                    signal_total('view', id), last_signal_at('like', id) \
+             FROM items WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, f64>(0), 3.0);
+    assert_eq!(row.get::<_, f64>(1), 3.0);
+    assert_eq!(row.get::<_, f64>(2), 1.0);
+    let last: SystemTime = row.get(3);
+    let diff = last.duration_since(ts1).unwrap_or_else(|e| e.duration());
+    assert!(
+        diff < Duration::from_micros(1),
+        "last_signal_at {last:?} vs {ts1:?}"
+    );
+
+    // Parameters as function arguments and under casts are typed from the signal
+    // functions' signatures and the cast targets (DataFusion leaves them open).
+    let stmt = c
+        .prepare(
+            "SELECT decay($1, $2, $3), window_count($1, $2, $4, $3), signal_total('like', $2), \
+                    $5::BIGINT * 2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stmt.params(),
+        &[
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMP,
+            Type::TEXT,
+            Type::INT8
+        ]
+    );
+    let row = c
+        .query_one(&stmt, &[&"like", &1i64, &now, &"24h", &21i64])
+        .await
+        .unwrap();
+    let at_now = 2.0 * (-3600.0f64 / half_life).exp2() + (-7200.0f64 / half_life).exp2();
+    assert!(close(row.get::<_, f64>(0), at_now, 1e-9));
+    assert_eq!(row.get::<_, f64>(1), 3.0);
+    assert_eq!(row.get::<_, f64>(2), 3.0);
+    assert_eq!(row.get::<_, i64>(3), 42);
+
+    // The events are in the history with their user ids (NULL kept).
+    let rows = c
+        .query(
+            "SELECT user_id, weight FROM signals WHERE signal = $1 AND entity_id = $2 ORDER BY ts",
+            &[&"like", &1i64],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(Option<i64>, f64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(None, 1.0), (Some(7), 2.0)]);
+
+    let row = c
+        .query_one(
+            "SELECT title, score, created_at FROM items WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "t");
+    assert_eq!(row.get::<_, f64>(1), 1.5);
+    assert_eq!(row.get::<_, SystemTime>(2), fixed_ts());
+
+    let count: i64 = c
+        .query_one("SELECT count(*) FROM signals", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 4);
+
+    // UPDATE / DELETE with parameters report their row counts.
+    c.execute("INSERT INTO items (id) VALUES (2), (3), (4)", &[])
+        .await
+        .unwrap();
+    let n = c
+        .execute(
+            "UPDATE items SET title = $1 WHERE id >= $2",
+            &[&"upd", &2i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let n = c
+        .execute("DELETE FROM items WHERE id > $1", &[&3i64])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let titles: Vec<(i64, Option<String>)> = c
+        .query("SELECT id, title FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        titles,
+        vec![
+            (1, Some("t".into())),
+            (2, Some("upd".into())),
+            (3, Some("upd".into()))
+        ]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_are_reused() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+
+    let ins = c
+        .prepare("INSERT INTO items (id, title, rank) VALUES ($1, $2, $3)")
+        .await
+        .unwrap();
+    assert_eq!(ins.params(), &[Type::INT8, Type::TEXT, Type::INT4]);
+    assert!(ins.columns().is_empty());
+    for i in 1..=25i64 {
+        let n = c
+            .execute(&ins, &[&i, &format!("item {i}"), &(i as i32 * -10)])
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    let sel = c
+        .prepare("SELECT title, rank FROM items WHERE id = $1")
+        .await
+        .unwrap();
+    assert_eq!(sel.params(), &[Type::INT8]);
+    let cols: Vec<(&str, &Type)> = sel
+        .columns()
+        .iter()
+        .map(|c| (c.name(), c.type_()))
+        .collect();
+    assert_eq!(cols, vec![("title", &Type::TEXT), ("rank", &Type::INT4)]);
+    for i in (1..=25i64).rev() {
+        let row = c.query_one(&sel, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, String>("title"), format!("item {i}"));
+        assert_eq!(row.get::<_, i32>("rank"), i as i32 * -10);
+    }
+    // No row for an absent id; the statement keeps working afterwards.
+    assert!(c.query_opt(&sel, &[&999i64]).await.unwrap().is_none());
+
+    let range = c
+        .prepare("SELECT id FROM items WHERE id BETWEEN $1 AND $2 ORDER BY id DESC")
+        .await
+        .unwrap();
+    for (lo, hi) in [(5i64, 9i64), (20, 30), (26, 40)] {
+        let ids: Vec<i64> = c
+            .query(&range, &[&lo, &hi])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let expected: Vec<i64> = (lo..=hi.min(25)).rev().collect();
+        assert_eq!(ids, expected);
+    }
+
+    // A prepared statement sees rows written after it was prepared.
+    let count = c.prepare("SELECT count(*) FROM items").await.unwrap();
+    assert_eq!(c.query_one(&count, &[]).await.unwrap().get::<_, i64>(0), 25);
+    c.execute(&ins, &[&26i64, &"late", &0i32]).await.unwrap();
+    assert_eq!(c.query_one(&count, &[]).await.unwrap().get::<_, i64>(0), 26);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn types_round_trip() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    let tags: Vec<String> = [
+        "plain",
+        "b c",
+        "quo\"te",
+        "com,ma",
+        "",
+        "NULL",
+        "back\\slash",
+        "{brace}",
+        "ünï",
+    ]
+    .map(String::from)
+    .to_vec();
+    let n = c
+        .execute(
+            "INSERT INTO items (id, title, tags, flag, rating, rank, created_at, embedding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &1i64,
+                &"it's ü",
+                &tags,
+                &true,
+                &2.5f32,
+                &-42i32,
+                &fixed_ts(),
+                &"[0.5, 1, -2.25]",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // Explicit NULL parameters.
+    c.execute(
+        "INSERT INTO items (id, title, tags, flag, rating, rank, created_at, embedding) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &2i64,
+            &None::<&str>,
+            &None::<Vec<String>>,
+            &None::<bool>,
+            &None::<f32>,
+            &None::<i32>,
+            &None::<SystemTime>,
+            &None::<&str>,
+        ],
+    )
+    .await
+    .unwrap();
+    // Literal values through the simple protocol, and a row with only an id.
+    c.batch_execute(
+        "INSERT INTO items (id, tags, flag, rating, embedding) \
+         VALUES (3, '{x,\"y z\"}', false, -0.125, '[1,2,3]'); \
+         INSERT INTO items (id) VALUES (4)",
+    )
+    .await
+    .unwrap();
+
+    let rows = c
+        .query(
+            "SELECT id, title, tags, flag, rating, rank, created_at, embedding FROM items ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 4);
+    let types: Vec<&Type> = rows[0].columns().iter().map(|c| c.type_()).collect();
+    assert_eq!(
+        types,
+        vec![
+            &Type::INT8,
+            &Type::TEXT,
+            &Type::TEXT_ARRAY,
+            &Type::BOOL,
+            &Type::FLOAT4,
+            &Type::INT4,
+            &Type::TIMESTAMP,
+            &Type::TEXT
+        ]
+    );
+    let r = &rows[0];
+    assert_eq!(r.get::<_, String>(1), "it's ü");
+    assert_eq!(r.get::<_, Vec<String>>(2), tags);
+    assert!(r.get::<_, bool>(3));
+    assert_eq!(r.get::<_, f32>(4), 2.5);
+    assert_eq!(r.get::<_, i32>(5), -42);
+    assert_eq!(r.get::<_, SystemTime>(6), fixed_ts());
+    assert_eq!(r.get::<_, String>(7), "[0.5,1,-2.25]");
+    for (i, r) in [&rows[1], &rows[3]].into_iter().enumerate() {
+        assert!(r.get::<_, Option<String>>(1).is_none(), "row {i}");
+        assert!(r.get::<_, Option<Vec<String>>>(2).is_none());
+        assert!(r.get::<_, Option<bool>>(3).is_none());
+        assert!(r.get::<_, Option<f32>>(4).is_none());
+        assert!(r.get::<_, Option<i32>>(5).is_none());
+        assert!(r.get::<_, Option<SystemTime>>(6).is_none());
+        assert!(r.get::<_, Option<String>>(7).is_none());
+    }
+    let r = &rows[2];
+    assert_eq!(
+        r.get::<_, Vec<String>>(2),
+        vec!["x".to_string(), "y z".into()]
+    );
+    assert!(!r.get::<_, bool>(3));
+    assert_eq!(r.get::<_, f32>(4), -0.125);
+    assert_eq!(r.get::<_, String>(7), "[1,2,3]");
+
+    // The same values in text format (simple protocol).
+    let msgs = c
+        .simple_query(
+            "SELECT id, title, tags, flag, rating, rank, created_at, embedding FROM items ORDER BY id",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        simple(&msgs),
+        vec![
+            "row 1|it's ü|{plain,\"b c\",\"quo\\\"te\",\"com,ma\",\"\",\"NULL\",\"back\\\\slash\",\"{brace}\",ünï}|t|2.5|-42|2025-11-24 16:00:00.123456|[0.5,1,-2.25]",
+            "row 2|NULL|NULL|NULL|NULL|NULL|NULL|NULL",
+            "row 3|NULL|{x,\"y z\"}|f|-0.125|NULL|NULL|[1,2,3]",
+            "row 4|NULL|NULL|NULL|NULL|NULL|NULL|NULL",
+            "complete 4",
+        ]
+    );
+
+    // Parameters compared against each type, in a WHERE clause.
+    let ids = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+    };
+    let q = |sql: &'static str| sql;
+    assert_eq!(
+        ids(c
+            .query(
+                q("SELECT id FROM items WHERE flag = $1 ORDER BY id"),
+                &[&false]
+            )
+            .await
+            .unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        ids(c
+            .query(q("SELECT id FROM items WHERE rank = $1"), &[&-42i32])
+            .await
+            .unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        ids(c
+            .query(
+                q("SELECT id FROM items WHERE created_at = $1"),
+                &[&fixed_ts()]
+            )
+            .await
+            .unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        ids(c
+            .query(q("SELECT id FROM items WHERE title = $1"), &[&"it's ü"])
+            .await
+            .unwrap()),
+        vec![1]
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_query_runs_statements_in_order() {
+    let server = start().await;
+    let c = server.connect().await;
+    let msgs = c
+        .simple_query(&format!(
+            "{SCHEMA}; INSERT INTO items (id, title) VALUES (1, 'a'), (2, 'b;c'), (3, E'it\\'s'); \
+             SELECT id, title FROM items ORDER BY id; \
+             UPDATE items SET title = 'z''s' WHERE id = 1; \
+             SELECT title FROM items WHERE id = 1; SELECT count(*) AS n FROM items"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        simple(&msgs),
+        vec![
+            "complete 0", // CREATE SIGNAL like
+            "complete 0", // CREATE SIGNAL view
+            "complete 0", // CREATE TABLE
+            "complete 3",
+            "row 1|a",
+            "row 2|b;c",
+            "row 3|it's",
+            "complete 3",
+            "complete 1",
+            "row z's",
+            "complete 1",
+            "row 3",
+            "complete 1",
+        ]
+    );
+
+    // An error stops the rest of the string; the statements before it have committed
+    // (each statement is its own transaction in tidalDB).
+    let err = c
+        .simple_query(
+            "INSERT INTO items (id, title) VALUES (10, 'x'); \
+             SELEC oops; \
+             INSERT INTO items (id, title) VALUES (11, 'y')",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(crate::common::code(&err), "42601", "{err:?}");
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 10], "11 must not run after the error");
+
+    // A failing SELECT in the middle also stops the rest.
+    let err = c
+        .simple_query("SELECT 1; SELECT nope FROM items; INSERT INTO items (id) VALUES (12)")
+        .await
+        .unwrap_err();
+    assert_eq!(crate::common::code(&err), "42703", "{err:?}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items WHERE id = 12", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // Empty queries: one EmptyQueryResponse (tokio-postgres reports it as
+    // CommandComplete(0)) and nothing else.
+    assert_eq!(
+        simple(&c.simple_query("").await.unwrap()),
+        vec!["complete 0"]
+    );
+    assert_eq!(
+        simple(&c.simple_query(" ;  ; -- nothing\n").await.unwrap()),
+        vec!["complete 0"]
+    );
+    c.batch_execute("").await.unwrap();
+    assert!(c.query("", &[]).await.unwrap().is_empty());
+    assert_eq!(c.execute("", &[]).await.unwrap(), 0);
+    // Still usable.
+    let msgs = c.simple_query("SELECT 41 + 1").await.unwrap();
+    assert_eq!(simple(&msgs), vec!["row 42", "complete 1"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_commands_and_catalog_functions() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    let v: String = c.query_one("SELECT version()", &[]).await.unwrap().get(0);
+    assert!(v.contains("tidalDB"), "{v}");
+    let db: String = c
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(db, "tidal");
+
+    c.batch_execute("SET statement_timeout = '2s'")
+        .await
+        .unwrap();
+    let t: String = c
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(t, "2000ms");
+    c.batch_execute("RESET statement_timeout").await.unwrap();
+    let msgs = c.simple_query("SHOW statement_timeout").await.unwrap();
+    assert_eq!(simple(&msgs), vec!["row 0", "complete 1"]);
+    c.batch_execute("SET application_name = 'wire-test'")
+        .await
+        .unwrap();
+    let msgs = c.simple_query("SHOW application_name").await.unwrap();
+    assert_eq!(simple(&msgs), vec!["row wire-test", "complete 1"]);
+
+    // SHOW SIGNALS through the extended protocol (described before it runs).
+    let rows = c.query("SHOW SIGNALS", &[]).await.unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get("name")).collect();
+    assert_eq!(names, vec!["like".to_string(), "view".into()]);
+
+    // Transaction blocks: writes are queued and applied at COMMIT, dropped at ROLLBACK.
+    async fn ids(c: &tokio_postgres::Client) -> Vec<i64> {
+        c.query("SELECT id FROM items ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+    c.batch_execute("BEGIN").await.unwrap();
+    let n = c
+        .execute("INSERT INTO items (id) VALUES ($1)", &[&1i64])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        ids(&c).await.is_empty(),
+        "ROLLBACK must discard the block's writes"
+    );
+
+    c.batch_execute("BEGIN; INSERT INTO items (id) VALUES (1)")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO items (id) VALUES ($1)", &[&2i64])
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO signals (signal, entity_id) VALUES ($1, $2)",
+        &[&"like", &2i64],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(ids(&c).await, vec![1, 2]);
+    let total: f64 = c
+        .query_one("SELECT signal_total('like', 2)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 1.0);
+
+    // A failed statement aborts the block (25P02) until it ends; nothing is applied.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute("INSERT INTO items (id) VALUES (3)", &[])
+        .await
+        .unwrap();
+    crate::common::expect_code(
+        c.execute("INSERT INTO items (id) VALUES (1)", &[]).await,
+        "23505",
+    );
+    crate::common::expect_code(c.query("SELECT 1", &[]).await, "25P02");
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        ids(&c).await,
+        vec![1, 2],
+        "an aborted block applies nothing"
+    );
+    server.stop().await;
+}

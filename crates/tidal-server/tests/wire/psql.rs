@@ -1,0 +1,217 @@
+//! psql (libpq) against the server. Skipped, with a message, where psql is missing.
+
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+
+use crate::common::{connect, start, start_with};
+
+fn psql_available() -> bool {
+    Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+macro_rules! require_psql {
+    () => {
+        if !psql_available() {
+            eprintln!("skipped: psql not installed (apt-get install postgresql-client)");
+            return;
+        }
+    };
+}
+
+/// Runs psql with `args` after the connection URL; `stdin` is fed to it.
+async fn psql(url: String, password: Option<&str>, args: &[&str], stdin: &str) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.to_string();
+    let password = password.map(String::from);
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("psql");
+        cmd.arg("-X")
+            .arg("-v")
+            .arg("ON_ERROR_STOP=1")
+            .arg(url)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSERVICE")
+            .env_remove("PGOPTIONS")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGTZ", "UTC")
+            .env("PAGER", "")
+            .env("PSQL_PAGER", "");
+        if let Some(p) = password {
+            cmd.env("PGPASSWORD", p);
+        }
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("postgresql://tidal@{}:{}/tidal", addr.ip(), addr.port())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_create_insert_select() {
+    require_psql!();
+    let server = start().await;
+    let out = psql(
+        url(server.addr),
+        None,
+        &[
+            "-c",
+            "CREATE SIGNAL like ON items DECAY NONE WINDOWS ('24h', 'all')",
+            "-c",
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT, tags TEXT[]) WITH (kind = 'item')",
+            "-c",
+            "INSERT INTO items (id, title, tags) VALUES (1, 'piano', '{a,\"b c\"}'), (2, 'organ', NULL), (3, 'it''s', '{}')",
+            "-c",
+            "INSERT INTO signals (signal, entity_id, user_id, weight) VALUES ('like', 1, 7, 2.5), ('like', 2, NULL, 1)",
+            "-c",
+            "SELECT id, title, tags, signal_total('like', id) AS likes FROM items ORDER BY id",
+        ],
+        "",
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql failed: {}\n{stdout}",
+        text(&out.stderr)
+    );
+    let expected = "\
+CREATE SIGNAL
+CREATE TABLE
+INSERT 0 3
+INSERT 0 2
+ id | title |   tags    | likes 
+----+-------+-----------+-------
+  1 | piano | {a,\"b c\"} |   2.5
+  2 | organ |           |     1
+  3 | it's  | {}        |     0
+(3 rows)
+
+";
+    assert_eq!(stdout, expected, "stderr: {}", text(&out.stderr));
+
+    // Unaligned, tuples only, several statements in one -c (one simple query).
+    let out = psql(
+        url(server.addr),
+        None,
+        &[
+            "-A",
+            "-t",
+            "-F",
+            ",",
+            "-c",
+            "SELECT count(*) FROM items; SELECT id, window_count('like', id, '24h') FROM items WHERE id <= 2 ORDER BY id",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // psql prints only the last result of a multi-statement -c before version 15's
+    // SHOW_ALL_RESULTS; 15 prints all of them.
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with("1,2.5\n2,1\n"), "{stdout:?}");
+
+    // A script on stdin, statement by statement; psql's own quoting of a semicolon.
+    let out = psql(
+        url(server.addr),
+        None,
+        &["-A", "-t", "-q", "-f", "-"],
+        "INSERT INTO items (id, title) VALUES (4, 'semi;colon');\n\
+         UPDATE items SET title = upper(title) WHERE id = 4;\n\
+         SELECT title FROM items WHERE id = 4;\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "SEMI;COLON\n");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_errors_stop_the_script() {
+    require_psql!();
+    let server = start().await;
+    connect(server.addr)
+        .await
+        .batch_execute(
+            "CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT) WITH (kind = 'item')",
+        )
+        .await
+        .unwrap();
+    let out = psql(
+        url(server.addr),
+        None,
+        &[
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "INSERT INTO items (id) VALUES (1)",
+            "-c",
+            "SELECT nope FROM items",
+            "-c",
+            "INSERT INTO items (id) VALUES (2)",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "psql should stop at the error");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("ERROR:  42703"), "{stderr}");
+    let ids: Vec<i64> = connect(server.addr)
+        .await
+        .query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1], "psql must not run statements after the error");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_with_password() {
+    require_psql!();
+    let server = start_with(|c| c.password = Some("pw-123".into())).await;
+    let out = psql(
+        url(server.addr),
+        Some("pw-123"),
+        &["-A", "-t", "-c", "SELECT 40 + 2"],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42\n");
+    let out = psql(url(server.addr), Some("nope"), &["-c", "SELECT 1"], "").await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a wrong password is a connection failure"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .to_ascii_lowercase()
+            .contains("password authentication failed"),
+        "{stderr}"
+    );
+    server.stop().await;
+}
