@@ -471,6 +471,17 @@ impl CopyIn {
         }
     }
 
+    /// Parses whatever is buffered as the end of the input, without applying anything
+    /// (for the fuzz target).
+    #[doc(hidden)]
+    pub fn parse_all(&mut self) -> Result<usize, ServerError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.drain(true)?;
+        Ok(self.rows.len())
+    }
+
     /// Finishes parsing and applies every row as one transaction. Returns the row count.
     pub fn finish(mut self, engine: &Engine) -> Result<usize, ServerError> {
         if let Some(e) = self.error.take() {
@@ -736,7 +747,9 @@ pub fn format_row(
         if i > 0 {
             out.push(f.delimiter);
         }
-        if col.is_null(row) {
+        if col.data_type() == &tidal::datafusion::arrow::datatypes::DataType::Null
+            || col.is_null(row)
+        {
             out.push_str(&f.null);
             continue;
         }

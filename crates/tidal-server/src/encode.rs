@@ -96,7 +96,8 @@ pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<DataRow>, S
     for row in 0..batch.num_rows() {
         for (col, field) in batch.columns().iter().zip(fields) {
             let binary = field.format() == FieldFormat::Binary;
-            if col.is_null(row) {
+            // A NullArray has no validity buffer: `is_null` says false for it.
+            if col.data_type() == &DataType::Null || col.is_null(row) {
                 buf.put_i32(-1);
                 continue;
             }
@@ -193,8 +194,8 @@ pub fn text_value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), Se
             col.as_primitive::<UInt32Type>().value(row)
         ))?,
         DataType::UInt64 => w(write!(out, "{}", uint64(col, row)?))?,
-        DataType::Float16 => float(out, col.as_primitive::<Float16Type>().value(row).to_f64()),
-        DataType::Float32 => float(out, col.as_primitive::<Float32Type>().value(row) as f64),
+        DataType::Float16 => float32(out, col.as_primitive::<Float16Type>().value(row).to_f32()),
+        DataType::Float32 => float32(out, col.as_primitive::<Float32Type>().value(row)),
         DataType::Float64 => float(out, col.as_primitive::<Float64Type>().value(row)),
         DataType::Decimal128(_, scale) => {
             let v = col.as_primitive::<Decimal128Type>().value(row);
@@ -271,6 +272,16 @@ fn binary_bytes(col: &ArrayRef, row: usize) -> &[u8] {
     }
 }
 
+/// A REAL with the shortest digits that round-trip as f32 (`0.1`, not the f64 widening
+/// `0.10000000149011612`).
+fn float32(out: &mut String, v: f32) {
+    if v.is_finite() {
+        out.push_str(&format!("{v}"));
+    } else {
+        float(out, v as f64);
+    }
+}
+
 /// Floats as PostgreSQL prints them (shortest round-trip digits; `NaN`, `Infinity`).
 fn float(out: &mut String, v: f64) {
     if v.is_nan() {
@@ -334,7 +345,7 @@ fn vector_text(list: &FixedSizeListArray, row: usize, out: &mut String) -> Resul
         if i > 0 {
             out.push(',');
         }
-        float(out, values.value(i) as f64);
+        float32(out, values.value(i));
     }
     out.push(']');
     Ok(())
@@ -532,6 +543,21 @@ mod tests {
         let mut s = String::new();
         interval_text(&mut s, 0, 0, 0);
         assert_eq!(s, "00:00:00");
+    }
+
+    #[test]
+    fn reals_and_vectors_print_shortest_f32_digits() {
+        use tidal::datafusion::arrow::array::Float32Array;
+        let col: ArrayRef = Arc::new(Float32Array::from(vec![0.1f32, 1.0, f32::NAN]));
+        let mut s = String::new();
+        text_value(&col, 0, &mut s).unwrap();
+        assert_eq!(s, "0.1");
+        s.clear();
+        text_value(&col, 1, &mut s).unwrap();
+        assert_eq!(s, "1");
+        s.clear();
+        text_value(&col, 2, &mut s).unwrap();
+        assert_eq!(s, "NaN");
     }
 
     #[test]

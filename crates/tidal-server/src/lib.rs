@@ -21,6 +21,8 @@ mod coop;
 mod copy;
 mod encode;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod params;
 mod sqltext;

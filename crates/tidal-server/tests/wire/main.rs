@@ -14,3 +14,4 @@ mod errors;
 mod limits;
 mod protocol;
 mod psql;
+mod slt;
