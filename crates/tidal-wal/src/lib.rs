@@ -118,6 +118,7 @@ mod writer;
 
 pub use error::{CommitError, WalError};
 pub use op::{CommittedTxn, Op};
+pub use recovery::RECOVERY_PROGRESS_BYTES_MIN;
 pub use writer::{Committed, FaultFn, FaultPoint, Wal, WalOptions, WalStats};
 
 /// Log sequence number of a frame (1-based, dense).

@@ -54,6 +54,9 @@ struct Torn {
 ///
 /// The dedup set is rebuilt as it must be for the first new batch, whose arrival is at
 /// least `max(last arrival, now)`: events already out of the window then are skipped.
+/// Logs per-segment replay progress when the log is at least this large.
+pub const RECOVERY_PROGRESS_BYTES_MIN: u64 = 64 << 20;
+
 pub(crate) fn recover<A: Applier>(
     dir: &Path,
     applier: &mut A,
@@ -75,12 +78,37 @@ pub(crate) fn recover<A: Applier>(
     let mut segments = Vec::with_capacity(files.len().max(1));
     let mut buf = Vec::new();
     let mut bytes_read = 0u64;
+    // Replaying a large log takes a while: say how far along it is, per segment.
+    let bytes_total: u64 = files
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let report = bytes_total >= RECOVERY_PROGRESS_BYTES_MIN;
+    let started = std::time::Instant::now();
+    if report {
+        tracing::info!(
+            segments = files.len(),
+            mib = bytes_total >> 20,
+            "replaying the WAL"
+        );
+    }
     for (i, (first_lsn, path)) in files.iter().enumerate() {
         buf.clear();
         File::open(path)?.read_to_end(&mut buf)?;
         bytes_read += buf.len() as u64;
         let is_last = i + 1 == files.len();
         segments.push(scan.segment(&buf, path, *first_lsn, is_last)?);
+        if report {
+            tracing::info!(
+                segment = i + 1,
+                of = files.len(),
+                percent = (bytes_read * 100 / bytes_total.max(1)).min(100),
+                txns = scan.txns,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "WAL replay progress"
+            );
+        }
     }
     if segments.is_empty() {
         let header = SegmentHeader {

@@ -257,3 +257,18 @@ async fn many_concurrent_clients() {
     assert_eq!(per_client, expected);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_fails_the_query_not_the_server() {
+    let server = start_with(|c| c.memory_limit_bytes = 8 << 20).await;
+    let c = server.connect().await;
+    // Aggregating 20 M values into one array cannot spill: over the pool it must fail
+    // with 53200, and the server must keep serving.
+    let err = c
+        .simple_query("SELECT cardinality(array_agg(value)) FROM generate_series(1, 20000000)")
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), "53200", "{err}");
+    assert_responsive(&c).await;
+    server.stop().await;
+}

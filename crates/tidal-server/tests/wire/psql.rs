@@ -215,3 +215,82 @@ async fn psql_with_password() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_over_tls_and_copy() {
+    require_psql!();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=localhost")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: openssl not available to make a test certificate");
+        return;
+    }
+    let server = start_with(|c| c.tls = Some((cert.clone(), key.clone()))).await;
+    let tls_url = format!("{}?sslmode=require", url(server.addr));
+    let out = psql(
+        tls_url.clone(),
+        None,
+        &["-A", "-t", "-c", "SELECT 'encrypted'"],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "encrypted\n");
+
+    // \copy in and out (the client reads and writes the files), over TLS.
+    let csv = certs.path().join("items.csv");
+    std::fs::write(&csv, "id,title\n1,\"a, quoted\"\n2,\n").unwrap();
+    let out_csv = certs.path().join("out.csv");
+    let script = format!(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT) WITH (kind = 'item');\n\
+         \\copy items FROM '{}' WITH (FORMAT csv, HEADER true)\n\
+         \\copy (SELECT id, title FROM items ORDER BY id) TO '{}' WITH (FORMAT csv)\n",
+        csv.display(),
+        out_csv.display()
+    );
+    let out = psql(tls_url, None, &["-q"], &script).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&out_csv).unwrap(),
+        "1,\"a, quoted\"\n2,\n"
+    );
+    // A bad row names its line and applies nothing.
+    std::fs::write(&csv, "id,title\n3,ok\nx,bad\n").unwrap();
+    let script = format!(
+        "\\copy items FROM '{}' WITH (FORMAT csv, HEADER true)\n",
+        csv.display()
+    );
+    let out = psql(
+        url(server.addr),
+        None,
+        &["-v", "VERBOSITY=verbose"],
+        &script,
+    )
+    .await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("22P02") && stderr.contains("COPY line 3"),
+        "{stderr}"
+    );
+    let c = connect(server.addr).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+    server.stop().await;
+}
