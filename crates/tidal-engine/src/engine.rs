@@ -482,8 +482,7 @@ impl WriteTxn<'_> {
             if self.schema.version != self.engine.schema().version {
                 if self.ops.iter().any(|op| !matches!(op, Op::Schema(_))) {
                     return Err(EngineError::Conflict {
-                        what: "the schema changed while this transaction was open; retry it"
-                            .into(),
+                        what: "the schema changed while this transaction was open; retry it".into(),
                     });
                 }
                 let mut s = (*self.engine.schema()).clone();

@@ -401,15 +401,26 @@ fn suspended_transactions_resume_commit_atomically_or_conflict() {
     let mut txn = engine.begin();
     txn.upsert(EntityKind::Item, row(1, "a")).unwrap();
     let pending = txn.suspend();
-    assert!(engine.read().get(EntityKind::Item, EntityId(1)).unwrap().is_none());
+    assert!(
+        engine
+            .read()
+            .get(EntityKind::Item, EntityId(1))
+            .unwrap()
+            .is_none()
+    );
     let mut txn = engine.resume(pending).unwrap();
-    txn.signal("view", EntityId(1), None, 1.0, Some(t0())).unwrap();
+    txn.signal("view", EntityId(1), None, 1.0, Some(t0()))
+        .unwrap();
     let def = SignalDef::new("like", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
     txn.schema_change(SchemaChange::CreateSignal(def)).unwrap();
     // Validated against the transaction's own schema change.
-    txn.signal("like", EntityId(1), None, 2.0, Some(t0())).unwrap();
+    txn.signal("like", EntityId(1), None, 2.0, Some(t0()))
+        .unwrap();
     let pending = txn.suspend();
-    assert!(engine.schema().signal("like").is_err(), "nothing visible before commit");
+    assert!(
+        engine.schema().signal("like").is_err(),
+        "nothing visible before commit"
+    );
     let out = engine.resume(pending).unwrap().commit().unwrap();
     assert_eq!((out.rows, out.events_accepted), (1, 2));
     let view = engine.read();
@@ -422,12 +433,20 @@ fn suspended_transactions_resume_commit_atomically_or_conflict() {
     let pending = txn.suspend();
     let mut other = engine.begin();
     let def = SignalDef::new("share", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
-    other.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    other
+        .schema_change(SchemaChange::CreateSignal(def))
+        .unwrap();
     other.commit().unwrap();
     let err = engine.resume(pending).unwrap_err();
     assert!(matches!(err, EngineError::Conflict { .. }), "{err}");
     assert_eq!(err.class(), tidal_core::ErrorClass::Conflict);
-    assert!(engine.read().get(EntityKind::Item, EntityId(2)).unwrap().is_none());
+    assert!(
+        engine
+            .read()
+            .get(EntityKind::Item, EntityId(2))
+            .unwrap()
+            .is_none()
+    );
     // An empty pending transaction never conflicts.
     let empty = engine.begin().suspend();
     assert!(empty.is_empty());

@@ -564,7 +564,11 @@ pub fn add_changes(
     change: &RowChange,
     rows: &[RecordBatch],
 ) -> Result<u64, SqlError> {
-    let def = txn.schema().table(change.kind).map_err(SqlError::from)?.clone();
+    let def = txn
+        .schema()
+        .table(change.kind)
+        .map_err(SqlError::from)?
+        .clone();
     let assigned: Vec<usize> = change
         .columns
         .iter()

@@ -147,20 +147,17 @@ impl SqlSession {
         };
         let mut txn = self.engine.resume(pending)?;
         let n = match &stmt {
-            T::InsertSignals { columns, .. } => crate::insert::add_signals(&mut txn, columns, &rows)?,
+            T::InsertSignals { columns, .. } => {
+                crate::insert::add_signals(&mut txn, columns, &rows)?
+            }
             T::InsertRows {
                 kind,
                 columns,
                 on_conflict,
                 ..
-            } => crate::insert::add_rows(
-                &mut txn,
-                &self.engine,
-                *kind,
-                columns,
-                &rows,
-                on_conflict,
-            )?,
+            } => {
+                crate::insert::add_rows(&mut txn, &self.engine, *kind, columns, &rows, on_conflict)?
+            }
             T::ChangeRows(c) => crate::insert::add_changes(&mut txn, &self.engine, c, &rows)?,
             _ => {
                 crate::statement::add_statement(&mut txn, stmt)?;
