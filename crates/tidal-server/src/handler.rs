@@ -162,6 +162,12 @@ struct ConnState {
     settings: BTreeMap<String, String>,
     statement_timeout: Option<Duration>,
     txn: Txn,
+    /// Warnings for the client, sent as NoticeResponses after the statement.
+    notices: Vec<ErrorInfo>,
+}
+
+fn warning(code: &str, message: &str) -> ErrorInfo {
+    ErrorInfo::new("WARNING".into(), code.into(), message.into())
 }
 
 /// The client's transaction block.
@@ -243,6 +249,7 @@ impl Conn {
                     settings: BTreeMap::new(),
                     statement_timeout: timeout,
                     txn: Txn::None,
+                    notices: Vec::new(),
                 }),
                 cancel: Arc::new(CancelFlag::default()),
                 permit: Mutex::new(permit),
@@ -410,6 +417,21 @@ impl Conn {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
+    async fn send_notices<C>(&self, client: &mut C) -> PgWireResult<()>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let notices = std::mem::take(&mut self.lock().notices);
+        for n in notices {
+            client
+                .send(PgWireBackendMessage::NoticeResponse(n.into()))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// COMMIT: applies the block's writes as one durable transaction. COMMIT of a
     /// failed block rolls it back, as in PostgreSQL.
     async fn commit(&self) -> Result<Response, ServerError> {
@@ -424,7 +446,13 @@ impl Conn {
                 Ok(Response::TransactionEnd(Tag::new("COMMIT")))
             }
             Txn::Failed => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
-            _ => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
+            Txn::None => {
+                self.lock()
+                    .notices
+                    .push(warning("25P01", "there is no transaction in progress"));
+                Ok(Response::TransactionEnd(Tag::new("COMMIT")))
+            }
+            Txn::Open(_) => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
         }
     }
 
@@ -497,12 +525,21 @@ impl Conn {
             SessionCommand::Begin => {
                 if matches!(st.txn, Txn::None) {
                     st.txn = Txn::Open(Some(self.shared.session.begin()));
+                } else {
+                    st.notices.push(warning(
+                        "25001",
+                        "there is already a transaction in progress",
+                    ));
                 }
                 Response::TransactionStart(Tag::new("BEGIN"))
             }
             // Handled (asynchronously) by `commit`.
             SessionCommand::Commit => Response::TransactionEnd(Tag::new("COMMIT")),
             SessionCommand::Rollback => {
+                if matches!(st.txn, Txn::None) {
+                    st.notices
+                        .push(warning("25P01", "there is no transaction in progress"));
+                }
                 st.txn = Txn::None;
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
             }
@@ -744,7 +781,7 @@ impl ServerError {
 
 #[async_trait]
 impl SimpleQueryHandler for Conn {
-    async fn do_query<C>(&self, _client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -755,7 +792,9 @@ impl SimpleQueryHandler for Conn {
         let mut out = Vec::with_capacity(statements.len());
         let last = statements.len().saturating_sub(1);
         for (i, sql) in statements.iter().enumerate() {
-            match self.execute(sql, &Format::UnifiedText, None).await {
+            let result = self.execute(sql, &Format::UnifiedText, None).await;
+            self.send_notices(client).await?;
+            match result {
                 // Earlier statements' rows are materialised so that the next statement
                 // runs after them, as in PostgreSQL.
                 Ok(Response::Query(mut q)) if i < last => {
@@ -939,7 +978,7 @@ impl ExtendedQueryHandler for Conn {
 
     async fn do_query<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Prepared>,
         _max_rows: usize,
     ) -> PgWireResult<Response>
@@ -964,9 +1003,11 @@ impl ExtendedQueryHandler for Conn {
         } else {
             sqltext::bind(&stmt.sql, &literals).map_err(ServerError::into_pg)?
         };
-        self.execute(&sql, &portal.result_column_format, stmt.schema.as_ref())
-            .await
-            .map_err(ServerError::into_pg)
+        let result = self
+            .execute(&sql, &portal.result_column_format, stmt.schema.as_ref())
+            .await;
+        self.send_notices(client).await?;
+        result.map_err(ServerError::into_pg)
     }
 }
 

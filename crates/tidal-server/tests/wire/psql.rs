@@ -294,3 +294,24 @@ async fn psql_over_tls_and_copy() {
     assert_eq!(n, 2);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_shows_warnings_as_notices() {
+    require_psql!();
+    let server = start().await;
+    let out = psql(url(server.addr), None, &["-c", "COMMIT"], "").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("WARNING:  there is no transaction in progress"),
+        "{stderr}"
+    );
+    let out = psql(url(server.addr), None, &[], "BEGIN;\nBEGIN;\nROLLBACK;\n").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("WARNING:  there is already a transaction in progress"),
+        "{stderr}"
+    );
+    server.stop().await;
+}
