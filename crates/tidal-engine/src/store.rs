@@ -169,7 +169,8 @@ impl StoreSnapshot {
             .range(self.store.keyspace(kind), lo.to_key()..=hi.to_key())
             .map(move |kv| {
                 let (k, v) = kv.into_inner()?;
-                let id = EntityId::from_key(&k).ok_or(EngineError::CheckpointCorrupt {
+                // `ok_or_else`: this runs per row; the error must cost nothing when unused.
+                let id = EntityId::from_key(&k).ok_or_else(|| EngineError::CheckpointCorrupt {
                     path: format!("store/{}", kind.table_name()),
                     reason: "key is not 8 bytes".into(),
                 })?;

@@ -17,7 +17,6 @@
 
 mod catalog;
 mod config;
-mod coop;
 mod copy;
 mod encode;
 mod error;
@@ -89,7 +88,6 @@ impl Server {
         let db = Arc::new(db);
         let session = SqlSession::with_memory_limit(db.engine_arc(), config.memory_limit_bytes)?;
         register_functions(&session);
-        coop::install(&session);
         let listener = TcpListener::bind(config.listen).await?;
         let scram = config.password.as_ref().map(|p| {
             let salt: [u8; 16] = rand::random();

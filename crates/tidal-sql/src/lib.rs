@@ -30,6 +30,7 @@
 //! Limits: all queries of a session share a [`QUERY_MEMORY_BYTES_MAX`] memory pool.
 //! Statements that write or change the schema are not available through SQL yet.
 
+mod coop;
 mod error;
 mod history;
 mod insert;

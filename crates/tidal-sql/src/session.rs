@@ -61,6 +61,8 @@ impl SqlSession {
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Long joins must yield so timeouts, cancels and dropped streams take effect.
+        crate::coop::install(&ctx);
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));

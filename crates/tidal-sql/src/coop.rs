@@ -10,23 +10,22 @@
 
 use std::sync::Arc;
 
-use tidal::datafusion::common::config::ConfigOptions;
-use tidal::datafusion::common::tree_node::{Transformed, TreeNode};
-use tidal::datafusion::error::Result;
-use tidal::datafusion::execution::SessionStateBuilder;
-use tidal::datafusion::physical_optimizer::PhysicalOptimizerRule;
-use tidal::datafusion::physical_plan::ExecutionPlan;
-use tidal::datafusion::physical_plan::coop::CooperativeExec;
-use tidal::datafusion::physical_plan::joins::{
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::error::Result;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PiecewiseMergeJoinExec, SortMergeJoinExec,
     SymmetricHashJoinExec,
 };
-use tidal::datafusion::physical_plan::unnest::UnnestExec;
-use tidal_sql::SqlSession;
+use datafusion::physical_plan::unnest::UnnestExec;
+use datafusion::prelude::SessionContext;
 
 /// Adds [`YieldingJoins`] as the last physical optimizer rule of the session.
-pub(crate) fn install(session: &SqlSession) {
-    let ctx = session.context();
+pub(crate) fn install(ctx: &SessionContext) {
     let state = SessionStateBuilder::new_from_existing(ctx.state())
         .with_physical_optimizer_rule(Arc::new(YieldingJoins))
         .build();
