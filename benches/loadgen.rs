@@ -1,0 +1,778 @@
+//! A load generator for any PostgreSQL-wire server: tidalDB's `tidal serve` or
+//! PostgreSQL itself, so the two can be measured with the same client.
+//!
+//! ```sh
+//! cargo run --release -p tidal-benches --bin loadgen -- \
+//!     --url postgresql://tidal@127.0.0.1:5433/tidal --dialect tidal --workload setup
+//! cargo run --release -p tidal-benches --bin loadgen -- \
+//!     --url postgresql://tidal@127.0.0.1:5433/tidal --clients 32 --seconds 20 --workload insert
+//! ```
+//!
+//! Workloads (`--workload`):
+//!
+//! * `setup` — creates the schema (dropping an existing one) and preloads `--items` rows
+//!   into `items` with COPY. tidal: `CREATE SIGNAL like …`, `CREATE TABLE items … WITH
+//!   (kind = 'item')`; postgres: `events(signal, entity_id, user_id, weight, ts)` with
+//!   indexes on `(entity_id, ts)` and `(signal, ts)`, and `items(id bigint primary key,
+//!   …)`, then `VACUUM ANALYZE`.
+//! * `insert` — `--clients` connections, each running one prepared single-row INSERT of a
+//!   signal event after another (`--batch N`: N rows per INSERT); every statement is
+//!   durable when it returns (tidal always; postgres with `synchronous_commit = on`).
+//!   Statements/s and latency p50/p99.
+//! * `copy` — `--copy-streams` connections in parallel, each sending `--copies` COPYs of
+//!   `--copy-rows` signal events in CSV. The CSV is generated before the clock starts.
+//!   Rows/s over the wall time of all streams. COPY goes over the simple-query protocol
+//!   (as psql sends it; `--copy-protocol extended` uses tokio-postgres's `copy_in`,
+//!   which `tidal serve` does not accept yet).
+//! * `point` — `SELECT … FROM items WHERE id = $1` on random ids; qps and p50/p99.
+//! * `range` — `SELECT … FROM items WHERE id BETWEEN $1 AND $1 + 100`; qps and p50/p99.
+//!
+//! Every run ends with one machine-readable line, `RESULT key=value …`, which
+//! `benches/peers/wire_bench.sh` collects into its comparison table.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use futures::SinkExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidal_benches::percentile;
+use tidal_core::Timestamp;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Dialect {
+    /// tidalDB: events go to the `signals` pseudo-table.
+    Tidal,
+    /// PostgreSQL: events go to an ordinary indexed table `events`.
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CopyProtocol {
+    Simple,
+    Extended,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Setup,
+    Insert,
+    Copy,
+    Point,
+    Range,
+}
+
+/// The lower-case name clap uses (`tidal`, `insert`, …).
+fn value_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&value_name(self))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Load generator for PostgreSQL-wire servers (tidalDB and PostgreSQL)")]
+struct Args {
+    /// Connection URL (libpq style).
+    #[arg(long, default_value = "postgresql://tidal@127.0.0.1:5433/tidal")]
+    url: String,
+    /// Which schema and statements to use.
+    #[arg(long, value_enum, default_value_t = Dialect::Tidal)]
+    dialect: Dialect,
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Concurrent connections for insert/point/range.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Measured duration of insert/point/range.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Unmeasured warm-up before the measured interval.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Rows per INSERT statement in the insert workload (`VALUES (…), (…), …`).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Rows in `items` (setup preloads ids 1..=items; the other workloads draw from them).
+    #[arg(long, default_value_t = 1_000_000)]
+    items: u64,
+    /// Rows per COPY in the copy workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    copy_rows: u64,
+    /// Parallel COPY streams in the copy workload.
+    #[arg(long, default_value_t = 4)]
+    copy_streams: usize,
+    /// COPYs per stream in the copy workload.
+    #[arg(long, default_value_t = 1)]
+    copies: usize,
+    /// How COPY is sent: `simple` (a Query message, as psql sends it) or `extended`
+    /// (Parse/Bind/Execute, as tokio-postgres's `copy_in` sends it).
+    #[arg(long, value_enum, default_value_t = CopyProtocol::Simple)]
+    copy_protocol: CopyProtocol,
+    /// Rows per COPY when setup preloads `items`. Small by default: tidal's COPY into an
+    /// entity table costs time quadratic in the rows of one COPY (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 10_000)]
+    preload_chunk: u64,
+    /// Width of the range query (`BETWEEN $1 AND $1 + width`).
+    #[arg(long, default_value_t = 100)]
+    range_width: i64,
+    /// Tokio worker threads of the load generator (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seed of the random ids.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl Args {
+    fn events_table(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Tidal => "signals",
+            Dialect::Postgres => "events",
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().context("tokio runtime")?;
+    rt.block_on(run(Arc::new(args)))
+}
+
+async fn run(args: Arc<Args>) -> Result<()> {
+    match args.workload {
+        Workload::Setup => setup(&args).await,
+        Workload::Insert | Workload::Point | Workload::Range => closed_loop(args).await,
+        Workload::Copy => copy(&args).await,
+    }
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("connection error: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` in UTC, which both systems read as a TIMESTAMP.
+fn ts_text(us: i64) -> String {
+    Timestamp(us).to_string()
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn setup(args: &Args) -> Result<()> {
+    let c = connect(&args.url).await?;
+    let ddl = match args.dialect {
+        Dialect::Tidal => {
+            "DROP TABLE IF EXISTS items;
+             DROP SIGNAL IF EXISTS like;
+             CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '14 days'
+                 WINDOWS ('24h', '7d', 'all');
+             CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT, title TEXT,
+                 created_at TIMESTAMP) WITH (kind = 'item');"
+        }
+        Dialect::Postgres => {
+            "DROP TABLE IF EXISTS events, items;
+             CREATE TABLE events (signal text NOT NULL, entity_id bigint NOT NULL,
+                 user_id bigint, weight float8 NOT NULL DEFAULT 1, ts timestamp NOT NULL);
+             CREATE INDEX events_entity_ts ON events (entity_id, ts);
+             CREATE INDEX events_signal_ts ON events (signal, ts);
+             CREATE TABLE items (id bigint PRIMARY KEY, creator_id bigint, title text,
+                 created_at timestamp);"
+        }
+    };
+    c.batch_execute(ddl).await.context("creating the schema")?;
+    println!("schema created ({})", args.dialect);
+
+    // Preload items in chunks, one COPY per chunk.
+    let mut copier = Copier::connect(args).await?;
+    let t0 = Instant::now();
+    let base = now_us() - 30 * 86_400_000_000;
+    let chunk = args.preload_chunk.max(1);
+    let mut loaded = 0u64;
+    let mut lo = 1u64;
+    while lo <= args.items {
+        let hi = (lo + chunk - 1).min(args.items);
+        let mut csv = String::with_capacity(((hi - lo + 1) * 48) as usize);
+        for id in lo..=hi {
+            let created = ts_text(base + (id as i64) * 1_000);
+            let _ = writeln!(csv, "{id},{},item {id},{created}", id % 10_000);
+        }
+        let n = copier
+            .copy_in(
+                "COPY items (id, creator_id, title, created_at) FROM STDIN (FORMAT csv)",
+                Bytes::from(csv),
+            )
+            .await
+            .with_context(|| format!("COPY items {lo}..={hi}"))?;
+        ensure!(n == hi - lo + 1, "COPY items reported {n} rows");
+        loaded += n;
+        lo = hi + 1;
+    }
+    let load_s = t0.elapsed().as_secs_f64();
+    if args.dialect == Dialect::Postgres {
+        // One statement each: VACUUM cannot run in the implicit transaction of a
+        // multi-statement query.
+        for t in ["items", "events"] {
+            c.batch_execute(&format!("VACUUM ANALYZE {t}"))
+                .await
+                .context("VACUUM ANALYZE")?;
+        }
+    }
+    let total_s = t0.elapsed().as_secs_f64();
+    println!(
+        "preloaded {loaded} items in {load_s:.2} s ({:.0} rows/s); with ANALYZE {total_s:.2} s",
+        loaded as f64 / load_s
+    );
+    println!(
+        "RESULT dialect={} workload=setup rows={loaded} seconds={load_s:.3} rows_per_s={:.0}",
+        args.dialect,
+        loaded as f64 / load_s
+    );
+    Ok(())
+}
+
+/// One connection that COPYs, over either protocol.
+enum Copier {
+    Simple(raw::RawConn),
+    Extended(Client),
+}
+
+impl Copier {
+    async fn connect(args: &Args) -> Result<Copier> {
+        Ok(match args.copy_protocol {
+            CopyProtocol::Simple => Copier::Simple(raw::RawConn::connect(&args.url).await?),
+            CopyProtocol::Extended => Copier::Extended(connect(&args.url).await?),
+        })
+    }
+
+    /// Sends `data` as one COPY FROM STDIN in 1 MiB CopyData messages; returns the
+    /// row count the server reported.
+    async fn copy_in(&mut self, stmt: &str, data: Bytes) -> Result<u64> {
+        match self {
+            Copier::Simple(c) => c.copy_in(stmt, &data).await,
+            Copier::Extended(c) => {
+                let sink = c.copy_in::<_, Bytes>(stmt).await?;
+                futures::pin_mut!(sink);
+                let mut at = 0;
+                while at < data.len() {
+                    let end = (at + COPY_MESSAGE_BYTES).min(data.len());
+                    sink.send(data.slice(at..end)).await?;
+                    at = end;
+                }
+                Ok(sink.finish().await?)
+            }
+        }
+    }
+}
+
+const COPY_MESSAGE_BYTES: usize = 1 << 20;
+
+async fn copy(args: &Args) -> Result<()> {
+    ensure!(
+        args.copy_streams >= 1 && args.copies >= 1,
+        "nothing to copy"
+    );
+    let stmt = format!(
+        "COPY {} (signal, entity_id, user_id, weight, ts) FROM STDIN (FORMAT csv)",
+        args.events_table()
+    );
+    // Generate every COPY's CSV up front. Timestamps rise with the row number (events
+    // arrive in time order) and end now; user ids are unique, so tidal's dedup drops
+    // nothing.
+    let total = args.copy_rows * (args.copy_streams * args.copies) as u64;
+    let t_gen = Instant::now();
+    let end = now_us();
+    let mut payloads: Vec<Vec<Bytes>> = Vec::new();
+    let mut bytes = 0usize;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    for s in 0..args.copy_streams {
+        let mut mine = Vec::new();
+        for k in 0..args.copies {
+            let mut csv = String::with_capacity((args.copy_rows * 56) as usize);
+            for i in 0..args.copy_rows {
+                // Global row number, streams interleaved.
+                let g = (k as u64 * args.copy_rows + i) * args.copy_streams as u64 + s as u64;
+                let ts = end - (total - g) as i64;
+                let entity = rng.random_range(1..=args.items.max(1));
+                let user = 1_000_000_000 + g;
+                let _ = writeln!(csv, "like,{entity},{user},1,{}", ts_text(ts));
+            }
+            bytes += csv.len();
+            mine.push(Bytes::from(csv));
+        }
+        payloads.push(mine);
+    }
+    println!(
+        "generated {total} rows ({:.1} MiB CSV) in {:.2} s",
+        bytes as f64 / (1 << 20) as f64,
+        t_gen.elapsed().as_secs_f64()
+    );
+
+    let mut clients = Vec::new();
+    for _ in 0..args.copy_streams {
+        clients.push(Copier::connect(args).await?);
+    }
+    let stmt = Arc::new(stmt);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut c, mine) in clients.into_iter().zip(payloads) {
+        let stmt = stmt.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rows = 0u64;
+            let mut times = Vec::new();
+            for data in mine {
+                let t = Instant::now();
+                rows += c.copy_in(&stmt, data).await?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            anyhow::Ok((rows, times))
+        }));
+    }
+    let mut rows = 0u64;
+    let mut per_copy = Vec::new();
+    for t in tasks {
+        let (r, times) = t.await.context("COPY task")??;
+        rows += r;
+        per_copy.extend(times);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    ensure!(rows == total, "COPY reported {rows} rows of {total}");
+    per_copy.sort_by(f64::total_cmp);
+    println!(
+        "{rows} rows in {secs:.2} s: {:.0} rows/s ({} streams × {} COPY × {} rows; \
+         one COPY took {:.2}–{:.2} s)",
+        rows as f64 / secs,
+        args.copy_streams,
+        args.copies,
+        args.copy_rows,
+        per_copy.first().copied().unwrap_or(f64::NAN),
+        per_copy.last().copied().unwrap_or(f64::NAN),
+    );
+    println!(
+        "RESULT dialect={} workload=copy streams={} rows={rows} seconds={secs:.3} rows_per_s={:.0}",
+        args.dialect,
+        args.copy_streams,
+        rows as f64 / secs
+    );
+    Ok(())
+}
+
+/// What one client of a closed-loop workload measured.
+#[derive(Debug, Default)]
+struct ClientStats {
+    /// Latencies of statements that completed inside the measured interval, in µs.
+    lat_us: Vec<f64>,
+    errors: u64,
+    first_error: Option<String>,
+    /// Queries that returned an unexpected number of rows.
+    wrong_rows: u64,
+    /// Statements completed, warm-up included (for CPU per statement).
+    total: u64,
+}
+
+/// N clients, each with its own connection and prepared statement, issuing one
+/// statement after another (no think time) for warm-up + the measured interval.
+async fn closed_loop(args: Arc<Args>) -> Result<()> {
+    ensure!(args.clients >= 1, "--clients must be at least 1");
+    ensure!(
+        (1..=10_000).contains(&args.batch),
+        "--batch must be in 1..=10000"
+    );
+    ensure!(args.items > args.range_width as u64, "--items too small");
+    let sql = match args.workload {
+        Workload::Insert => {
+            let tuples: Vec<String> = (0..args.batch)
+                .map(|r| {
+                    let p = 5 * r;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            format!(
+                "INSERT INTO {} (signal, entity_id, user_id, weight, ts) VALUES {}",
+                args.events_table(),
+                tuples.join(", ")
+            )
+        }
+        Workload::Point => {
+            "SELECT id, creator_id, title, created_at FROM items WHERE id = $1".into()
+        }
+        Workload::Range => "SELECT id, creator_id, title, created_at FROM items \
+                            WHERE id BETWEEN $1 AND $1 + 100"
+            .replace("100", &args.range_width.to_string()),
+        _ => bail!("not a closed-loop workload"),
+    };
+
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let c = connect(&args.url).await?;
+        let stmt = c
+            .prepare(&sql)
+            .await
+            .with_context(|| format!("preparing {sql}"))?;
+        clients.push((c, stmt));
+    }
+
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let deadline = measure_from + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::new();
+    for (i, (c, stmt)) in clients.into_iter().enumerate() {
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003) + i as u64);
+            let mut st = ClientStats::default();
+            let mut seq = 0u64;
+            loop {
+                let t = Instant::now();
+                if t >= deadline {
+                    break;
+                }
+                let res = match args.workload {
+                    Workload::Insert => {
+                        let now = SystemTime::now();
+                        let mut rows = Vec::with_capacity(args.batch);
+                        for _ in 0..args.batch {
+                            seq += 1;
+                            // Unique user ids: nothing is deduplicated away.
+                            let user = ((i as i64) << 40) | seq as i64;
+                            let entity = rng.random_range(1..=args.items) as i64;
+                            rows.push((entity, user));
+                        }
+                        let mut params: Vec<&(dyn ToSql + Sync)> =
+                            Vec::with_capacity(5 * args.batch);
+                        for (entity, user) in &rows {
+                            params.extend([
+                                &"like" as &(dyn ToSql + Sync),
+                                entity,
+                                user,
+                                &1.0f64,
+                                &now,
+                            ]);
+                        }
+                        c.execute(&stmt, &params)
+                            .await
+                            .map(|n| n == args.batch as u64)
+                    }
+                    Workload::Point => {
+                        let id = rng.random_range(1..=args.items) as i64;
+                        c.query(&stmt, &[&id]).await.map(|r| r.len() == 1)
+                    }
+                    _ => {
+                        let hi = args.items as i64 - args.range_width;
+                        let id = rng.random_range(1..=hi);
+                        c.query(&stmt, &[&id])
+                            .await
+                            .map(|r| r.len() as i64 == args.range_width + 1)
+                    }
+                };
+                let done = Instant::now();
+                st.total += 1;
+                let measured = t >= measure_from && done <= deadline;
+                match res {
+                    Ok(ok) => {
+                        if measured {
+                            st.lat_us.push((done - t).as_secs_f64() * 1e6);
+                            if !ok {
+                                st.wrong_rows += 1;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        st.errors += 1;
+                        if st.first_error.is_none() {
+                            st.first_error = Some(format!("{e:?}"));
+                        }
+                        if c.is_closed() {
+                            break;
+                        }
+                    }
+                }
+            }
+            st
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    let mut wrong = 0;
+    let mut first_error = None;
+    let mut total = 0;
+    for t in tasks {
+        let st = t.await.context("client task")?;
+        total += st.total;
+        lat.extend(st.lat_us);
+        errors += st.errors;
+        wrong += st.wrong_rows;
+        if first_error.is_none() {
+            first_error = st.first_error;
+        }
+    }
+    if let Some(e) = &first_error {
+        eprintln!("{errors} statements failed; first error: {e}");
+    }
+    ensure!(
+        !lat.is_empty(),
+        "no statement completed in the measured interval"
+    );
+    lat.sort_by(f64::total_cmp);
+    let ops = lat.len();
+    let qps = ops as f64 / args.seconds;
+    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    let mean = lat.iter().sum::<f64>() / ops as f64;
+    let max = lat.last().copied().unwrap_or(f64::NAN);
+    // Inserted rows per second (insert) or rows returned per query (point/range).
+    let rows_per_op = match args.workload {
+        Workload::Insert => args.batch as f64,
+        Workload::Point => 1.0,
+        _ => (args.range_width + 1) as f64,
+    };
+    println!(
+        "{} {}: {} clients, {ops} statements in {:.1} s = {qps:.0}/s ({:.0} rows/s); \
+         latency p50 {:.3} ms, p99 {:.3} ms, mean {:.3} ms, max {:.3} ms; \
+         {errors} errors, {wrong} unexpected row counts",
+        args.dialect,
+        args.workload,
+        args.clients,
+        args.seconds,
+        qps * rows_per_op,
+        p50 / 1e3,
+        p99 / 1e3,
+        mean / 1e3,
+        max / 1e3,
+    );
+    println!(
+        "RESULT dialect={} workload={} clients={} batch={} ops={ops} total_ops={total} seconds={:.3} \
+         ops_per_s={qps:.0} rows_per_s={:.0} p50_ms={:.3} p99_ms={:.3} mean_ms={:.3} errors={errors} wrong_rows={wrong}",
+        args.dialect,
+        args.workload,
+        args.clients,
+        if args.workload == Workload::Insert {
+            args.batch
+        } else {
+            1
+        },
+        args.seconds,
+        qps * rows_per_op,
+        p50 / 1e3,
+        p99 / 1e3,
+        mean / 1e3,
+    );
+    ensure!(
+        errors == 0 && wrong == 0,
+        "{errors} errors, {wrong} unexpected row counts"
+    );
+    Ok(())
+}
+
+/// A minimal frontend of the simple-query protocol, just enough for COPY FROM STDIN:
+/// startup (trust, cleartext, MD5 or SCRAM-SHA-256 authentication over plain TCP), one
+/// Query, the CopyData stream, CopyDone. tokio-postgres sends COPY only through the
+/// extended protocol; psql and most drivers send it as a simple Query, and so does this.
+mod raw {
+    use anyhow::{Context, Result, bail};
+    use bytes::{Bytes, BytesMut};
+    use fallible_iterator::FallibleIterator;
+    use postgres_protocol::authentication::md5_hash;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    use postgres_protocol::message::backend::{ErrorResponseBody, Message};
+    use postgres_protocol::message::frontend;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio_postgres::config::Host;
+
+    use super::COPY_MESSAGE_BYTES;
+
+    pub struct RawConn {
+        stream: TcpStream,
+        rbuf: BytesMut,
+        wbuf: BytesMut,
+    }
+
+    fn error_text(e: &ErrorResponseBody) -> String {
+        let mut code = String::new();
+        let mut message = String::new();
+        let mut fields = e.fields();
+        while let Ok(Some(f)) = fields.next() {
+            match f.type_() {
+                b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                _ => {}
+            }
+        }
+        format!("ERROR {code}: {message}")
+    }
+
+    impl RawConn {
+        pub async fn connect(url: &str) -> Result<RawConn> {
+            let cfg: tokio_postgres::Config = url.parse().context("parsing the URL")?;
+            let host = match cfg.get_hosts().first() {
+                Some(Host::Tcp(h)) => h.clone(),
+                None => "localhost".to_string(),
+                #[allow(unreachable_patterns)]
+                Some(_) => bail!("simple-protocol COPY needs a TCP host"),
+            };
+            let port = cfg.get_ports().first().copied().unwrap_or(5432);
+            let user = cfg.get_user().context("the URL names no user")?.to_string();
+            let db = cfg.get_dbname().unwrap_or(&user).to_string();
+            let password = cfg.get_password().map(<[u8]>::to_vec);
+            let stream = TcpStream::connect((host.as_str(), port))
+                .await
+                .with_context(|| format!("connecting to {host}:{port}"))?;
+            stream.set_nodelay(true)?;
+            let mut c = RawConn {
+                stream,
+                rbuf: BytesMut::with_capacity(8192),
+                wbuf: BytesMut::with_capacity(COPY_MESSAGE_BYTES + 64),
+            };
+            frontend::startup_message(
+                [
+                    ("user", user.as_str()),
+                    ("database", db.as_str()),
+                    ("client_encoding", "UTF8"),
+                ],
+                &mut c.wbuf,
+            )?;
+            c.flush().await?;
+            let need_pw = || password.clone().context("the server asks for a password");
+            let mut scram = None;
+            loop {
+                match c.read().await? {
+                    Message::AuthenticationOk => {}
+                    Message::AuthenticationCleartextPassword => {
+                        frontend::password_message(&need_pw()?, &mut c.wbuf)?;
+                        c.flush().await?;
+                    }
+                    Message::AuthenticationMd5Password(b) => {
+                        let hash = md5_hash(user.as_bytes(), &need_pw()?, b.salt());
+                        frontend::password_message(hash.as_bytes(), &mut c.wbuf)?;
+                        c.flush().await?;
+                    }
+                    Message::AuthenticationSasl(b) => {
+                        let mut mechs = b.mechanisms();
+                        let mut ok = false;
+                        while let Some(m) = mechs.next()? {
+                            ok |= m == "SCRAM-SHA-256";
+                        }
+                        if !ok {
+                            bail!("the server offers no SCRAM-SHA-256");
+                        }
+                        let s = ScramSha256::new(&need_pw()?, ChannelBinding::unsupported());
+                        frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut c.wbuf)?;
+                        c.flush().await?;
+                        scram = Some(s);
+                    }
+                    Message::AuthenticationSaslContinue(b) => {
+                        let s = scram.as_mut().context("SASL continue before start")?;
+                        s.update(b.data())?;
+                        frontend::sasl_response(s.message(), &mut c.wbuf)?;
+                        c.flush().await?;
+                    }
+                    Message::AuthenticationSaslFinal(b) => {
+                        scram
+                            .as_mut()
+                            .context("SASL final before start")?
+                            .finish(b.data())?;
+                    }
+                    Message::ErrorResponse(e) => bail!("startup: {}", error_text(&e)),
+                    Message::ReadyForQuery(_) => return Ok(c),
+                    _ => {}
+                }
+            }
+        }
+
+        async fn read(&mut self) -> Result<Message> {
+            loop {
+                if let Some(m) = Message::parse(&mut self.rbuf)? {
+                    return Ok(m);
+                }
+                if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                    bail!("the server closed the connection");
+                }
+            }
+        }
+
+        async fn flush(&mut self) -> Result<()> {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+            Ok(())
+        }
+
+        pub async fn copy_in(&mut self, stmt: &str, data: &Bytes) -> Result<u64> {
+            frontend::query(stmt, &mut self.wbuf)?;
+            self.flush().await?;
+            let mut error = None;
+            loop {
+                match self.read().await? {
+                    Message::CopyInResponse(_) => break,
+                    Message::ErrorResponse(e) => error = Some(error_text(&e)),
+                    Message::ReadyForQuery(_) => {
+                        bail!("{}", error.unwrap_or_else(|| "no CopyInResponse".into()))
+                    }
+                    _ => {}
+                }
+            }
+            for chunk in data.chunks(COPY_MESSAGE_BYTES) {
+                frontend::CopyData::new(chunk)?.write(&mut self.wbuf);
+                self.flush().await?;
+            }
+            frontend::copy_done(&mut self.wbuf);
+            self.flush().await?;
+            let mut rows = None;
+            loop {
+                match self.read().await? {
+                    Message::CommandComplete(c) => {
+                        let tag = c.tag()?;
+                        rows = tag.strip_prefix("COPY ").and_then(|n| n.parse().ok());
+                    }
+                    Message::ErrorResponse(e) => error = Some(error_text(&e)),
+                    Message::ReadyForQuery(_) => break,
+                    _ => {}
+                }
+            }
+            match (error, rows) {
+                (Some(e), _) => bail!("{e}"),
+                (None, Some(n)) => Ok(n),
+                (None, None) => bail!("COPY ended without a row count"),
+            }
+        }
+    }
+}
