@@ -194,7 +194,9 @@ impl Applier for Registry {
         // Validate against the current state plus every transaction already prepared in
         // this batch; stage the effects only if the whole transaction passes.
         let mut schema: Option<Schema> = None;
-        let mut rows: Vec<((EntityKind, EntityId), bool)> = Vec::new();
+        // Existence as changed by this transaction so far (last write wins); a map, so
+        // a large COPY stays linear.
+        let mut rows: HashMap<(EntityKind, EntityId), bool> = HashMap::new();
         let current = self.shared.schema.read().clone();
         for op in ops {
             let base = schema
@@ -210,7 +212,7 @@ impl Applier for Registry {
                 Op::Insert { kind, id, row } => {
                     Self::check_row_target(base, *kind, Some(row.len()))?;
                     let key = (*kind, *id);
-                    let staged = rows.iter().rev().find(|(k, _)| *k == key).map(|(_, e)| *e);
+                    let staged = rows.get(&key).copied();
                     let exists = match staged.or_else(|| self.pending_rows.get(&key).copied()) {
                         Some(e) => e,
                         None => self.shared.store.contains(*kind, *id)?,
@@ -221,15 +223,15 @@ impl Applier for Registry {
                             id: *id,
                         });
                     }
-                    rows.push((key, true));
+                    rows.insert(key, true);
                 }
                 Op::Upsert { kind, id, row } => {
                     Self::check_row_target(base, *kind, Some(row.len()))?;
-                    rows.push(((*kind, *id), true));
+                    rows.insert((*kind, *id), true);
                 }
                 Op::Delete { kind, id } => {
                     Self::check_row_target(base, *kind, None)?;
-                    rows.push(((*kind, *id), false));
+                    rows.insert((*kind, *id), false);
                 }
                 _ => {}
             }
