@@ -162,37 +162,13 @@ pub fn text_value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), Se
         } else {
             'f'
         }),
-        DataType::Int8 => w(write!(out, "{}", col.as_primitive::<Int8Type>().value(row)))?,
-        DataType::Int16 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<Int16Type>().value(row)
-        ))?,
-        DataType::Int32 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<Int32Type>().value(row)
-        ))?,
-        DataType::Int64 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<Int64Type>().value(row)
-        ))?,
-        DataType::UInt8 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<UInt8Type>().value(row)
-        ))?,
-        DataType::UInt16 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<UInt16Type>().value(row)
-        ))?,
-        DataType::UInt32 => w(write!(
-            out,
-            "{}",
-            col.as_primitive::<UInt32Type>().value(row)
-        ))?,
+        DataType::Int8 => int_text::<Int8Type>(col, row, out),
+        DataType::Int16 => int_text::<Int16Type>(col, row, out),
+        DataType::Int32 => int_text::<Int32Type>(col, row, out),
+        DataType::Int64 => int_text::<Int64Type>(col, row, out),
+        DataType::UInt8 => int_text::<UInt8Type>(col, row, out),
+        DataType::UInt16 => int_text::<UInt16Type>(col, row, out),
+        DataType::UInt32 => int_text::<UInt32Type>(col, row, out),
         DataType::UInt64 => w(write!(out, "{}", uint64(col, row)?))?,
         DataType::Float16 => float32(out, col.as_primitive::<Float16Type>().value(row).to_f32()),
         DataType::Float32 => float32(out, col.as_primitive::<Float32Type>().value(row)),
@@ -250,6 +226,14 @@ pub fn text_value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), Se
         other => return Err(unsupported(other)),
     }
     Ok(())
+}
+
+fn int_text<T>(col: &ArrayRef, row: usize, out: &mut String)
+where
+    T: tidal::datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: std::fmt::Display,
+{
+    out.push_str(&col.as_primitive::<T>().value(row).to_string());
 }
 
 fn dictionary_value_type(dt: &DataType) -> DataType {

@@ -358,16 +358,7 @@ impl Conn {
                 if let Txn::Open(slot) = &mut self.lock().txn {
                     *slot = Some(pending);
                 }
-                let rows = count_of(&batches);
-                let tag = match stmt {
-                    Some(
-                        TidalStatement::InsertSignals { .. }
-                        | TidalStatement::InsertRows { .. }
-                        | TidalStatement::ChangeRows(_),
-                    ) => tag.with_rows(rows),
-                    _ => tag,
-                };
-                return Ok(Response::Execution(tag));
+                return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
             }
             // Writes block on the WAL's group commit: run them on the blocking pool so
             // many clients' commits can share one fsync. A write runs to completion once
@@ -379,16 +370,7 @@ impl Conn {
                 .await
                 .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??;
             drop(guard);
-            let rows = count_of(&batches);
-            let tag = match stmt {
-                Some(
-                    TidalStatement::InsertSignals { .. }
-                    | TidalStatement::InsertRows { .. }
-                    | TidalStatement::ChangeRows(_),
-                ) => tag.with_rows(rows),
-                _ => tag,
-            };
-            return Ok(Response::Execution(tag));
+            return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
         }
         let timeout = self.lock().statement_timeout;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -622,6 +604,18 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 fn formats_of(format: &Format, n: usize) -> Vec<FieldFormat> {
     (0..n).map(|i| format.format_for(i)).collect()
+}
+
+/// The command tag, with the row count for INSERT/UPDATE/DELETE.
+fn counted(tag: Tag, stmt: Option<&TidalStatement>, batches: &[RecordBatch]) -> Tag {
+    match stmt {
+        Some(
+            TidalStatement::InsertSignals { .. }
+            | TidalStatement::InsertRows { .. }
+            | TidalStatement::ChangeRows(_),
+        ) => tag.with_rows(count_of(batches)),
+        _ => tag,
+    }
 }
 
 fn count_of(batches: &[RecordBatch]) -> usize {
