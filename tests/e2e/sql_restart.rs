@@ -23,8 +23,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 const SCHEMA: &[&str] = &[
-    "CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '7 days' WINDOWS ('1h', '24h', '7d')",
-    "CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '14 days' WINDOWS ('24h', '7d', 'all')",
+    "CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '7 days' WINDOWS ('1h', '24h', '7d') MARKS seen",
+    "CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '14 days' WINDOWS ('24h', '7d', 'all') MARKS liked",
     "CREATE SIGNAL follow ON creators DECAY NONE WINDOWS ('all')",
     "CREATE SIGNAL gone ON items DECAY NONE WINDOWS ('all')",
     "CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT, created_at TIMESTAMP, \
@@ -99,8 +99,32 @@ fn workload() -> Vec<String> {
             batch * 3
         ));
         out.push(format!("DELETE FROM items WHERE id = {}", batch * 11 + 1));
+        if batch == 2 {
+            out.push(
+                "CREATE PROFILE trend ON items (SCORE decay('like') + window_count('view', '7d'), \
+                 GATE signal_total('like') >= 0)"
+                    .into(),
+            );
+            out.push("CREATE PROFILE doomed ON items (SCORE decay('view'))".into());
+        }
         if batch == 4 {
             out.push("CHECKPOINT".into());
+        }
+        if batch == 6 {
+            // Version 2, after the checkpoint: comes back from WAL replay.
+            out.push(
+                "CREATE OR REPLACE PROFILE trend ON items (SCORE 2 * decay('like') + \
+                 window_count('view', '7d'), FILTER n <> 3, RECENCY HALF_LIFE '30 days', \
+                 DIVERSITY max_per_creator 2)"
+                    .into(),
+            );
+            out.push("DROP PROFILE doomed".into());
+            // Negative weights clear marks.
+            out.push(
+                "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES \
+                 ('view', 7, 7, -1, '2026-11-19 00:00:00'), ('like', 14, 7, -1, '2026-11-19 00:00:01')"
+                    .into(),
+            );
         }
     }
     out.push("INSERT INTO users (id, region) VALUES (1, 'eu'), (2, 'us')".into());
@@ -134,7 +158,25 @@ fn dump(db: &Database) -> String {
             .to_string(),
         "SELECT entity_id, signal, total, last_ts FROM signal_state ORDER BY signal, entity_id"
             .to_string(),
-    ];
+        "SHOW PROFILES".to_string(),
+        "RETRIEVE items USING PROFILE trend LIMIT 30 AT '2026-11-20 00:00:00'".to_string(),
+        format!(
+            "SELECT id, rank_profile('trend', id, {at}) AS s FROM items ORDER BY s DESC, id LIMIT 40"
+        ),
+    ]
+    .into_iter()
+    .chain((1..9).flat_map(|u| {
+        [
+            format!(
+                "RETRIEVE items FOR USER {u} USING PROFILE trend FILTER unseen LIMIT 40 \
+                 AT '2026-11-20 00:00:00'"
+            ),
+            format!(
+                "RETRIEVE items FOR USER {u} USING PROFILE trend FILTER liked LIMIT 40 \
+                 AT '2026-11-20 00:00:00'"
+            ),
+        ]
+    }));
     let rt = rt();
     let mut out = String::new();
     for q in queries {
@@ -201,6 +243,7 @@ fn sql_state_survives_sigkill() {
         expected.contains("| gone   |"),
         "dropped signal's events stay in history"
     );
+    assert!(expected.contains("DIVERSITY max_per_creator 2") && !expected.contains("doomed"));
     let db = Database::open_with(config(dir.path())).unwrap();
     assert_eq!(dump(&db), expected);
     // Again after a clean shutdown: now everything comes from checkpoint + Parquet.

@@ -61,6 +61,14 @@ pub enum CoreError {
     },
     #[error("value for column {column:?}: {reason}")]
     BadValue { column: String, reason: String },
+    #[error("profile {name:?} already exists (use CREATE OR REPLACE PROFILE to change it)")]
+    DuplicateProfile { name: String },
+    #[error("profile {name:?} does not exist")]
+    UnknownProfile { name: String },
+    #[error("invalid profile {name:?}: {reason}")]
+    BadProfile { name: String, reason: String },
+    #[error("cannot drop {object} because {dependents} depends on it")]
+    DependentObjects { object: String, dependents: String },
     #[error("malformed encoded data: {0}")]
     Decode(&'static str),
 }
@@ -97,6 +105,8 @@ pub enum ErrorClass {
     Unavailable,
     /// A concurrent change invalidated a transaction; retrying it may succeed (40001).
     Conflict,
+    /// Other objects depend on the one being dropped (2BP01).
+    DependentObjects,
 }
 
 impl CoreError {
@@ -107,10 +117,15 @@ impl CoreError {
             BadIdentifier { .. } | BadWindow { .. } | BadInterval { .. } => ErrorClass::Syntax,
             // SQL.md §1 puts a duplicate signal name with the invalid definitions
             // (42601/22023), not with PostgreSQL's duplicate_object (42710).
-            DuplicateTable { .. } | DuplicateColumn { .. } => ErrorClass::DuplicateObject,
-            UnknownSignal { .. } | UnknownTable { .. } | UnknownTableName { .. } => {
-                ErrorClass::UndefinedObject
+            DuplicateTable { .. } | DuplicateColumn { .. } | DuplicateProfile { .. } => {
+                ErrorClass::DuplicateObject
             }
+            DependentObjects { .. } => ErrorClass::DependentObjects,
+            BadProfile { .. } => ErrorClass::InvalidParameter,
+            UnknownSignal { .. }
+            | UnknownTable { .. }
+            | UnknownTableName { .. }
+            | UnknownProfile { .. } => ErrorClass::UndefinedObject,
             DuplicateSignal { .. }
             | HalfLifeOutOfRange { .. }
             | UnknownKind { .. }

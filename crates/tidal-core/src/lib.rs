@@ -24,6 +24,7 @@ mod decay;
 mod error;
 mod event;
 mod id;
+pub mod profile;
 pub mod schema;
 pub mod time;
 mod value;
@@ -33,6 +34,7 @@ pub use decay::{DecaySpec, HALF_LIFE_MICROS_MAX, HALF_LIFE_MICROS_MIN};
 pub use error::{CoreError, ErrorClass};
 pub use event::{FUTURE_SKEW_MICROS_MAX, SignalEvent};
 pub use id::{EntityId, EntityKind};
+pub use profile::{PROFILES_MAX, ProfileDef};
 pub use schema::{
     ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TableDef,
 };

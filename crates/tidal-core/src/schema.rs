@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::codec::{Decoder, Encoder};
+use crate::profile::{PROFILES_MAX, ProfileDef};
 use crate::{CoreError, DecaySpec, EntityKind, Window};
 
 /// Longest identifier, as PostgreSQL's NAMEDATALEN − 1.
@@ -449,6 +450,15 @@ pub enum SchemaChange {
     DropTable {
         kind: EntityKind,
     },
+    /// `CREATE [OR REPLACE] PROFILE`. [`Schema::prepare`] sets the version (1, or the
+    /// replaced profile's + 1).
+    CreateProfile {
+        def: ProfileDef,
+        replace: bool,
+    },
+    DropProfile {
+        name: String,
+    },
 }
 
 impl SchemaChange {
@@ -471,6 +481,15 @@ impl SchemaChange {
                 e.u8(4);
                 e.u8(kind.tag());
             }
+            SchemaChange::CreateProfile { def, replace } => {
+                e.u8(5);
+                def.encode(e);
+                e.u8(u8::from(*replace));
+            }
+            SchemaChange::DropProfile { name } => {
+                e.u8(6);
+                e.str(name);
+            }
         }
     }
 
@@ -485,6 +504,13 @@ impl SchemaChange {
             4 => SchemaChange::DropTable {
                 kind: EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad kind"))?,
             },
+            5 => SchemaChange::CreateProfile {
+                def: ProfileDef::decode(d)?,
+                replace: d.u8()? != 0,
+            },
+            6 => SchemaChange::DropProfile {
+                name: d.str()?.to_string(),
+            },
             _ => return Err(CoreError::Decode("unknown schema change")),
         })
     }
@@ -495,6 +521,7 @@ impl SchemaChange {
 pub struct Schema {
     signals: BTreeMap<String, SignalDef>,
     tables: BTreeMap<EntityKind, TableDef>,
+    profiles: BTreeMap<String, ProfileDef>,
     next_signal_id: u32,
     /// Bumped by every applied change, so caches can tell a schema has moved on.
     pub version: u64,
@@ -534,6 +561,28 @@ impl Schema {
         self.tables.values()
     }
 
+    pub fn profile(&self, name: &str) -> Result<&ProfileDef, CoreError> {
+        self.profiles
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| CoreError::UnknownProfile {
+                name: name.to_string(),
+            })
+    }
+
+    /// Profiles in name order.
+    pub fn profiles(&self) -> impl Iterator<Item = &ProfileDef> {
+        self.profiles.values()
+    }
+
+    /// Profiles that would break if `signal` (lower-case) went away.
+    fn profiles_reading(&self, signal: &str) -> Vec<&str> {
+        self.profiles
+            .values()
+            .filter(|p| p.signals.iter().any(|s| s == signal))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
     /// Checks a change against this schema without applying it. For CREATE SIGNAL the
     /// returned change carries the id the signal will get.
     pub fn prepare(&self, change: SchemaChange) -> Result<SchemaChange, CoreError> {
@@ -555,6 +604,13 @@ impl Schema {
             }
             SchemaChange::DropSignal { name, .. } => {
                 let s = self.signal(&name)?;
+                let users = self.profiles_reading(&s.name);
+                if !users.is_empty() {
+                    return Err(CoreError::DependentObjects {
+                        object: format!("signal {:?}", s.name),
+                        dependents: format!("profile {}", users.join(", ")),
+                    });
+                }
                 Ok(SchemaChange::DropSignal {
                     name: s.name.clone(),
                     id: s.id,
@@ -568,7 +624,54 @@ impl Schema {
             }
             SchemaChange::DropTable { kind } => {
                 self.table(kind)?;
+                let users: Vec<&str> = self
+                    .profiles
+                    .values()
+                    .filter(|p| p.kind == kind)
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(CoreError::DependentObjects {
+                        object: format!("table {}", kind.table_name()),
+                        dependents: format!("profile {}", users.join(", ")),
+                    });
+                }
                 Ok(SchemaChange::DropTable { kind })
+            }
+            SchemaChange::CreateProfile { mut def, replace } => {
+                def.name = def.name.to_ascii_lowercase();
+                def.validate()?;
+                self.table(def.kind)?;
+                for s in &def.signals {
+                    let sig = self.signal(s)?;
+                    if sig.kind != def.kind {
+                        return Err(CoreError::WrongKind {
+                            signal: sig.name.clone(),
+                            expected: sig.kind,
+                            got: def.kind,
+                        });
+                    }
+                }
+                def.version = match self.profiles.get(&def.name) {
+                    Some(old) if replace => old.version.saturating_add(1),
+                    Some(_) => return Err(CoreError::DuplicateProfile { name: def.name }),
+                    None => 1,
+                };
+                if !self.profiles.contains_key(&def.name) && self.profiles.len() >= PROFILES_MAX {
+                    return Err(CoreError::BadProfile {
+                        name: def.name,
+                        reason: format!(
+                            "the database already has the maximum of {PROFILES_MAX} profiles"
+                        ),
+                    });
+                }
+                Ok(SchemaChange::CreateProfile { def, replace })
+            }
+            SchemaChange::DropProfile { name } => {
+                let p = self.profile(&name)?;
+                Ok(SchemaChange::DropProfile {
+                    name: p.name.clone(),
+                })
             }
         }
     }
@@ -601,6 +704,14 @@ impl Schema {
                     .remove(kind)
                     .ok_or(CoreError::UnknownTable { kind: *kind })?;
             }
+            SchemaChange::CreateProfile { def, .. } => {
+                self.profiles.insert(def.name.clone(), def.clone());
+            }
+            SchemaChange::DropProfile { name } => {
+                self.profiles
+                    .remove(name)
+                    .ok_or_else(|| CoreError::UnknownProfile { name: name.clone() })?;
+            }
         }
         self.version += 1;
         Ok(())
@@ -616,6 +727,10 @@ impl Schema {
         e.u32(self.tables.len() as u32);
         for t in self.tables.values() {
             t.encode(e);
+        }
+        e.u32(self.profiles.len() as u32);
+        for p in self.profiles.values() {
+            p.encode(e);
         }
     }
 
@@ -642,6 +757,15 @@ impl Schema {
         for _ in 0..n {
             let t = TableDef::decode(d)?;
             schema.tables.insert(t.kind, t);
+        }
+        // Data directories written before profiles existed end here.
+        let n = if d.is_empty() { 0 } else { d.u32()? as usize };
+        if n > PROFILES_MAX {
+            return Err(CoreError::Decode("too many profiles"));
+        }
+        for _ in 0..n {
+            let p = ProfileDef::decode(d)?;
+            schema.profiles.insert(p.name.clone(), p);
         }
         Ok(schema)
     }

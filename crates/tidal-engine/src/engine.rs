@@ -13,6 +13,7 @@ use crate::EngineError;
 use crate::checkpoint;
 use crate::config::{EngineConfig, TXN_BYTES_MAX};
 use crate::history::{HISTORY_TAIL_EVENTS_MAX, History};
+use crate::marks::MarksMaterializer;
 use crate::read::ReadView;
 use crate::registry::{LedgerMaterializer, Registry, Shared};
 use crate::store::EntityStore;
@@ -93,6 +94,7 @@ impl Engine {
         let mut names = std::collections::BTreeSet::from([
             "schema",
             "ledger",
+            crate::marks::MARKS_SECTION,
             crate::registry::HISTORY_SECTION,
         ]);
         for m in &config.materializers {
@@ -108,6 +110,7 @@ impl Engine {
             schema: RwLock::new(Arc::new(Schema::new())),
             store,
             ledger: Arc::new(LedgerMaterializer::default()),
+            marks: Arc::new(MarksMaterializer::default()),
             history,
             extra: config.materializers.clone(),
         });

@@ -32,6 +32,13 @@ pub enum EngineError {
     IdMismatch { id: EntityId, row_id: String },
     #[error("checkpoint {path} is damaged: {reason}")]
     CheckpointCorrupt { path: String, reason: String },
+    /// One materializer's checkpoint section failed to decode, though the checkpoint
+    /// file as a whole passed its checksum: a format mismatch or a writer bug.
+    #[error("checkpoint section {section:?} is damaged: {reason}")]
+    CheckpointSection {
+        section: &'static str,
+        reason: String,
+    },
     #[error("data directory {path} is in use by another process")]
     Locked { path: String },
     #[error("the database is shut down")]

@@ -6,8 +6,12 @@
 //! log order before `commit` returns. Derived state is checkpointed with the LSN it
 //! covers; opening restores the newest checkpoint and replays the log after it.
 //!
+//! Signals declared `MARKS seen|liked|hidden` also keep, per user, a Roaring bitmap of
+//! the entities the user marked (a positive weight sets the bit, a negative one clears
+//! it); [`ReadView::marked`] and [`ReadView::is_marked`] read them.
+//!
 //! ```
-//! use tidal_core::{DecaySpec, EntityId, EntityKind, SchemaChange, SignalDef, Window};
+//! use tidal_core::{DecaySpec, EntityId, EntityKind, Mark, SchemaChange, SignalDef, Window};
 //! use tidal_engine::{Engine, EngineConfig};
 //!
 //! let dir = tempfile::tempdir()?;
@@ -15,7 +19,7 @@
 //! let mut txn = engine.begin();
 //! txn.schema_change(SchemaChange::CreateSignal(SignalDef::new(
 //!     "like", EntityKind::Item, DecaySpec::exponential("14 days")?, [Window::parse("24h")?],
-//! )?))?;
+//! )?.with_marks(Mark::Liked)))?;
 //! txn.commit()?;
 //!
 //! let mut txn = engine.begin();
@@ -25,6 +29,7 @@
 //! let view = engine.read();
 //! let score = view.decay("like", EntityId(42), engine.now())?;
 //! assert!(score > 0.99 && score <= 1.0);
+//! assert!(view.is_marked(EntityId(7), Mark::Liked, EntityId(42)));
 //! engine.shutdown()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -39,6 +44,7 @@ mod error;
 #[cfg(test)]
 mod fixture_tests;
 mod history;
+mod marks;
 mod read;
 mod registry;
 mod store;
@@ -54,5 +60,7 @@ pub use history::{
 };
 pub use read::ReadView;
 pub use registry::Materializer;
+/// The bitmap type of [`ReadView::marked`], so users need no dependency of their own.
+pub use roaring;
 pub use store::StoreSnapshot;
 pub use tidal_wal::{Lsn, WalStats};

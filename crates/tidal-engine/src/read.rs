@@ -2,10 +2,14 @@
 
 use std::sync::Arc;
 
-use tidal_core::{CoreError, EntityId, EntityKind, Row, Schema, SignalDef, Timestamp, Window};
+use roaring::RoaringTreemap;
+use tidal_core::{
+    CoreError, EntityId, EntityKind, Mark, Row, Schema, SignalDef, Timestamp, Window,
+};
 
 use crate::EngineError;
 use crate::history::HistorySnapshot;
+use crate::marks;
 use crate::registry::Shared;
 use crate::store::StoreSnapshot;
 use tidal_core::SignalId;
@@ -172,6 +176,24 @@ impl ReadView {
     /// Runs `f` with shared access to the ledger, for vectorized readers.
     pub fn with_ledger<R>(&self, f: impl FnOnce(&tidal_ledger::Ledger) -> R) -> R {
         f(&self.shared.ledger.ledger.read())
+    }
+
+    /// The entities `user` has marked with `mark`: the union of the user's bitmaps of
+    /// every signal in this view's schema declared `MARKS mark`. Empty if there is none.
+    ///
+    /// Entity ids are the bitmap's values (`EntityId.0`). The bitmaps are read as of
+    /// this call, like signal state; a signal dropped since the view was taken has no
+    /// marks left.
+    pub fn marked(&self, user: EntityId, mark: Mark) -> RoaringTreemap {
+        let signals = marks::signals_with(&self.schema, mark);
+        self.shared.marks.union(&signals, user)
+    }
+
+    /// Whether `user` has marked `entity` with `mark` (see [`ReadView::marked`]),
+    /// without building the union.
+    pub fn is_marked(&self, user: EntityId, mark: Mark, entity: EntityId) -> bool {
+        let signals = marks::signals_with(&self.schema, mark);
+        self.shared.marks.contains(&signals, user, entity)
     }
 
     /// The event history: immutable Parquet files plus the in-memory events not yet

@@ -14,6 +14,7 @@ use tidal_wal::{Applier, CommittedTxn, Lsn, Op};
 use crate::EngineError;
 use crate::checkpoint::Checkpoint;
 use crate::history::History;
+use crate::marks::MarksMaterializer;
 use crate::store::EntityStore;
 
 /// A piece of derived state kept in memory and saved in checkpoints.
@@ -43,14 +44,19 @@ pub(crate) struct Shared {
     pub schema: RwLock<Arc<Schema>>,
     pub store: EntityStore,
     pub ledger: Arc<LedgerMaterializer>,
+    pub marks: Arc<MarksMaterializer>,
     pub history: History,
     pub extra: Vec<Arc<dyn Materializer>>,
 }
 
 impl Shared {
     fn materializers(&self) -> impl Iterator<Item = &dyn Materializer> {
-        std::iter::once(self.ledger.as_ref() as &dyn Materializer)
-            .chain(self.extra.iter().map(|m| m.as_ref()))
+        [
+            self.ledger.as_ref() as &dyn Materializer,
+            self.marks.as_ref() as &dyn Materializer,
+        ]
+        .into_iter()
+        .chain(self.extra.iter().map(|m| m.as_ref()))
     }
 }
 

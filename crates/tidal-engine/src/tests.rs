@@ -1,10 +1,11 @@
 //! Engine scenarios that need the whole engine but no child process.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tidal_core::{
-    ColumnDef, ColumnType, DecaySpec, EntityId, EntityKind, ManualClock, SchemaChange, SignalDef,
-    SignalId, TableDef, Timestamp, Value, Window,
+    ColumnDef, ColumnType, DecaySpec, EntityId, EntityKind, ManualClock, Mark, SchemaChange,
+    SignalDef, SignalId, TableDef, Timestamp, Value, Window,
 };
 
 use crate::{Engine, EngineConfig, EngineError};
@@ -451,4 +452,345 @@ fn suspended_transactions_resume_commit_atomically_or_conflict() {
     let empty = engine.begin().suspend();
     assert!(empty.is_empty());
     engine.resume(empty).unwrap().commit().unwrap();
+}
+
+// ---- Mark bitmaps (`CREATE SIGNAL … MARKS seen|liked|hidden`) ----
+
+/// Creates `view` and `impression` (both `MARKS seen`), `like` (`MARKS liked`) and
+/// `click` (no marks).
+fn setup_marks(engine: &Engine) {
+    let mut txn = engine.begin();
+    for (name, mark) in [
+        ("view", Some(Mark::Seen)),
+        ("impression", Some(Mark::Seen)),
+        ("like", Some(Mark::Liked)),
+        ("click", None),
+    ] {
+        let mut def = SignalDef::new(name, EntityKind::Item, DecaySpec::None, [Window::All]);
+        if let Some(m) = mark {
+            def = def.map(|d| d.with_marks(m));
+        }
+        txn.schema_change(SchemaChange::CreateSignal(def.unwrap()))
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// Commits one event per `(signal, entity, user, weight)`, each with its own timestamp
+/// so that none is dropped as a duplicate.
+fn mark_events(engine: &Engine, events: &[(&str, u64, Option<u64>, f64)]) {
+    let mut txn = engine.begin();
+    for (i, (signal, entity, user, weight)) in events.iter().enumerate() {
+        let ts = Some(Timestamp(txn.now().0 - i as i64));
+        txn.signal(signal, EntityId(*entity), user.map(EntityId), *weight, ts)
+            .unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+fn marked(engine: &Engine, user: u64, mark: Mark) -> Vec<u64> {
+    engine.read().marked(EntityId(user), mark).iter().collect()
+}
+
+fn drop_signal(engine: &Engine, name: &str) {
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::DropSignal {
+        name: name.into(),
+        id: SignalId(0),
+    })
+    .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn marks_set_on_positive_weight_and_clear_on_negative() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup_marks(&engine);
+    mark_events(
+        &engine,
+        &[
+            ("like", 10, Some(1), 1.0),
+            ("like", 11, Some(1), 0.5),
+            ("like", 12, Some(1), 1.0),
+            ("like", 10, Some(2), 1.0),
+        ],
+    );
+    assert_eq!(marked(&engine, 1, Mark::Liked), [10, 11, 12]);
+    assert_eq!(marked(&engine, 2, Mark::Liked), [10]);
+    // An "unlike" clears; a zero weight changes nothing; clearing an unset bit is a no-op.
+    mark_events(
+        &engine,
+        &[
+            ("like", 11, Some(1), -1.0),
+            ("like", 12, Some(1), 0.0),
+            ("like", 13, Some(1), -1.0),
+        ],
+    );
+    assert_eq!(marked(&engine, 1, Mark::Liked), [10, 12]);
+    assert_eq!(marked(&engine, 2, Mark::Liked), [10]);
+    let view = engine.read();
+    assert!(view.is_marked(EntityId(1), Mark::Liked, EntityId(12)));
+    assert!(!view.is_marked(EntityId(1), Mark::Liked, EntityId(11)));
+    assert!(!view.is_marked(EntityId(1), Mark::Seen, EntityId(10)));
+    assert!(marked(&engine, 1, Mark::Seen).is_empty());
+    assert!(marked(&engine, 99, Mark::Liked).is_empty());
+    // Ids beyond 32 bits are kept exactly.
+    mark_events(&engine, &[("like", u64::MAX >> 1, Some(1), 1.0)]);
+    assert!(
+        engine
+            .read()
+            .is_marked(EntityId(1), Mark::Liked, EntityId(u64::MAX >> 1))
+    );
+}
+
+#[test]
+fn marks_need_a_user_and_a_marking_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup_marks(&engine);
+    mark_events(
+        &engine,
+        &[
+            ("view", 10, None, 1.0),
+            ("click", 11, Some(1), 1.0),
+            ("view", 12, Some(1), 1.0),
+        ],
+    );
+    assert_eq!(marked(&engine, 1, Mark::Seen), [12]);
+    for mark in [Mark::Liked, Mark::Hidden] {
+        assert!(marked(&engine, 1, mark).is_empty());
+    }
+    // The signals still count for the ledger.
+    assert_eq!(engine.read().total("view", EntityId(10)).unwrap(), 1.0);
+    assert_eq!(engine.read().total("click", EntityId(11)).unwrap(), 1.0);
+}
+
+#[test]
+fn marks_union_over_signals_with_the_same_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup_marks(&engine);
+    mark_events(
+        &engine,
+        &[
+            ("view", 10, Some(1), 1.0),
+            ("impression", 11, Some(1), 1.0),
+            ("impression", 10, Some(1), 1.0),
+            ("like", 12, Some(1), 1.0),
+        ],
+    );
+    assert_eq!(marked(&engine, 1, Mark::Seen), [10, 11]);
+    // Each signal keeps its own bits: clearing through one leaves the other's.
+    mark_events(&engine, &[("view", 10, Some(1), -1.0)]);
+    assert_eq!(marked(&engine, 1, Mark::Seen), [10, 11]);
+    mark_events(&engine, &[("impression", 10, Some(1), -1.0)]);
+    assert_eq!(marked(&engine, 1, Mark::Seen), [11]);
+    assert_eq!(marked(&engine, 1, Mark::Liked), [12]);
+}
+
+#[test]
+fn drop_signal_removes_only_its_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup_marks(&engine);
+    mark_events(
+        &engine,
+        &[("view", 10, Some(1), 1.0), ("impression", 11, Some(1), 1.0)],
+    );
+    let before = engine.read();
+    drop_signal(&engine, "view");
+    assert_eq!(marked(&engine, 1, Mark::Seen), [11]);
+    // A view taken before the drop still names `view`, whose bits are gone.
+    assert_eq!(
+        before
+            .marked(EntityId(1), Mark::Seen)
+            .iter()
+            .collect::<Vec<_>>(),
+        [11]
+    );
+    // (A view holds the entity store open; it must go before the engine is reopened.)
+    drop(before);
+    // Re-created under the same name it is a new signal that starts empty; a signal
+    // created and written in one transaction marks at once.
+    let mut txn = engine.begin();
+    let def = SignalDef::new("view", EntityKind::Item, DecaySpec::None, [Window::All]);
+    txn.schema_change(SchemaChange::CreateSignal(
+        def.unwrap().with_marks(Mark::Hidden),
+    ))
+    .unwrap();
+    txn.signal("view", EntityId(20), Some(EntityId(1)), 1.0, None)
+        .unwrap();
+    txn.commit().unwrap();
+    assert_eq!(marked(&engine, 1, Mark::Seen), [11]);
+    assert_eq!(marked(&engine, 1, Mark::Hidden), [20]);
+    // Events and the drop of their signal in one transaction leave nothing behind.
+    let mut txn = engine.begin();
+    txn.signal("impression", EntityId(12), Some(EntityId(1)), 1.0, None)
+        .unwrap();
+    txn.schema_change(SchemaChange::DropSignal {
+        name: "impression".into(),
+        id: SignalId(0),
+    })
+    .unwrap();
+    txn.commit().unwrap();
+    assert!(marked(&engine, 1, Mark::Seen).is_empty());
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert!(marked(&engine, 1, Mark::Seen).is_empty());
+    assert_eq!(marked(&engine, 1, Mark::Hidden), [20]);
+}
+
+/// Copies a data directory while its engine is open: every commit is fsynced, so the
+/// copy is what a crash at this point leaves behind.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The reference model: the set of marked entities per (signal name, user). Dropping
+/// a signal forgets its name's sets.
+type MarksModel = HashMap<(&'static str, u64), HashSet<u64>>;
+
+const MARK_SIGNALS: [(&str, Option<Mark>); 4] = [
+    ("view", Some(Mark::Seen)),
+    ("impression", Some(Mark::Seen)),
+    ("like", Some(Mark::Liked)),
+    ("click", None),
+];
+const MARK_USERS: u64 = 6;
+
+fn model_marked(model: &MarksModel, user: u64, mark: Mark) -> Vec<u64> {
+    let mut out: Vec<u64> = MARK_SIGNALS
+        .iter()
+        .filter(|(_, m)| *m == Some(mark))
+        .filter_map(|(s, _)| model.get(&(*s, user)))
+        .flatten()
+        .copied()
+        .collect::<HashSet<u64>>()
+        .into_iter()
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Every user's marks, by mark, as the engine reports them.
+fn all_marks(engine: &Engine) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for user in 0..=MARK_USERS {
+        for mark in [Mark::Seen, Mark::Liked, Mark::Hidden] {
+            out.push(marked(engine, user, mark));
+        }
+    }
+    out
+}
+
+fn all_model_marks(model: &MarksModel) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for user in 0..=MARK_USERS {
+        for mark in [Mark::Seen, Mark::Liked, Mark::Hidden] {
+            out.push(model_marked(model, user, mark));
+        }
+    }
+    out
+}
+
+/// Commits `txns` transactions of random events (and, now and then, a drop and
+/// re-create of `impression`) to the engine and the model alike.
+fn random_mark_txns(engine: &Engine, model: &mut MarksModel, rng: &mut u64, txns: usize) {
+    let mut next = || {
+        // xorshift64: deterministic, and enough for picking events.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    for _ in 0..txns {
+        if next() % 8 == 0 {
+            drop_signal(engine, "impression");
+            model.retain(|(s, _), _| *s != "impression");
+            let mut txn = engine.begin();
+            let def = SignalDef::new(
+                "impression",
+                EntityKind::Item,
+                DecaySpec::None,
+                [Window::All],
+            );
+            txn.schema_change(SchemaChange::CreateSignal(
+                def.unwrap().with_marks(Mark::Seen),
+            ))
+            .unwrap();
+            txn.commit().unwrap();
+        }
+        let mut events = Vec::new();
+        for _ in 0..(next() % 40) {
+            let (signal, mark) = MARK_SIGNALS[(next() % 4) as usize];
+            // Entities in two 32-bit blocks, so treemaps hold more than one bitmap.
+            let entity = (next() % 30) + ((next() % 2) << 32);
+            let user = (next() % 8 != 0).then(|| next() % MARK_USERS);
+            let weight = [1.0, 2.5, -1.0, 0.0][(next() % 4) as usize];
+            events.push((signal, entity, user, weight));
+            if let (Some(_), Some(u)) = (mark, user) {
+                let set = model.entry((signal, u)).or_default();
+                if weight > 0.0 {
+                    set.insert(entity);
+                } else if weight < 0.0 {
+                    set.remove(&entity);
+                }
+            }
+        }
+        mark_events(engine, &events);
+    }
+}
+
+#[test]
+fn marks_survive_restart_through_wal_replay_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup_marks(&engine);
+    let mut model = MarksModel::new();
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    random_mark_txns(&engine, &mut model, &mut rng, 60);
+    let state = all_marks(&engine);
+    assert_eq!(state, all_model_marks(&model));
+    assert!(state.iter().map(Vec::len).sum::<usize>() > 50, "{state:?}");
+
+    // A crash image with no checkpoint: everything comes back by WAL replay.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let replayed = open(crashed.path(), &clock);
+    assert_eq!(all_marks(&replayed), state);
+    drop(replayed);
+
+    // A checkpoint, then more writes: the copy restores the checkpoint's marks section
+    // and replays the tail.
+    engine.checkpoint().unwrap();
+    random_mark_txns(&engine, &mut model, &mut rng, 30);
+    let state = all_marks(&engine);
+    assert_eq!(state, all_model_marks(&model));
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let replayed = open(crashed.path(), &clock);
+    assert_eq!(all_marks(&replayed), state);
+    drop(replayed);
+
+    // Clean shutdown checkpoints everything: the reopen reads marks from it alone.
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(all_marks(&engine), state);
+    random_mark_txns(&engine, &mut model, &mut rng, 10);
+    assert_eq!(all_marks(&engine), all_model_marks(&model));
 }

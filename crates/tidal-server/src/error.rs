@@ -139,6 +139,7 @@ fn class_state(class: ErrorClass, message: &str) -> &'static str {
         ErrorClass::Cancelled => "57014",
         ErrorClass::Unavailable => "58030",
         ErrorClass::Conflict => "40001",
+        ErrorClass::DependentObjects => "2BP01",
         _ => "XX000",
     }
 }

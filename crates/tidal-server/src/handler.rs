@@ -342,7 +342,14 @@ impl Conn {
             Some(TidalStatement::DropSignal { .. }) => Some(Tag::new("DROP SIGNAL")),
             Some(TidalStatement::CreateTable(_)) => Some(Tag::new("CREATE TABLE")),
             Some(TidalStatement::DropTable { .. }) => Some(Tag::new("DROP TABLE")),
-            Some(TidalStatement::ShowSignals) | None => None,
+            Some(TidalStatement::CreateProfile { .. }) => Some(Tag::new("CREATE PROFILE")),
+            Some(TidalStatement::DropProfile { .. }) => Some(Tag::new("DROP PROFILE")),
+            Some(
+                TidalStatement::ShowSignals
+                | TidalStatement::ShowProfiles
+                | TidalStatement::Retrieve(_),
+            )
+            | None => None,
         };
         if let Some(tag) = tag {
             let pending = match &mut self.lock().txn {
@@ -873,9 +880,12 @@ impl Parser {
             }
         } else {
             match tidal_sql::parse_tidal_statement(sql)? {
-                Some(TidalStatement::ShowSignals) => {
-                    let b = self.shared.session.sql("SHOW SIGNALS").await?;
-                    schema = b.first().map(|b| b.schema());
+                Some(
+                    stmt @ (TidalStatement::ShowSignals
+                    | TidalStatement::ShowProfiles
+                    | TidalStatement::Retrieve(_)),
+                ) => {
+                    schema = Some(self.shared.session.describe_tidal(&stmt).await?);
                 }
                 Some(stmt) => {
                     crate::params::infer_write(&self.shared.session, sql, &stmt, &mut params)

@@ -310,7 +310,9 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
             name: word(1).unwrap_or_default(),
             value: None,
         },
-        "show" if word(1).as_deref() != Some("signals") && words.len() >= 2 => {
+        "show"
+            if !matches!(word(1).as_deref(), Some("signals" | "profiles")) && words.len() >= 2 =>
+        {
             let name: String = words[1..].iter().map(|t| t.to_string()).collect();
             SessionCommand::Show {
                 name: name.to_ascii_lowercase(),
@@ -482,6 +484,7 @@ mod tests {
             })
         );
         assert_eq!(session_command("SHOW SIGNALS").unwrap(), None);
+        assert_eq!(session_command("SHOW PROFILES").unwrap(), None);
         assert_eq!(session_command("SELECT 1").unwrap(), None);
     }
 }

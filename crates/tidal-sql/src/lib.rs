@@ -34,7 +34,10 @@ mod coop;
 mod error;
 mod history;
 mod insert;
+mod profile;
 mod provider;
+mod rank;
+mod retrieve;
 mod scoring;
 mod session;
 mod state;
@@ -43,11 +46,15 @@ mod types;
 mod udf;
 
 #[cfg(test)]
+mod ranking_tests;
+#[cfg(test)]
 mod tests;
 
 pub use error::SqlError;
 pub use history::SignalsTable;
+pub use profile::{MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrieve};
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
+pub use retrieve::RankProfileUdf;
 pub use scoring::{ScoreFn, ScoreUdf};
 pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
 pub use state::{SignalStateTable, StateTable};

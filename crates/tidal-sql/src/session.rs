@@ -7,9 +7,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::SessionConfig;
@@ -60,7 +62,15 @@ impl SqlSession {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
             .build_arc()?;
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let planner =
+            crate::rank::TidalQueryPlanner::new(vec![Arc::new(crate::retrieve::FetchPlanner)]);
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(planner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         // Long joins must yield so timeouts, cancels and dropped streams take effect.
         crate::coop::install(&ctx);
         let catalog = MemoryCatalogProvider::new();
@@ -72,6 +82,11 @@ impl SqlSession {
         {
             ctx.register_udf(udf);
         }
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::RankProfileUdf::new(
+            engine.clone(),
+            ctx.state_weak_ref(),
+            false,
+        )));
         Ok(SqlSession { ctx, engine })
     }
 
@@ -136,7 +151,15 @@ impl SqlSession {
     ) -> Result<(PendingTxn, Vec<RecordBatch>), SqlError> {
         use crate::TidalStatement as T;
         let stmt = match crate::statement::parse(sql)? {
-            None | Some(T::ShowSignals) => return Ok((pending, self.sql(sql).await?)),
+            None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_)) => {
+                return Ok((pending, self.sql(sql).await?));
+            }
+            Some(T::CreateProfile { mut def, replace }) => {
+                self.prepare_profile(&mut def).await?;
+                let mut txn = self.engine.resume(pending)?;
+                crate::statement::add_statement(&mut txn, T::CreateProfile { def, replace })?;
+                return Ok((txn.suspend(), Vec::new()));
+            }
             Some(stmt) => stmt,
         };
         // Source rows first (async), then the synchronous add under the engine.
@@ -179,11 +202,50 @@ impl SqlSession {
         Ok(self.engine.resume(pending)?.commit()?)
     }
 
+    /// The result columns of a tidalDB statement that returns rows (`SHOW SIGNALS`,
+    /// `SHOW PROFILES`, `RETRIEVE`), without running it (for a wire Describe).
+    pub async fn describe_tidal(
+        &self,
+        stmt: &crate::TidalStatement,
+    ) -> Result<datafusion::arrow::datatypes::SchemaRef, SqlError> {
+        use crate::TidalStatement as T;
+        match stmt {
+            T::Retrieve(r) => Ok(Arc::new(
+                crate::retrieve::plan_retrieve(self, r)
+                    .await?
+                    .schema()
+                    .as_arrow()
+                    .clone(),
+            )),
+            T::ShowSignals | T::ShowProfiles => {
+                let batches = crate::statement::execute(&self.engine, stmt.clone())?;
+                batches
+                    .first()
+                    .map(|b| b.schema())
+                    .ok_or_else(|| SqlError::Syntax {
+                        message: "SHOW returned no schema".into(),
+                    })
+            }
+            _ => Ok(Arc::new(Schema::empty())),
+        }
+    }
+
+    /// Type-checks a new profile and fills in the signals it reads.
+    async fn prepare_profile(&self, def: &mut tidal_core::ProfileDef) -> Result<(), SqlError> {
+        crate::profile::complete_profile(def, &self.engine.schema())?;
+        crate::retrieve::check_profile(self, def).await
+    }
+
     async fn run(&self, sql: &str) -> Result<Output, SqlError> {
         let done = |b: RecordBatch| Ok(Output::Done(vec![b]));
         if let Some((analyze, rest)) = explain_prefix(sql)
             && let Some(stmt) = crate::statement::parse(rest)?
         {
+            if let crate::TidalStatement::Retrieve(r) = &stmt {
+                // EXPLAIN RETRIEVE is DataFusion's EXPLAIN of the plan it compiles to.
+                let frame = crate::retrieve::plan_retrieve(self, r).await?;
+                return Ok(Output::Query(frame.explain(false, analyze)?));
+            }
             return Ok(Output::Done(vec![
                 self.explain_tidal(&stmt, analyze).await?,
             ]));
@@ -220,6 +282,16 @@ impl SqlSession {
                 let rows = self.read_only(&change.query).await?;
                 done(crate::insert::change_rows(&self.engine, &change, &rows)?)
             }
+            Some(crate::TidalStatement::Retrieve(r)) => Ok(Output::Query(
+                crate::retrieve::plan_retrieve(self, &r).await?,
+            )),
+            Some(crate::TidalStatement::CreateProfile { mut def, replace }) => {
+                self.prepare_profile(&mut def).await?;
+                Ok(Output::Done(crate::statement::execute(
+                    &self.engine,
+                    crate::TidalStatement::CreateProfile { def, replace },
+                )?))
+            }
             Some(stmt) => Ok(Output::Done(crate::statement::execute(&self.engine, stmt)?)),
             None => Ok(Output::Query(self.read_only_frame(sql).await?)),
         }
@@ -251,6 +323,20 @@ impl SqlSession {
                 None,
             ),
             T::ShowSignals => ("ShowSignals: reads the schema".to_string(), None),
+            T::ShowProfiles => ("ShowProfiles: reads the schema".to_string(), None),
+            T::CreateProfile { def, replace } => (
+                format!(
+                    "CreateProfile: {} ON {} replace={replace}; schema change, {atomic}",
+                    def.name,
+                    def.kind.table_name()
+                ),
+                None,
+            ),
+            T::DropProfile { name, if_exists } => (
+                format!("DropProfile: {name} if_exists={if_exists}; schema change, {atomic}"),
+                None,
+            ),
+            T::Retrieve(_) => ("Retrieve".to_string(), None),
             T::CreateTable(def) => (
                 format!(
                     "CreateTable: {} ({} columns); schema change, {atomic}",
@@ -298,7 +384,7 @@ impl SqlSession {
                 Some(c.query.as_str()),
             ),
         };
-        let is_write = !matches!(stmt, T::ShowSignals);
+        let is_write = !matches!(stmt, T::ShowSignals | T::ShowProfiles | T::Retrieve(_));
         if analyze && is_write {
             return Err(SqlError::Syntax {
                 message: "EXPLAIN ANALYZE would apply this write; use EXPLAIN without ANALYZE"

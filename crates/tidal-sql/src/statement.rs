@@ -24,12 +24,13 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use tidal_core::{
-    ColumnType, CoreError, DecaySpec, EntityKind, Mark, SchemaChange, SignalDef, SignalId,
-    TableDef, Window,
+    ColumnType, CoreError, DecaySpec, EntityKind, Mark, ProfileDef, SchemaChange, SignalDef,
+    SignalId, TableDef, Window,
 };
 use tidal_engine::Engine;
 
 use crate::SqlError;
+use crate::profile::Retrieve;
 
 /// A statement tidalDB handles itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +61,18 @@ pub enum TidalStatement {
         source: String,
         on_conflict: OnConflict,
     },
+    /// `CREATE [OR REPLACE] PROFILE`; the definition's signals and version are filled in
+    /// when it runs.
+    CreateProfile {
+        def: ProfileDef,
+        replace: bool,
+    },
+    DropProfile {
+        name: String,
+        if_exists: bool,
+    },
+    ShowProfiles,
+    Retrieve(Retrieve),
 }
 
 /// `UPDATE`/`DELETE` on an entity table, compiled to a query that finds the rows (and,
@@ -354,31 +367,31 @@ fn create_table(
     )?))
 }
 
-fn is_word(t: &Token, w: &str) -> bool {
+pub(crate) fn is_word(t: &Token, w: &str) -> bool {
     matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
 }
 
-fn peek_words(p: &Parser<'_>, words: &[&str]) -> bool {
+pub(crate) fn peek_words(p: &Parser<'_>, words: &[&str]) -> bool {
     words
         .iter()
         .enumerate()
         .all(|(i, w)| is_word(&p.peek_nth_token_ref(i).token, w))
 }
 
-fn syntax(msg: impl Into<String>) -> SqlError {
+pub(crate) fn syntax(msg: impl Into<String>) -> SqlError {
     SqlError::Syntax {
         message: msg.into(),
     }
 }
 
-fn found(p: &Parser<'_>) -> String {
+pub(crate) fn found(p: &Parser<'_>) -> String {
     match &p.peek_token_ref().token {
         Token::EOF => "end of input".to_string(),
         t => format!("\"{t}\""),
     }
 }
 
-fn expect_word(p: &mut Parser<'_>, w: &str) -> Result<(), SqlError> {
+pub(crate) fn expect_word(p: &mut Parser<'_>, w: &str) -> Result<(), SqlError> {
     if is_word(&p.peek_token_ref().token, w) {
         p.next_token();
         Ok(())
@@ -388,7 +401,7 @@ fn expect_word(p: &mut Parser<'_>, w: &str) -> Result<(), SqlError> {
 }
 
 /// An identifier: unquoted words fold to lower case, as in PostgreSQL.
-fn ident(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
+pub(crate) fn ident(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
     match p.peek_token_ref().token.clone() {
         Token::Word(w) => {
             p.next_token();
@@ -402,7 +415,7 @@ fn ident(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
     }
 }
 
-fn string(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
+pub(crate) fn string(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
     match p.peek_token_ref().token.clone() {
         Token::SingleQuotedString(s) => {
             p.next_token();
@@ -415,7 +428,7 @@ fn string(p: &mut Parser<'_>, what: &str) -> Result<String, SqlError> {
     }
 }
 
-fn end(p: &mut Parser<'_>) -> Result<(), SqlError> {
+pub(crate) fn end(p: &mut Parser<'_>) -> Result<(), SqlError> {
     while p.peek_token_ref().token == Token::SemiColon {
         p.next_token();
     }
@@ -438,6 +451,42 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         p.next_token();
         end(p)?;
         return Ok(Some(TidalStatement::ShowSignals));
+    }
+    if peek_words(p, &["SHOW", "PROFILES"]) {
+        p.next_token();
+        p.next_token();
+        end(p)?;
+        return Ok(Some(TidalStatement::ShowProfiles));
+    }
+    if peek_words(p, &["DROP", "PROFILE"]) {
+        p.next_token();
+        p.next_token();
+        let if_exists = peek_words(p, &["IF", "EXISTS"]);
+        if if_exists {
+            p.next_token();
+            p.next_token();
+        }
+        let name = ident(p, "a profile name")?;
+        end(p)?;
+        return Ok(Some(TidalStatement::DropProfile { name, if_exists }));
+    }
+    for (words, replace) in [
+        (&["CREATE", "PROFILE"][..], false),
+        (&["CREATE", "OR", "REPLACE", "PROFILE"][..], true),
+    ] {
+        if peek_words(p, words) {
+            for _ in words {
+                p.next_token();
+            }
+            let (def, replace) = crate::profile::parse_create_profile(p, replace)?;
+            return Ok(Some(TidalStatement::CreateProfile { def, replace }));
+        }
+    }
+    if peek_words(p, &["RETRIEVE"]) {
+        p.next_token();
+        return Ok(Some(TidalStatement::Retrieve(
+            crate::profile::parse_retrieve(p)?,
+        )));
     }
     if peek_words(p, &["DROP", "SIGNAL"]) {
         p.next_token();
@@ -550,6 +599,23 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             Ok(Vec::new())
         }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
+        TidalStatement::ShowProfiles => Ok(vec![show_profiles(engine)?]),
+        TidalStatement::DropProfile { name, if_exists } => {
+            if if_exists && engine.schema().profile(&name).is_err() {
+                return Ok(Vec::new());
+            }
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::DropProfile { name })?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
+        TidalStatement::CreateProfile { def, replace } => {
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::CreateProfile { def, replace })?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
+        TidalStatement::Retrieve(_) => Err(syntax("RETRIEVE runs through SqlSession::sql")),
         TidalStatement::InsertSignals { .. }
         | TidalStatement::InsertRows { .. }
         | TidalStatement::ChangeRows(_) => Err(syntax("INSERT runs through SqlSession::sql")),
@@ -595,10 +661,49 @@ pub fn add_statement(
             }
             SchemaChange::DropTable { kind }
         }
+        TidalStatement::CreateProfile { def, replace } => {
+            SchemaChange::CreateProfile { def, replace }
+        }
+        TidalStatement::DropProfile { name, if_exists } => {
+            if if_exists && txn.schema().profile(&name).is_err() {
+                return Ok(());
+            }
+            SchemaChange::DropProfile { name }
+        }
         _ => return Err(syntax("not a schema statement")),
     };
     txn.schema_change(change)?;
     Ok(())
+}
+
+/// `SHOW PROFILES`: name, entity, version, definition.
+fn show_profiles(engine: &Engine) -> Result<RecordBatch, SqlError> {
+    use datafusion::arrow::array::Int64Array;
+    let schema = engine.schema();
+    let profiles: Vec<&ProfileDef> = schema.profiles().collect();
+    let names: StringArray = profiles.iter().map(|p| Some(p.name.as_str())).collect();
+    let kinds: StringArray = profiles.iter().map(|p| Some(p.kind.table_name())).collect();
+    let versions: Int64Array = profiles
+        .iter()
+        .map(|p| Some(i64::from(p.version)))
+        .collect();
+    let defs: StringArray = profiles.iter().map(|p| Some(p.definition())).collect();
+    let out = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("version", DataType::Int64, false),
+        Field::new("definition", DataType::Utf8, false),
+    ]));
+    RecordBatch::try_new(
+        out,
+        vec![
+            Arc::new(names) as ArrayRef,
+            Arc::new(kinds),
+            Arc::new(versions),
+            Arc::new(defs),
+        ],
+    )
+    .map_err(|e| SqlError::DataFusion(e.into()))
 }
 
 fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {

@@ -62,24 +62,24 @@ impl SignalFn {
         }
     }
 
-    fn has_window(self) -> bool {
+    pub(crate) fn has_window(self) -> bool {
         matches!(
             self,
             SignalFn::WindowCount | SignalFn::Velocity | SignalFn::Acceleration
         )
     }
 
-    fn has_at(self) -> bool {
+    pub(crate) fn has_at(self) -> bool {
         !matches!(self, SignalFn::Total | SignalFn::Last)
     }
 
     /// Arguments without and with the optional `at`.
-    fn arity(self) -> (usize, usize) {
+    pub(crate) fn arity(self) -> (usize, usize) {
         let base = if self.has_window() { 3 } else { 2 };
         (base, if self.has_at() { base + 1 } else { base })
     }
 
-    fn usage(self) -> &'static str {
+    pub(crate) fn usage(self) -> &'static str {
         match self {
             SignalFn::Decay => "decay(signal, entity [, at])",
             SignalFn::WindowCount => "window_count(signal, entity, window [, at])",

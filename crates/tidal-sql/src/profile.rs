@@ -1,0 +1,553 @@
+//! Ranking profiles and `RETRIEVE` (SQL.md §5): parsing, binding of profile expressions
+//! and their type checks.
+//!
+//! ```text
+//! CREATE [OR REPLACE] PROFILE name ON items (
+//!     SCORE expr [, GATE pred] [, FILTER pred] [, RECENCY HALF_LIFE 'interval']
+//!     [, DIVERSITY max_per_creator n])
+//! DROP PROFILE [IF EXISTS] name
+//! SHOW PROFILES
+//! RETRIEVE items [FOR USER id] USING PROFILE name [WHERE pred]
+//!     [FILTER unseen | seen | liked | not liked | hidden | not hidden [, ...]]
+//!     [DIVERSITY max_per_creator n] [LIMIT n] [AT 'timestamp']
+//! ```
+//!
+//! Inside a profile the signal functions take the entity implicitly: `decay('like')`
+//! is bound to `decay('like', id)`. Binding checks every signal and window by name, so a
+//! typo is reported at `CREATE PROFILE`, not when the profile is first used.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Value,
+    visit_expressions_mut,
+};
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+use tidal_core::time::parse_interval_micros;
+use tidal_core::{
+    ColumnType, CoreError, EntityKind, Mark, PROFILES_MAX, ProfileDef, Schema, Timestamp, Window,
+};
+
+use crate::SqlError;
+use crate::statement::{end, expect_word, found, ident, is_word, peek_words, string, syntax};
+use crate::udf::SignalFn;
+
+/// Rows a RETRIEVE returns when it has no LIMIT.
+pub const RETRIEVE_LIMIT_DEFAULT: usize = 100;
+/// Largest LIMIT of a RETRIEVE (its result is ranked and fetched row by row).
+pub const RETRIEVE_LIMIT_MAX: usize = 100_000;
+
+/// One `FILTER` term of a RETRIEVE: keep items the user has (`want`) or has not marked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkFilter {
+    pub mark: Mark,
+    pub want: bool,
+}
+
+impl MarkFilter {
+    pub fn text(&self) -> String {
+        match (self.mark, self.want) {
+            (Mark::Seen, false) => "unseen".to_string(),
+            (m, true) => m.as_str().to_string(),
+            (m, false) => format!("not {}", m.as_str()),
+        }
+    }
+}
+
+/// A parsed `RETRIEVE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retrieve {
+    pub kind: EntityKind,
+    pub user: Option<i64>,
+    pub profile: String,
+    /// The WHERE predicate as SQL text.
+    pub predicate: Option<String>,
+    pub filters: Vec<MarkFilter>,
+    /// Overrides the profile's DIVERSITY.
+    pub max_per_creator: Option<u32>,
+    pub limit: usize,
+    pub at: Option<Timestamp>,
+}
+
+fn u32_token(p: &mut Parser<'_>, what: &str) -> Result<u64, SqlError> {
+    match p.peek_token_ref().token.clone() {
+        Token::Number(n, _) => {
+            p.next_token();
+            n.parse::<u64>()
+                .map_err(|_| syntax(format!("{what} must be a whole number, not {n}")))
+        }
+        _ => Err(syntax(format!("expected {what}, found {}", found(p)))),
+    }
+}
+
+fn max_per_creator(p: &mut Parser<'_>) -> Result<u32, SqlError> {
+    let w = ident(p, "max_per_creator")?;
+    if w != "max_per_creator" {
+        return Err(syntax(format!(
+            "expected DIVERSITY max_per_creator n, found {w}"
+        )));
+    }
+    let n = u32_token(p, "the number of items per creator")?;
+    u32::try_from(n).ok().filter(|n| *n >= 1).ok_or_else(|| {
+        SqlError::from(CoreError::BadProfile {
+            name: "DIVERSITY".into(),
+            reason: format!("max_per_creator must be at least 1 and fit 32 bits, not {n}"),
+        })
+    })
+}
+
+fn expr_text(p: &mut Parser<'_>, what: &str) -> Result<SqlExpr, SqlError> {
+    p.parse_expr()
+        .map_err(|e| syntax(format!("in {what}: {e}")))
+}
+
+/// `CREATE [OR REPLACE] PROFILE` after the two (or four) leading words. The returned
+/// definition has no signals or version yet: [`bind_profile`] fills them in.
+pub(crate) fn parse_create_profile(
+    p: &mut Parser<'_>,
+    replace: bool,
+) -> Result<(ProfileDef, bool), SqlError> {
+    let name = ident(p, "a profile name")?;
+    tidal_core::schema::validate_identifier(&name)?;
+    expect_word(p, "ON")?;
+    let table = ident(p, "items, users or creators")?;
+    let kind = EntityKind::ALL
+        .into_iter()
+        .find(|k| k.table_name() == table)
+        .ok_or_else(|| CoreError::UnknownTableName {
+            name: table.clone(),
+        })?;
+    p.expect_token(&Token::LParen)
+        .map_err(|e| syntax(e.to_string()))?;
+    let mut def = ProfileDef {
+        name,
+        kind,
+        version: 0,
+        score: String::new(),
+        gate: None,
+        filter: None,
+        recency: None,
+        max_per_creator: None,
+        signals: Vec::new(),
+    };
+    let mut seen = BTreeSet::new();
+    loop {
+        let clause = ident(p, "SCORE, GATE, FILTER, RECENCY or DIVERSITY")?;
+        if !seen.insert(clause.clone()) {
+            return Err(syntax(format!("{} is given twice", clause.to_uppercase())));
+        }
+        match clause.as_str() {
+            "score" => def.score = expr_text(p, "SCORE")?.to_string(),
+            "gate" => def.gate = Some(expr_text(p, "GATE")?.to_string()),
+            "filter" => def.filter = Some(expr_text(p, "FILTER")?.to_string()),
+            "recency" => {
+                expect_word(p, "HALF_LIFE")?;
+                let text = string(p, "the recency half-life")?;
+                let us = parse_interval_micros(&text)?;
+                if us <= 0 {
+                    return Err(CoreError::HalfLifeOutOfRange { text }.into());
+                }
+                def.recency = Some((text, us));
+            }
+            "diversity" => def.max_per_creator = Some(max_per_creator(p)?),
+            other => {
+                return Err(syntax(format!(
+                    "expected SCORE, GATE, FILTER, RECENCY or DIVERSITY, found {other}"
+                )));
+            }
+        }
+        match p.next_token().token {
+            Token::Comma => continue,
+            Token::RParen => break,
+            t => {
+                return Err(syntax(format!(
+                    "expected , or ) after a profile clause, found \"{t}\""
+                )));
+            }
+        }
+    }
+    if def.score.is_empty() {
+        return Err(syntax("a profile needs a SCORE clause"));
+    }
+    end(p)?;
+    Ok((def, replace))
+}
+
+/// `RETRIEVE` after its first word.
+pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
+    let table = ident(p, "items, users or creators")?;
+    let kind = EntityKind::ALL
+        .into_iter()
+        .find(|k| k.table_name() == table)
+        .ok_or_else(|| CoreError::UnknownTableName {
+            name: table.clone(),
+        })?;
+    let mut user = None;
+    if peek_words(p, &["FOR", "USER"]) {
+        p.next_token();
+        p.next_token();
+        let negative = p.peek_token_ref().token == Token::Minus;
+        if negative {
+            p.next_token();
+        }
+        let n = match p.peek_token_ref().token.clone() {
+            Token::Number(n, _) => {
+                p.next_token();
+                n.parse::<i64>()
+                    .map_err(|_| syntax(format!("FOR USER needs a BIGINT user id, not {n}")))?
+            }
+            _ => return Err(syntax(format!("expected a user id, found {}", found(p)))),
+        };
+        user = Some(if negative { -n } else { n });
+    }
+    expect_word(p, "USING")?;
+    expect_word(p, "PROFILE")?;
+    let profile = ident(p, "a profile name")?;
+    let mut r = Retrieve {
+        kind,
+        user,
+        profile,
+        predicate: None,
+        filters: Vec::new(),
+        max_per_creator: None,
+        limit: RETRIEVE_LIMIT_DEFAULT,
+        at: None,
+    };
+    let mut seen = BTreeSet::new();
+    loop {
+        let tok = p.peek_token_ref().token.clone();
+        let Token::Word(w) = &tok else { break };
+        if w.quote_style.is_some() {
+            break;
+        }
+        let clause = w.value.to_ascii_uppercase();
+        if !["WHERE", "FILTER", "DIVERSITY", "LIMIT", "AT"].contains(&clause.as_str()) {
+            break;
+        }
+        p.next_token();
+        if !seen.insert(clause.clone()) {
+            return Err(syntax(format!("{clause} is given twice")));
+        }
+        match clause.as_str() {
+            "WHERE" => r.predicate = Some(expr_text(p, "WHERE")?.to_string()),
+            "FILTER" => loop {
+                let not = is_word(&p.peek_token_ref().token, "NOT");
+                if not {
+                    p.next_token();
+                }
+                let word = ident(p, "unseen, seen, liked or hidden")?;
+                let f = match (word.as_str(), not) {
+                    ("unseen", false) => MarkFilter {
+                        mark: Mark::Seen,
+                        want: false,
+                    },
+                    ("unliked", false) => MarkFilter {
+                        mark: Mark::Liked,
+                        want: false,
+                    },
+                    (w, not) => MarkFilter {
+                        mark: w.parse()?,
+                        want: !not,
+                    },
+                };
+                r.filters.push(f);
+                if p.peek_token_ref().token == Token::Comma
+                    || is_word(&p.peek_token_ref().token, "AND")
+                {
+                    p.next_token();
+                    continue;
+                }
+                break;
+            },
+            "DIVERSITY" => r.max_per_creator = Some(max_per_creator(p)?),
+            "LIMIT" => {
+                let n = u32_token(p, "the LIMIT")?;
+                r.limit = usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= RETRIEVE_LIMIT_MAX)
+                    .ok_or_else(|| SqlError::BadArgument {
+                        function: "RETRIEVE",
+                        reason: format!("LIMIT {n} is above the maximum of {RETRIEVE_LIMIT_MAX}"),
+                    })?;
+            }
+            "AT" => r.at = Some(Timestamp::parse(&string(p, "the AT timestamp")?)?),
+            _ => unreachable!("clause words are checked above"),
+        }
+    }
+    end(p)?;
+    if !r.filters.is_empty() && r.user.is_none() {
+        return Err(syntax(
+            "FILTER unseen|liked|hidden needs FOR USER id (marks are per user)",
+        ));
+    }
+    Ok(r)
+}
+
+fn str_lit(e: &SqlExpr) -> Option<&str> {
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn arg_expr(a: &FunctionArg) -> Option<&SqlExpr> {
+    match a {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+        _ => None,
+    }
+}
+
+fn unnamed(e: SqlExpr) -> FunctionArg {
+    FunctionArg::Unnamed(FunctionArgExpr::Expr(e))
+}
+
+/// How a profile expression is bound.
+pub(crate) struct Binding<'a> {
+    pub schema: &'a Schema,
+    pub kind: EntityKind,
+    /// The instant to read at, as an expression (`rank_profile` passes its `at`);
+    /// `None` leaves it to the statement's instant.
+    pub at: Option<SqlExpr>,
+}
+
+impl Binding<'_> {
+    /// Rewrites a profile expression in place: every signal function gets the entity
+    /// `id` (and `at`, when given) and has its signal and window checked. Returns the
+    /// signals read.
+    pub fn bind(&self, expr: &mut SqlExpr) -> Result<BTreeSet<String>, SqlError> {
+        let mut signals = BTreeSet::new();
+        let mut error = None;
+        let _ = visit_expressions_mut(expr, |e| {
+            if let SqlExpr::Function(f) = e {
+                let name = f.name.to_string().to_ascii_lowercase();
+                let FunctionArguments::List(list) = &mut f.args else {
+                    return ControlFlow::Continue(());
+                };
+                let r = self.bind_call(&name, &mut list.args, &mut signals);
+                if let Err(err) = r {
+                    error = Some(err);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(signals),
+        }
+    }
+
+    fn bind_call(
+        &self,
+        name: &str,
+        args: &mut Vec<FunctionArg>,
+        signals: &mut BTreeSet<String>,
+    ) -> Result<(), SqlError> {
+        if name == "rank_profile" {
+            return Err(syntax("a profile cannot call rank_profile"));
+        }
+        if let Some(f) = SignalFn::ALL.into_iter().find(|f| f.name() == name) {
+            // The entity is implicit and the instant is the statement's (RETRIEVE … AT,
+            // rank_profile's `at`), so a profile passes neither.
+            let min = f.arity().0 - 1;
+            if args.len() != min {
+                return Err(SqlError::BadArgument {
+                    function: f.name(),
+                    reason: format!(
+                        "inside a profile the entity is implicit and the instant is the \
+                         statement's: write {}",
+                        f.usage()
+                            .replacen(", entity", "", 1)
+                            .replacen(" [, at]", "", 1)
+                    ),
+                });
+            }
+            let signal = args
+                .first()
+                .and_then(arg_expr)
+                .and_then(str_lit)
+                .ok_or_else(|| SqlError::BadArgument {
+                    function: f.name(),
+                    reason: "the signal must be a quoted name such as 'like'".into(),
+                })?;
+            let def = self.schema.signal(signal)?;
+            if def.kind != self.kind {
+                return Err(CoreError::WrongKind {
+                    signal: def.name.clone(),
+                    expected: def.kind,
+                    got: self.kind,
+                }
+                .into());
+            }
+            if f.has_window() {
+                let text = args
+                    .get(1)
+                    .and_then(arg_expr)
+                    .and_then(str_lit)
+                    .ok_or_else(|| SqlError::BadArgument {
+                        function: f.name(),
+                        reason: "the window must be a quoted window such as '24h'".into(),
+                    })?;
+                let w = Window::parse(text).map_err(|e| SqlError::BadArgument {
+                    function: f.name(),
+                    reason: format!("{e}; declared windows are {}", def.windows_text()),
+                })?;
+                if w == Window::All && f != SignalFn::WindowCount {
+                    return Err(CoreError::AllWindowNotAllowed { what: f.name() }.into());
+                }
+                def.require_window(w)?;
+            }
+            signals.insert(def.name.clone());
+            args.insert(1, unnamed(SqlExpr::Identifier(Ident::new("id"))));
+            if let Some(at) = &self.at
+                && f.has_at()
+            {
+                args.push(unnamed(at.clone()));
+            }
+            return Ok(());
+        }
+        // Scoring functions of "now" read the binding's instant too.
+        if let Some(at) = &self.at {
+            match (name, args.len()) {
+                ("freshness", 2) => args.push(unnamed(at.clone())),
+                ("hn", 2) => {
+                    args.push(unnamed(SqlExpr::value(Value::Number("1.8".into(), false))));
+                    args.push(unnamed(at.clone()));
+                }
+                ("hn", 3) => args.push(unnamed(at.clone())),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a stored clause back into an expression.
+pub(crate) fn parse_expr(text: &str) -> Result<SqlExpr, SqlError> {
+    let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+    let mut p = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| syntax(e.to_string()))?;
+    let e = p.parse_expr().map_err(|e| syntax(e.to_string()))?;
+    if p.peek_token_ref().token != Token::EOF {
+        return Err(syntax(format!(
+            "unexpected {} after the expression",
+            found(&p)
+        )));
+    }
+    Ok(e)
+}
+
+/// The SQL of a profile, bound for evaluation over its entity table.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundProfile {
+    /// The score, with recency applied, as a DOUBLE expression.
+    pub score: String,
+    /// Every condition an entity must meet (FILTER and GATE), or `None`.
+    pub keep: Option<String>,
+    pub signals: BTreeSet<String>,
+}
+
+/// Binds a profile's clauses. `at` is `None` for the statement's instant (RETRIEVE) or
+/// an expression (rank_profile's `at` column).
+pub(crate) fn bind_profile(
+    def: &ProfileDef,
+    schema: &Schema,
+    at: Option<SqlExpr>,
+) -> Result<BoundProfile, SqlError> {
+    let table = schema.table(def.kind)?;
+    let now = at
+        .as_ref()
+        .map_or_else(|| "now()".to_string(), |e| e.to_string());
+    let binding = Binding {
+        schema,
+        kind: def.kind,
+        at,
+    };
+    let mut signals = BTreeSet::new();
+    let mut bind = |text: &str| -> Result<String, SqlError> {
+        let mut e = parse_expr(text)?;
+        signals.extend(binding.bind(&mut e)?);
+        Ok(e.to_string())
+    };
+    let mut score = format!("CAST(({}) AS DOUBLE)", bind(&def.score)?);
+    let mut keep = Vec::new();
+    if let Some(f) = &def.filter {
+        keep.push(format!("({})", bind(f)?));
+    }
+    if let Some(g) = &def.gate {
+        keep.push(format!("({})", bind(g)?));
+    }
+    if let Some((_, us)) = &def.recency {
+        match table
+            .column_index("created_at")
+            .map(|i| table.columns[i].ty)
+        {
+            Some(ColumnType::Timestamp) => {}
+            _ => {
+                return Err(CoreError::BadProfile {
+                    name: def.name.clone(),
+                    reason: format!(
+                        "RECENCY needs a TIMESTAMP column created_at on {}",
+                        def.kind.table_name()
+                    ),
+                }
+                .into());
+            }
+        }
+        // × 2^(−age/half_life); an entity without created_at (or from the future) is
+        // not penalised.
+        let hl_s = *us as f64 / 1e6;
+        score = format!(
+            "({score} * COALESCE(power(2.0, -greatest(0.0, date_part('epoch', {now}) - \
+             date_part('epoch', created_at)) / {hl_s:?}), 1.0))"
+        );
+    }
+    if def.max_per_creator.is_some() {
+        require_creator(def.kind, schema)?;
+    }
+    Ok(BoundProfile {
+        score,
+        keep: (!keep.is_empty()).then(|| keep.join(" AND ")),
+        signals,
+    })
+}
+
+/// Diversity groups by `creator_id`, which must be a BIGINT column.
+pub(crate) fn require_creator(kind: EntityKind, schema: &Schema) -> Result<(), SqlError> {
+    let table = schema.table(kind)?;
+    match table
+        .column_index("creator_id")
+        .map(|i| table.columns[i].ty)
+    {
+        Some(ColumnType::BigInt) | Some(ColumnType::Int) => Ok(()),
+        _ => Err(CoreError::BadProfile {
+            name: "DIVERSITY".into(),
+            reason: format!(
+                "DIVERSITY max_per_creator needs a BIGINT column creator_id on {}",
+                kind.table_name()
+            ),
+        }
+        .into()),
+    }
+}
+
+/// Fills in the signals a new profile reads and checks the limit on profile count
+/// (the schema checks the rest when the change is prepared).
+pub(crate) fn complete_profile(def: &mut ProfileDef, schema: &Schema) -> Result<(), SqlError> {
+    let bound = bind_profile(def, schema, None)?;
+    def.signals = bound.signals.into_iter().collect();
+    if schema.profiles().count() >= PROFILES_MAX && schema.profile(&def.name).is_err() {
+        return Err(CoreError::BadProfile {
+            name: def.name.clone(),
+            reason: format!("the database already has the maximum of {PROFILES_MAX} profiles"),
+        }
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,775 @@
+//! `RETRIEVE` compiled to a DataFusion plan, and `rank_profile()`.
+//!
+//! ```text
+//! Fetch: rank, id, score, <entity columns>       -- FetchExec: k point reads of the winners
+//!   Rank: limit=50, max_per_creator=2           -- RankExec: top-k / greedy diversity
+//!     Filter: <user marks>                      -- bitmap membership (FILTER unseen …)
+//!       Projection: id, creator_id, <score> AS score
+//!         Filter: <profile FILTER> AND <GATE> AND <WHERE>
+//!           TableScan: items (only the columns the clauses read)
+//! ```
+//!
+//! The candidate side reads only the columns the profile needs; full rows are fetched
+//! for the `LIMIT` winners alone.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SessionState, TaskContext};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, Extension, LogicalPlan, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, UserDefinedLogicalNodeCore, Volatility, col, lit,
+};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use datafusion::prelude::DataFrame;
+use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use tidal_core::{EntityId, EntityKind, Mark, ProfileDef, TableDef};
+use tidal_engine::roaring::RoaringTreemap;
+use tidal_engine::{Engine, ReadView};
+
+use crate::error::{bad_arg, engine_err};
+use crate::profile::{Retrieve, bind_profile, require_creator};
+use crate::types::{BatchBuilder, table_schema};
+use crate::{SqlError, SqlSession};
+
+/// Builds the plan of a RETRIEVE (the DataFrame's state carries the statement instant).
+pub(crate) async fn plan_retrieve(
+    session: &SqlSession,
+    r: &Retrieve,
+) -> Result<DataFrame, SqlError> {
+    let engine = session.engine();
+    let view = engine.read();
+    let schema = view.schema().clone();
+    let def = schema.profile(&r.profile)?;
+    if def.kind != r.kind {
+        return Err(bad_arg(
+            "RETRIEVE",
+            format!(
+                "profile {} is defined on {}, not on {}",
+                def.name,
+                def.kind.table_name(),
+                r.kind.table_name()
+            ),
+        )
+        .into());
+    }
+    let table = schema.table(r.kind)?.clone();
+    let bound = bind_profile(def, &schema, None)?;
+    let max_per_creator = r.max_per_creator.or(def.max_per_creator);
+    if max_per_creator.is_some() {
+        require_creator(r.kind, &schema)?;
+    }
+    let mut conds: Vec<String> = bound.keep.into_iter().collect();
+    if let Some(p) = &r.predicate {
+        conds.push(format!("({p})"));
+    }
+    let sql = format!(
+        "SELECT id, {}{} AS score FROM {}{}",
+        if max_per_creator.is_some() {
+            "creator_id, "
+        } else {
+            ""
+        },
+        bound.score,
+        r.kind.table_name(),
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        }
+    );
+    let mut state = session.context().state();
+    if let Some(at) = r.at {
+        // Every signal function and `now()` of the statement reads at this instant.
+        state.execution_props_mut().query_execution_start_time =
+            Some(chrono_utc(at).ok_or_else(|| bad_arg("RETRIEVE", "AT is out of range"))?);
+    }
+    let mut plan = state.create_logical_plan(&sql).await?;
+    if let Some(user) = r.user {
+        for f in &r.filters {
+            if !schema
+                .signals()
+                .any(|s| s.kind == r.kind && s.marks == Some(f.mark))
+            {
+                return Err(bad_arg(
+                    "RETRIEVE",
+                    format!(
+                        "FILTER {} needs a signal on {} declared with MARKS {}",
+                        f.text(),
+                        r.kind.table_name(),
+                        f.mark.as_str()
+                    ),
+                )
+                .into());
+            }
+            let set = match EntityId::from_i64(user) {
+                Some(u) => view.marked(u, f.mark),
+                None => RoaringTreemap::new(),
+            };
+            let udf = ScalarUDF::new_from_impl(MarkSetUdf {
+                label: format!("user {user} {}", f.mark.as_str()),
+                set: Arc::new(set),
+                signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+            });
+            let member = udf.call(vec![col("id")]);
+            let keep = if f.want { member } else { !member };
+            plan = LogicalPlanBuilder::from(plan).filter(keep)?.build()?;
+        }
+    }
+    let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
+    let plan = FetchNode::plan(plan, view, table)?;
+    Ok(DataFrame::new(state, plan))
+}
+
+fn chrono_utc(at: tidal_core::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_micros(at.0)
+}
+
+/// `id ∈ set` for one user's mark bitmap, captured when the statement is planned.
+#[derive(Debug)]
+struct MarkSetUdf {
+    label: String,
+    set: Arc<RoaringTreemap>,
+    signature: Signature,
+}
+
+impl PartialEq for MarkSetUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && Arc::ptr_eq(&self.set, &other.set)
+    }
+}
+impl Eq for MarkSetUdf {}
+impl Hash for MarkSetUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.label.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for MarkSetUdf {
+    fn name(&self) -> &str {
+        "marked_by"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn display_name(&self, args: &[Expr]) -> Result<String> {
+        let a: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Ok(format!("marked_by({}, {})", self.label, a.join(", ")))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("marked_by: ids are not BIGINT".into()))?;
+        let out: BooleanArray = ids
+            .iter()
+            .map(|id| id.map(|id| u64::try_from(id).is_ok_and(|u| self.set.contains(u))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// Logical node: fetch the entity rows of ranked ids.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchNode {
+    input: LogicalPlan,
+    view: ReadView,
+    table: TableDef,
+    schema: DFSchemaRef,
+}
+
+impl FetchNode {
+    fn plan(input: LogicalPlan, view: ReadView, table: TableDef) -> Result<LogicalPlan> {
+        let arrow = fetch_schema(&table);
+        // Qualified, so that an entity column named like an output column (`score`,
+        // `rank`) stays apart from it: `retrieve.score` and `items.score`.
+        let fields = arrow
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let q = if i < 3 {
+                    "retrieve"
+                } else {
+                    table.kind.table_name()
+                };
+                (Some(datafusion::common::TableReference::bare(q)), f.clone())
+            })
+            .collect();
+        let schema = Arc::new(DFSchema::new_with_metadata(fields, HashMap::new())?);
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(FetchNode {
+                input,
+                view,
+                table,
+                schema,
+            }),
+        }))
+    }
+}
+
+/// `rank, id, score`, then the table's columns other than id.
+fn fetch_schema(table: &TableDef) -> SchemaRef {
+    let full = table_schema(table);
+    let mut fields = vec![
+        Field::new("rank", DataType::Int64, false),
+        Field::new("id", DataType::Int64, false),
+        Field::new("score", DataType::Float64, true),
+    ];
+    fields.extend(
+        full.fields()
+            .iter()
+            .filter(|f| f.name() != "id")
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
+    Arc::new(ArrowSchema::new(fields))
+}
+
+impl PartialEq for FetchNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input && self.table == other.table
+    }
+}
+impl Eq for FetchNode {}
+impl Hash for FetchNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        self.table.kind.hash(state);
+    }
+}
+impl PartialOrd for FetchNode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        self.input.partial_cmp(&other.input)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for FetchNode {
+    fn name(&self) -> &str {
+        "Fetch"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "Fetch: {} rows of the ranked ids ({} columns)",
+            self.table.kind.table_name(),
+            self.table.columns.len()
+        )
+    }
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        Ok(FetchNode {
+            input: inputs.swap_remove(0),
+            ..self.clone()
+        })
+    }
+}
+
+/// Turns [`FetchNode`] into [`FetchExec`].
+#[derive(Debug)]
+pub(crate) struct FetchPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for FetchPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn datafusion::logical_expr::UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn datafusion::catalog::Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = node.as_any().downcast_ref::<FetchNode>() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(FetchExec::new(
+            physical_inputs[0].clone(),
+            n.view.clone(),
+            n.table.clone(),
+        ))))
+    }
+}
+
+/// Reads the full rows of ranked ids from the statement's store snapshot.
+#[derive(Debug)]
+pub(crate) struct FetchExec {
+    input: Arc<dyn ExecutionPlan>,
+    view: ReadView,
+    table: TableDef,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl FetchExec {
+    fn new(input: Arc<dyn ExecutionPlan>, view: ReadView, table: TableDef) -> FetchExec {
+        let schema = fetch_schema(&table);
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        FetchExec {
+            input,
+            view,
+            table,
+            schema,
+            props,
+        }
+    }
+}
+
+impl DisplayAs for FetchExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "FetchExec: {}", self.table.kind.table_name())
+    }
+}
+
+use datafusion::physical_plan::ExecutionPlanProperties;
+
+impl ExecutionPlan for FetchExec {
+    fn name(&self) -> &str {
+        "FetchExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(FetchExec::new(
+            children.swap_remove(0),
+            self.view.clone(),
+            self.table.clone(),
+        )))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let view = self.view.clone();
+        let table = self.table.clone();
+        let schema = self.schema.clone();
+        let out = input.map(move |batch| fetch_rows(&view, &table, &schema, &batch?));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            out,
+        )))
+    }
+}
+
+fn fetch_rows(
+    view: &ReadView,
+    table: &TableDef,
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+) -> Result<RecordBatch> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| DataFusionError::Internal(format!("Fetch: input has no {name}")))
+    };
+    let (rank, ids, score) = (column("rank")?, column("id")?, column("score")?);
+    let ids_arr = ids
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .ok_or_else(|| DataFusionError::Internal("Fetch: id is not BIGINT".into()))?;
+    let others: Vec<usize> = (0..table.columns.len())
+        .filter(|&i| table.columns[i].name != "id")
+        .collect();
+    let others_schema = Arc::new(ArrowSchema::new(schema.fields()[3..].to_vec()));
+    let mut builder = BatchBuilder::new(table, &others, others_schema, ids_arr.len());
+    let mut keep = Vec::with_capacity(ids_arr.len());
+    for (i, id) in ids_arr.iter().enumerate() {
+        let row = match id.and_then(EntityId::from_i64) {
+            Some(id) => view.get(table.kind, id).map_err(engine_err)?,
+            None => None,
+        };
+        // A row deleted between ranking and fetching is left out.
+        if let Some(row) = row {
+            builder.push(&row)?;
+            keep.push(i as u32);
+        }
+    }
+    let rest = builder.finish()?;
+    let take = datafusion::arrow::array::UInt32Array::from(keep);
+    let pick = |a: &ArrayRef| datafusion::arrow::compute::take(a, &take, None);
+    let mut columns = vec![pick(&rank)?, pick(&ids)?, pick(&score)?];
+    columns.extend(rest.columns().iter().cloned());
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// `rank_profile(name, id [, at])`: the profile's score of an entity, read from the
+/// store; `-Infinity` when the entity fails the profile's FILTER or GATE (so that
+/// `ORDER BY score DESC` puts it last, as RETRIEVE leaves it out), NULL for an id
+/// with no row.
+#[derive(Debug)]
+pub struct RankProfileUdf {
+    engine: Arc<Engine>,
+    state: Weak<RwLock<SessionState>>,
+    bound: bool,
+    signature: Signature,
+    compiled: Mutex<HashMap<(String, u64), Arc<Compiled>>>,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    table: TableDef,
+    schema: SchemaRef,
+    score: Arc<dyn PhysicalExpr>,
+    keep: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// Distinct compiled profiles one session keeps (cleared when exceeded).
+const RANK_PROFILE_CACHE_ENTRIES_MAX: usize = 256;
+const AT_COLUMN: &str = "__tidal_at";
+
+impl PartialEq for RankProfileUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.bound == other.bound && Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+impl Eq for RankProfileUdf {}
+impl Hash for RankProfileUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.bound.hash(state);
+        Arc::as_ptr(&self.engine).hash(state);
+    }
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, None)
+}
+
+impl RankProfileUdf {
+    pub(crate) fn new(engine: Arc<Engine>, state: Weak<RwLock<SessionState>>, bound: bool) -> Self {
+        RankProfileUdf {
+            engine,
+            state,
+            bound,
+            signature: Signature::user_defined(if bound {
+                Volatility::Stable
+            } else {
+                Volatility::Volatile
+            }),
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn compile(&self, def: &ProfileDef, schema_version: u64) -> Result<Arc<Compiled>> {
+        let key = (def.name.clone(), schema_version);
+        if let Some(c) = self.compiled.lock().get(&key) {
+            return Ok(c.clone());
+        }
+        let schema = self.engine.schema();
+        let table = schema
+            .table(def.kind)
+            .map_err(|e| SqlError::from(e).into_df())?
+            .clone();
+        let mut fields: Vec<Field> = table_schema(&table)
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(AT_COLUMN, ts_type(), false));
+        let arrow = Arc::new(ArrowSchema::new(fields));
+        let df_schema = DFSchema::try_from(arrow.as_ref().clone())?;
+        let at = datafusion::sql::sqlparser::ast::Expr::Identifier(
+            datafusion::sql::sqlparser::ast::Ident::new(AT_COLUMN),
+        );
+        let bound = bind_profile(def, &schema, Some(at)).map_err(SqlError::into_df)?;
+        let state = self
+            .state
+            .upgrade()
+            .ok_or_else(|| DataFusionError::Internal("rank_profile: session is gone".into()))?
+            .read()
+            .clone();
+        let df_schema = Arc::new(df_schema);
+        // Some functions (COALESCE, …) only plan after the simplifier has rewritten them;
+        // the query path runs it as an optimizer rule, an expression must run it itself.
+        let simplifier = ExprSimplifier::new(
+            SimplifyContext::builder()
+                .with_schema(df_schema.clone())
+                .with_config_options(Arc::new(state.config_options().as_ref().clone()))
+                .build(),
+        );
+        let physical = |text: &str| -> Result<Arc<dyn PhysicalExpr>> {
+            let e = state.create_logical_expr(text, &df_schema)?;
+            let e = simplifier.simplify(e)?;
+            state.create_physical_expr(e, &df_schema)
+        };
+        let compiled = Arc::new(Compiled {
+            score: physical(&bound.score)?,
+            keep: bound.keep.as_deref().map(physical).transpose()?,
+            table,
+            schema: arrow,
+        });
+        let mut cache = self.compiled.lock();
+        if cache.len() >= RANK_PROFILE_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+}
+
+impl ScalarUDFImpl for RankProfileUdf {
+    fn name(&self) -> &str {
+        "rank_profile"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if !(2..=3).contains(&arg_types.len()) {
+            return Err(bad_arg(
+                "rank_profile",
+                "takes 2 or 3 arguments: rank_profile(profile, id [, at])",
+            ));
+        }
+        if !(arg_types[1].is_integer() || arg_types[1] == DataType::Null) {
+            return Err(bad_arg(
+                "rank_profile",
+                format!("the entity must be a BIGINT id, not {}", arg_types[1]),
+            ));
+        }
+        let mut out = vec![DataType::Utf8, DataType::Int64];
+        if arg_types.len() == 3 {
+            out.push(ts_type());
+        }
+        Ok(out)
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn simplify(&self, mut args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if self.bound {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
+        if args.len() == 2 {
+            let Some(start) = info.query_execution_start_time() else {
+                return Ok(ExprSimplifyResult::Original(args));
+            };
+            args.push(lit(ScalarValue::TimestampMicrosecond(
+                Some(start.timestamp_micros()),
+                None,
+            )));
+        }
+        let udf = RankProfileUdf::new(self.engine.clone(), self.state.clone(), true);
+        Ok(ExprSimplifyResult::Simplified(udf_call(udf, args)))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let name = match &args.args[0] {
+            ColumnarValue::Scalar(
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)),
+            ) => s.clone(),
+            _ => {
+                return Err(bad_arg(
+                    "rank_profile",
+                    "the profile must be a constant name such as 'trending'",
+                ));
+            }
+        };
+        let at = match args.args.get(2) {
+            Some(ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(Some(v), _))) => *v,
+            Some(ColumnarValue::Scalar(_)) => {
+                return Ok(ColumnarValue::Scalar(ScalarValue::Float64(None)));
+            }
+            Some(ColumnarValue::Array(_)) => {
+                return Err(bad_arg(
+                    "rank_profile",
+                    "`at` must be the same for every row of a call",
+                ));
+            }
+            None => tidal_core::Timestamp::now_system().0,
+        };
+        let view = self.engine.read();
+        let def = view
+            .schema()
+            .profile(&name)
+            .map_err(|e| SqlError::from(e).into_df())?
+            .clone();
+        let compiled = self.compile(&def, view.schema().version)?;
+        let ids = args.args[1].to_array(n)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("rank_profile: id is not BIGINT".into()))?;
+        let all: Vec<usize> = (0..compiled.table.columns.len()).collect();
+        let row_schema = Arc::new(ArrowSchema::new(
+            compiled.schema.fields()[..all.len()].to_vec(),
+        ));
+        let mut builder = BatchBuilder::new(&compiled.table, &all, row_schema, ids.len());
+        let mut found = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let row = match id.and_then(EntityId::from_i64) {
+                Some(id) => view.get(compiled.table.kind, id).map_err(engine_err)?,
+                None => None,
+            };
+            if let Some(row) = row {
+                builder.push(&row)?;
+                found.push(i);
+            }
+        }
+        let rows = builder.finish()?;
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(TimestampMicrosecondArray::from(
+            vec![at; rows.num_rows()],
+        )));
+        let batch = RecordBatch::try_new(compiled.schema.clone(), columns)?;
+        let score = compiled
+            .score
+            .evaluate(&batch)?
+            .into_array(batch.num_rows())?;
+        let score = score
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .ok_or_else(|| DataFusionError::Internal("rank_profile: score is not DOUBLE".into()))?
+            .clone();
+        let keep = match &compiled.keep {
+            Some(k) => Some(k.evaluate(&batch)?.into_array(batch.num_rows())?),
+            None => None,
+        };
+        let keep = keep
+            .as_ref()
+            .and_then(|k| k.as_any().downcast_ref::<BooleanArray>());
+        let mut out: Vec<Option<f64>> = vec![None; ids.len()];
+        for (j, &i) in found.iter().enumerate() {
+            let passes = keep.is_none_or(|k| k.is_valid(j) && k.value(j));
+            out[i] = if !passes {
+                Some(f64::NEG_INFINITY)
+            } else if score.is_valid(j) {
+                Some(score.value(j))
+            } else {
+                None
+            };
+        }
+        Ok(ColumnarValue::Array(Arc::new(Float64Array::from(out))))
+    }
+}
+
+fn udf_call(udf: impl ScalarUDFImpl + 'static, args: Vec<Expr>) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(udf)),
+        args,
+    ))
+}
+
+/// The entity kinds a RETRIEVE names, for messages.
+#[allow(dead_code)]
+fn kind_name(k: EntityKind) -> &'static str {
+    k.table_name()
+}
+
+/// Maps a mark for messages.
+#[allow(dead_code)]
+fn mark_name(m: Mark) -> &'static str {
+    m.as_str()
+}
+
+/// A plain error type check for the clauses of a new profile: SCORE must be numeric,
+/// FILTER and GATE boolean. Runs DataFusion's planner over the entity table, so unknown
+/// columns and functions are reported here too.
+pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Result<(), SqlError> {
+    let schema = session.engine().schema();
+    let bound = bind_profile(def, &schema, None)?;
+    let table = def.kind.table_name();
+    let check = |what: &'static str, text: &str| {
+        let sql = format!("SELECT {text} AS v FROM {table}");
+        async move {
+            let frame = session.context().sql(&sql).await?;
+            let plan = frame.into_optimized_plan()?;
+            let ty = plan.schema().field(0).data_type().clone();
+            Ok::<_, SqlError>((what, ty))
+        }
+    };
+    let parse_clause = |text: &str| -> Result<String, SqlError> {
+        let mut e = crate::profile::parse_expr(text)?;
+        crate::profile::Binding {
+            schema: &schema,
+            kind: def.kind,
+            at: None,
+        }
+        .bind(&mut e)?;
+        Ok(e.to_string())
+    };
+    let (_, ty) = check("SCORE", &parse_clause(&def.score)?).await?;
+    if !(ty.is_numeric() || ty == DataType::Null) {
+        return Err(bad_arg(
+            "CREATE PROFILE",
+            format!("SCORE must be a number, not {ty}"),
+        )
+        .into());
+    }
+    for (what, clause) in [("FILTER", &def.filter), ("GATE", &def.gate)] {
+        if let Some(text) = clause {
+            let (_, ty) = check(what, &parse_clause(text)?).await?;
+            if !matches!(ty, DataType::Boolean | DataType::Null) {
+                return Err(bad_arg(
+                    "CREATE PROFILE",
+                    format!("{what} must be a condition (BOOLEAN), not {ty}"),
+                )
+                .into());
+            }
+        }
+    }
+    // The whole bound score (with recency) must plan too.
+    check("SCORE", &bound.score).await?;
+    Ok(())
+}
