@@ -6,6 +6,8 @@
 //! fjall holds a prefix of the log and replay resumes exactly after it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tidal_core::codec::{Decoder, Encoder};
@@ -25,6 +27,19 @@ pub(crate) struct EntityStore {
     items: Keyspace,
     users: Keyspace,
     creators: Keyspace,
+    /// Per kind, a sequence lock over the rows: odd while a batch touching the kind is
+    /// being committed, bumped to the next even number after. A snapshot taken while
+    /// the number stayed even and unchanged shows exactly the rows of that version, so
+    /// readers may cache what they derive from it (see [`StoreSnapshot::version`]).
+    versions: Arc<[AtomicU64; 3]>,
+}
+
+fn kind_slot(kind: EntityKind) -> usize {
+    match kind {
+        EntityKind::Item => 0,
+        EntityKind::User => 1,
+        EntityKind::Creator => 2,
+    }
 }
 
 impl std::fmt::Debug for EntityStore {
@@ -38,6 +53,7 @@ impl std::fmt::Debug for EntityStore {
 pub struct StoreSnapshot {
     snap: fjall::Snapshot,
     store: EntityStore,
+    versions: [Option<u64>; 3],
 }
 
 impl std::fmt::Debug for StoreSnapshot {
@@ -59,6 +75,7 @@ impl EntityStore {
             users: ks("users")?,
             creators: ks("creators")?,
             db,
+            versions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
         })
     }
 
@@ -96,6 +113,7 @@ impl EntityStore {
     pub(crate) fn apply(&self, txn: &CommittedTxn) -> Result<(), EngineError> {
         let mut batch = self.db.batch().durability(None);
         let mut touched = false;
+        let mut kinds = [false; 3];
         let mut enc = Encoder::new();
         for op in &txn.ops {
             match op {
@@ -104,10 +122,12 @@ impl EntityStore {
                     encode_row(row, &mut enc);
                     batch.insert(self.keyspace(*kind), id.to_key(), enc.buf.as_slice());
                     touched = true;
+                    kinds[kind_slot(*kind)] = true;
                 }
                 Op::Delete { kind, id } => {
                     batch.remove(self.keyspace(*kind), id.to_key());
                     touched = true;
+                    kinds[kind_slot(*kind)] = true;
                 }
                 Op::Schema(tidal_core::SchemaChange::DropTable { kind }) => {
                     // Dropping a table forgets its rows. Rows are removed key by key in the
@@ -116,13 +136,22 @@ impl EntityStore {
                         batch.remove(self.keyspace(*kind), kv.key()?);
                     }
                     touched = true;
+                    kinds[kind_slot(*kind)] = true;
                 }
                 _ => {}
             }
         }
         if touched {
             batch.insert(&self.meta, APPLIED_LSN_KEY, txn.lsn.to_le_bytes());
-            batch.commit()?;
+            let bump = || {
+                for (i, _) in kinds.iter().enumerate().filter(|(_, t)| **t) {
+                    self.versions[i].fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            bump(); // odd: rows of these kinds are changing
+            let r = batch.commit();
+            bump(); // even again (also after a failed commit, which poisons the log)
+            r?;
         }
         Ok(())
     }
@@ -135,9 +164,16 @@ impl EntityStore {
     }
 
     pub(crate) fn snapshot(&self) -> StoreSnapshot {
+        let before: [u64; 3] = std::array::from_fn(|i| self.versions[i].load(Ordering::SeqCst));
+        let snap = self.db.snapshot();
+        let versions = std::array::from_fn(|i| {
+            let after = self.versions[i].load(Ordering::SeqCst);
+            (before[i] == after && after.is_multiple_of(2)).then_some(after)
+        });
         StoreSnapshot {
-            snap: self.db.snapshot(),
+            snap,
             store: self.clone(),
+            versions,
         }
     }
 }
@@ -150,6 +186,14 @@ fn decode_value(v: &[u8]) -> Result<Row, EngineError> {
 }
 
 impl StoreSnapshot {
+    /// A number that identifies the rows of `kind` this snapshot sees: two snapshots
+    /// with the same `Some` version see identical rows of that kind, so anything
+    /// derived from one may be reused for the other. `None` when a write to the kind
+    /// raced with taking the snapshot.
+    pub fn version(&self, kind: EntityKind) -> Option<u64> {
+        self.versions[kind_slot(kind)]
+    }
+
     /// One row by id.
     pub fn get(&self, kind: EntityKind, id: EntityId) -> Result<Option<Row>, EngineError> {
         self.snap

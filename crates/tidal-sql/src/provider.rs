@@ -1,6 +1,6 @@
 //! The `tidal` catalog's `public` schema: entity tables over the engine's store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -9,6 +9,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -32,11 +33,79 @@ pub const SCAN_BATCH_ROWS: usize = 8_192;
 #[derive(Debug)]
 pub struct TidalSchema {
     engine: Arc<Engine>,
+    cache: Arc<ScanCache>,
 }
 
 impl TidalSchema {
     pub fn new(engine: Arc<Engine>) -> TidalSchema {
-        TidalSchema { engine }
+        TidalSchema {
+            engine,
+            cache: Arc::new(ScanCache::default()),
+        }
+    }
+}
+
+/// Memory the scan cache may hold, over all tables and projections.
+pub const SCAN_CACHE_BYTES_MAX: usize = 1 << 30;
+/// Most cached (table, projection) results.
+const SCAN_CACHE_ENTRIES_MAX: usize = 16;
+
+/// Full-table scans kept as Arrow batches, keyed by table and projection, valid for
+/// exactly one store version of the table (any write to the table makes the next scan
+/// read the store again and re-fill the entry). Ranking queries scan the same few
+/// columns of the whole catalogue over and over; between item writes they read memory.
+#[derive(Debug, Default)]
+pub struct ScanCache {
+    entries: parking_lot::Mutex<HashMap<CacheKey, CacheEntry>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    kind: EntityKind,
+    projection: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct CacheEntry {
+    store_version: u64,
+    schema_version: u64,
+    batches: Arc<Vec<RecordBatch>>,
+    bytes: usize,
+}
+
+impl ScanCache {
+    fn get(
+        &self,
+        key: &CacheKey,
+        store_version: u64,
+        schema_version: u64,
+    ) -> Option<Arc<Vec<RecordBatch>>> {
+        let entries = self.entries.lock();
+        let e = entries.get(key)?;
+        (e.store_version == store_version && e.schema_version == schema_version)
+            .then(|| e.batches.clone())
+    }
+
+    fn put(&self, key: CacheKey, entry: CacheEntry) {
+        if entry.bytes > SCAN_CACHE_BYTES_MAX / 2 {
+            return;
+        }
+        let mut entries = self.entries.lock();
+        // Entries of older versions are dead weight: drop them first, then anything,
+        // until the new entry fits.
+        entries.retain(|k, e| {
+            k.kind != key.kind
+                || (e.store_version == entry.store_version
+                    && e.schema_version == entry.schema_version)
+        });
+        let mut total: usize = entries.values().map(|e| e.bytes).sum();
+        while (total + entry.bytes > SCAN_CACHE_BYTES_MAX
+            || entries.len() >= SCAN_CACHE_ENTRIES_MAX)
+            && let Some(k) = entries.keys().next().cloned()
+        {
+            total -= entries.remove(&k).map_or(0, |e| e.bytes);
+        }
+        entries.insert(key, entry);
     }
 }
 
@@ -82,10 +151,9 @@ impl SchemaProvider for TidalSchema {
         let Ok(def) = schema.table(kind) else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(EntityTable::new(
-            self.engine.clone(),
-            def.clone(),
-        ))))
+        let mut table = EntityTable::new(self.engine.clone(), def.clone());
+        table.cache = Some(self.cache.clone());
+        Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -104,6 +172,7 @@ pub struct EntityTable {
     engine: Arc<Engine>,
     def: TableDef,
     schema: SchemaRef,
+    cache: Option<Arc<ScanCache>>,
 }
 
 impl EntityTable {
@@ -113,6 +182,7 @@ impl EntityTable {
             engine,
             def,
             schema,
+            cache: None,
         }
     }
 }
@@ -133,6 +203,11 @@ impl IdBounds {
             hi: u64::MAX,
             points: None,
         }
+    }
+
+    /// No id restriction: the scan reads the whole table.
+    fn is_all(&self) -> bool {
+        self.lo == 0 && self.hi == u64::MAX && self.points.is_none()
     }
 
     fn is_empty(&self) -> bool {
@@ -280,15 +355,59 @@ impl TableProvider for EntityTable {
         // A limit is only safe to apply here when no filter remains to be evaluated
         // above the scan.
         let limit = if filters.is_empty() { limit } else { None };
+        // The snapshot is taken while planning, so every scan of a statement reads
+        // (nearly) the same state, however late its partition is executed.
+        let view = self.engine.read();
+        let mut fill = None;
+        if let (Some(cache), Some(store_version), true) = (
+            &self.cache,
+            view.store().version(self.def.kind),
+            bounds.is_all(),
+        ) {
+            let key = CacheKey {
+                kind: self.def.kind,
+                projection: projection.clone(),
+            };
+            let schema_version = view.schema().version;
+            if let Some(batches) = cache.get(&key, store_version, schema_version) {
+                // Two partitions, so the operators above use both cores.
+                let half = batches.len().div_ceil(2);
+                let parts: Vec<Vec<RecordBatch>> = batches
+                    .chunks(half.max(1))
+                    .map(<[RecordBatch]>::to_vec)
+                    .collect();
+                let parts = if parts.is_empty() {
+                    vec![Vec::new()]
+                } else {
+                    parts
+                };
+                let exec = MemorySourceConfig::try_new_exec(&parts, schema.clone(), None)?;
+                return Ok(match limit {
+                    Some(l) => Arc::new(datafusion::physical_plan::limit::GlobalLimitExec::new(
+                        Arc::new(datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(exec)),
+                        0,
+                        Some(l),
+                    )),
+                    None => exec,
+                });
+            }
+            if limit.is_none() {
+                fill = Some(Fill {
+                    cache: cache.clone(),
+                    key,
+                    store_version,
+                    schema_version,
+                });
+            }
+        }
         let stream = EntityScan {
-            // The snapshot is taken while planning, so every scan of a statement reads
-            // (nearly) the same state, however late its partition is executed.
-            view: self.engine.read(),
+            view,
             def: self.def.clone(),
             schema: schema.clone(),
             projection,
             bounds,
             limit,
+            fill,
         };
         Ok(Arc::new(StreamingTableExec::try_new(
             schema,
@@ -314,6 +433,16 @@ struct EntityScan {
     projection: Vec<usize>,
     bounds: IdBounds,
     limit: Option<usize>,
+    /// Where to keep the batches if the scan runs to completion.
+    fill: Option<Fill>,
+}
+
+#[derive(Debug, Clone)]
+struct Fill {
+    cache: Arc<ScanCache>,
+    key: CacheKey,
+    store_version: u64,
+    schema_version: u64,
 }
 
 impl EntityScan {
@@ -329,12 +458,27 @@ impl EntityScan {
             SCAN_BATCH_ROWS,
         );
         let mut rows = 0usize;
+        // Batches kept for the cache (cheap: arrays are shared), and their size.
+        let mut kept: Option<(Vec<RecordBatch>, usize)> =
+            self.fill.as_ref().map(|_| (Vec::new(), 0));
+        let mut completed = true;
+        let mut send = |batch: RecordBatch| -> bool {
+            if let Some((v, bytes)) = &mut kept {
+                *bytes += batch.get_array_memory_size();
+                if *bytes > SCAN_CACHE_BYTES_MAX / 2 {
+                    kept = None;
+                } else {
+                    v.push(batch.clone());
+                }
+            }
+            tx.blocking_send(Ok(batch)).is_ok()
+        };
         // Returns false when the scan should stop.
         let mut push = |row: &tidal_core::Row, builder: &mut BatchBuilder| -> Result<bool> {
             builder.push(row)?;
             rows += 1;
-            if builder.len() >= SCAN_BATCH_ROWS && tx.blocking_send(Ok(builder.finish()?)).is_err()
-            {
+            if builder.len() >= SCAN_BATCH_ROWS && !send(builder.finish()?) {
+                completed = false;
                 return Ok(false);
             }
             Ok(self.limit.is_none_or(|l| rows < l))
@@ -361,8 +505,19 @@ impl EntityScan {
                 }
             }
         }
-        if !builder.is_empty() {
-            let _ = tx.blocking_send(Ok(builder.finish()?));
+        if !builder.is_empty() && !send(builder.finish()?) {
+            completed = false;
+        }
+        if completed && let (Some(fill), Some((batches, bytes))) = (&self.fill, kept) {
+            fill.cache.put(
+                fill.key.clone(),
+                CacheEntry {
+                    store_version: fill.store_version,
+                    schema_version: fill.schema_version,
+                    batches: Arc::new(batches),
+                    bytes,
+                },
+            );
         }
         Ok(())
     }
@@ -384,6 +539,7 @@ impl PartitionStream for EntityScan {
             projection: self.projection.clone(),
             bounds: self.bounds.clone(),
             limit: self.limit,
+            fill: self.fill.clone(),
         };
         builder.spawn_blocking(move || scan.produce(&tx));
         builder.build()
