@@ -222,6 +222,96 @@ impl Ledger {
         );
     }
 
+    /// Ordinals of `ids` in `kind` (`u32::MAX` for an entity without events), for the
+    /// `*_ords` readers: a caller that reads several signals of one kind, or the same ids
+    /// again while [`Ledger::generation`] is unchanged, looks each id up once.
+    pub fn ordinals_of(&self, kind: EntityKind, ids: &[EntityId], out: &mut Vec<u32>) {
+        let map = &self.ordinals[kind_index(kind)];
+        out.clear();
+        out.extend(ids.iter().map(|&e| map.get(e).unwrap_or(u32::MAX)));
+    }
+
+    /// Like the `*_batch` readers, but over ordinals from [`Ledger::ordinals_of`] (or
+    /// [`Ledger::entities`]) of the signal's kind; `u32::MAX` and ordinals past the end
+    /// read `zero`.
+    fn gather_ords<T: Copy>(
+        &self,
+        sig: SignalId,
+        ords: &[u32],
+        out: &mut Vec<T>,
+        zero: T,
+        f: impl Fn(&SignalState, usize) -> T,
+    ) {
+        out.clear();
+        let Some(s) = self.signals.get(&sig.0) else {
+            out.resize(ords.len(), zero);
+            return;
+        };
+        out.reserve(ords.len());
+        out.extend(ords.iter().map(|&o| {
+            let i = o as usize;
+            if s.is_active(i) { f(s, i) } else { zero }
+        }));
+    }
+
+    /// [`Ledger::decay_batch`] over ordinals.
+    pub fn decay_ords(&self, sig: SignalId, ords: &[u32], at: Timestamp, out: &mut Vec<f64>) {
+        self.gather_ords(sig, ords, out, 0.0, |s, i| s.decay(i, at.0));
+    }
+
+    /// [`Ledger::window_count_batch`] over ordinals.
+    pub fn window_count_ords(
+        &self,
+        sig: SignalId,
+        ords: &[u32],
+        window: Window,
+        at: Timestamp,
+        out: &mut Vec<f64>,
+    ) {
+        self.gather_ords(sig, ords, out, 0.0, |s, i| s.window_count(i, window, at.0));
+    }
+
+    /// [`Ledger::velocity_batch`] over ordinals.
+    pub fn velocity_ords(
+        &self,
+        sig: SignalId,
+        ords: &[u32],
+        window: Window,
+        at: Timestamp,
+        out: &mut Vec<f64>,
+    ) {
+        let Some(hours) = window.hours() else {
+            out.clear();
+            out.resize(ords.len(), 0.0);
+            return;
+        };
+        self.gather_ords(sig, ords, out, 0.0, |s, i| {
+            s.window_count(i, window, at.0) / hours
+        });
+    }
+
+    /// [`Ledger::acceleration_batch`] over ordinals.
+    pub fn acceleration_ords(
+        &self,
+        sig: SignalId,
+        ords: &[u32],
+        window: Window,
+        at: Timestamp,
+        out: &mut Vec<f64>,
+    ) {
+        self.gather_ords(sig, ords, out, 0.0, |s, i| s.acceleration(i, window, at.0));
+    }
+
+    /// [`Ledger::total_batch`] over ordinals.
+    pub fn total_ords(&self, sig: SignalId, ords: &[u32], out: &mut Vec<f64>) {
+        self.gather_ords(sig, ords, out, 0.0, |s, i| s.total[i]);
+    }
+
+    /// [`Ledger::last_batch`] over ordinals.
+    pub fn last_ords(&self, sig: SignalId, ords: &[u32], out: &mut Vec<Option<Timestamp>>) {
+        self.gather_ords(sig, ords, out, None, |s, i| Some(Timestamp(s.last_ts[i])));
+    }
+
     /// [`Ledger::decay`] for many entities: `out[j]` is the value for `ids[j]`.
     pub fn decay_batch(&self, sig: SignalId, ids: &[EntityId], at: Timestamp, out: &mut Vec<f64>) {
         self.gather(sig, ids, out, 0.0, |s, i| s.decay(i, at.0));

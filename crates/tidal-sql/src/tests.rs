@@ -1138,8 +1138,84 @@ async fn scan_cache_never_serves_stale_rows() {
     // Served from the cache again, and still the same rows.
     assert_eq!(text(&query(&sql, scan).await), after_delete);
     // Signals do not touch entity rows, so they leave the cache valid.
-    query(&sql, "INSERT INTO signals (signal, entity_id) VALUES ('like', 3)").await;
+    query(
+        &sql,
+        "INSERT INTO signals (signal, entity_id) VALUES ('like', 3)",
+    )
+    .await;
     let plan = text(&query(&sql, &format!("EXPLAIN {scan}")).await);
     assert!(plan.contains("DataSourceExec"), "{plan}");
     assert_eq!(text(&query(&sql, scan).await), after_delete);
+}
+
+/// Signal reads over batches the memo has seen stay exact as entities get their first
+/// events (new ordinals) and as ordinals are renumbered (a signal dropped).
+#[tokio::test]
+async fn remembered_ordinals_follow_new_entities_and_renumbering() {
+    let (_dir, sql) = setup();
+    let rows: Vec<String> = (1000..4000).map(|id| format!("({id}, 't')")).collect();
+    query(
+        &sql,
+        &format!("INSERT INTO items (id, title) VALUES {}", rows.join(", ")),
+    )
+    .await;
+    query(
+        &sql,
+        "CREATE SIGNAL extra ON items DECAY NONE WINDOWS ('all')",
+    )
+    .await;
+    let q = "SELECT id, signal_total('like', id) AS l, signal_total('extra', id) AS e FROM items ORDER BY id";
+    let check = |batches: Vec<RecordBatch>, want: &dyn Fn(i64) -> (f64, f64)| {
+        let ids = ids(&batches);
+        let (l, e) = (f64s(&batches, 1), f64s(&batches, 2));
+        assert_eq!(ids.len(), 3020);
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!((l[k].unwrap(), e[k].unwrap()), want(*id), "id {id}");
+        }
+    };
+    // Item 2 has 3 likes from setup; everything else 0.
+    let base = |id: i64| (if id == 2 { 3.0 } else { 0.0 }, 0.0);
+    check(query(&sql, q).await, &base);
+    check(query(&sql, q).await, &base);
+    // First events for new entities, spread over the batches.
+    let events: Vec<String> = (1000..4000)
+        .step_by(97)
+        .map(|id| format!("('like', {id}, 1.0), ('extra', {id}, 2.0)"))
+        .collect();
+    query(
+        &sql,
+        &format!(
+            "INSERT INTO signals (signal, entity_id, weight) VALUES {}",
+            events.join(", ")
+        ),
+    )
+    .await;
+    let after = |id: i64| {
+        if id >= 1000 && (id - 1000) % 97 == 0 {
+            (1.0, 2.0)
+        } else {
+            base(id)
+        }
+    };
+    check(query(&sql, q).await, &after);
+    // Many new entities at once (more than the patch threshold): recomputed.
+    let events: Vec<String> = (1000..4000)
+        .map(|id| format!("('extra', {id}, 1.0)"))
+        .collect();
+    query(
+        &sql,
+        &format!(
+            "INSERT INTO signals (signal, entity_id, weight) VALUES {}",
+            events.join(", ")
+        ),
+    )
+    .await;
+    let more = |id: i64| {
+        let (l, e) = after(id);
+        (l, if id >= 1000 { e + 1.0 } else { e })
+    };
+    check(query(&sql, q).await, &more);
+    // Dropping a signal renumbers ordinals.
+    query(&sql, "DROP SIGNAL view").await;
+    check(query(&sql, q).await, &more);
 }

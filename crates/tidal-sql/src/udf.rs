@@ -11,6 +11,7 @@
 //! happens to run. `simplify` binds the call — fills in `at` and swaps in a stable
 //! instance — after which folding it is safe.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -105,15 +106,21 @@ pub struct SignalUdf {
     /// unbound ones volatile so that constant folding leaves them to `simplify`.
     bound: bool,
     signature: Signature,
+    memo: Arc<OrdinalMemo>,
 }
 
 impl SignalUdf {
     /// The function as registered: unbound until the planner simplifies the call.
     pub fn new(f: SignalFn, engine: Arc<Engine>) -> SignalUdf {
-        SignalUdf::with_binding(f, engine, !f.has_at())
+        SignalUdf::with_binding(f, engine, !f.has_at(), Arc::default())
     }
 
-    fn with_binding(f: SignalFn, engine: Arc<Engine>, bound: bool) -> SignalUdf {
+    fn with_binding(
+        f: SignalFn,
+        engine: Arc<Engine>,
+        bound: bool,
+        memo: Arc<OrdinalMemo>,
+    ) -> SignalUdf {
         let volatility = if bound {
             Volatility::Stable
         } else {
@@ -124,14 +131,24 @@ impl SignalUdf {
             engine,
             bound,
             signature: Signature::user_defined(volatility),
+            memo,
         }
     }
 
     /// All six functions, ready to register.
     pub fn all(engine: &Arc<Engine>) -> Vec<ScalarUDF> {
+        // One memo for the six functions: calls over the same batch share lookups.
+        let memo: Arc<OrdinalMemo> = Arc::default();
         SignalFn::ALL
             .iter()
-            .map(|f| ScalarUDF::new_from_impl(SignalUdf::new(*f, engine.clone())))
+            .map(|f| {
+                ScalarUDF::new_from_impl(SignalUdf::with_binding(
+                    *f,
+                    engine.clone(),
+                    !f.has_at(),
+                    memo.clone(),
+                ))
+            })
             .collect()
     }
 }
@@ -259,6 +276,7 @@ impl ScalarUDFImpl for SignalUdf {
                     self.f,
                     self.engine.clone(),
                     true,
+                    self.memo.clone(),
                 ))),
                 args,
             ),
@@ -316,7 +334,7 @@ impl ScalarUDFImpl for SignalUdf {
                 At::Many(a)
             }
         };
-        let out = evaluate(f, &view, &def, window, entities, &at)?;
+        let out = evaluate(f, &view, &def, window, entities, &at, &self.memo)?;
         Ok(ColumnarValue::Array(out))
     }
 }
@@ -335,6 +353,7 @@ fn evaluate(
     window: Option<Window>,
     entities: &Int64Array,
     at: &At,
+    memo: &OrdinalMemo,
 ) -> Result<ArrayRef> {
     let n = entities.len();
     // Negative ids cannot exist; they read as an entity without events.
@@ -350,7 +369,10 @@ fn evaluate(
     let nulls = |i: usize| entities.is_null(i) || null_at(i);
     if f == SignalFn::Last {
         let mut out = Vec::with_capacity(n);
-        view.with_ledger(|l| l.last_batch(def.id, &ids, &mut out));
+        view.with_ledger(|l| {
+            let ords = memo.ordinals(l, def.kind, entities, &ids);
+            l.last_ords(def.id, &ords, &mut out)
+        });
         let arr: TimestampMicrosecondArray = out
             .iter()
             .enumerate()
@@ -361,7 +383,10 @@ fn evaluate(
     let mut out: Vec<f64> = Vec::with_capacity(n);
     let w = window.unwrap_or(Window::All);
     match at {
-        At::One(t) => view.with_ledger(|l| read_batch(l, f, def.id, w, &ids, *t, &mut out)),
+        At::One(t) => view.with_ledger(|l| {
+            let ords = memo.ordinals(l, def.kind, entities, &ids);
+            read_ords(l, f, def.id, w, &ords, *t, &mut out)
+        }),
         At::Null => out.resize(n, 0.0),
         // Per-row instants: no single-lock gather, but still one lock per call.
         At::Many(a) => view.with_ledger(|l| {
@@ -373,12 +398,146 @@ fn evaluate(
             }
         }),
     }
+    if let At::One(_) = at {
+        // NULL exactly where the entity is NULL: reuse its null buffer, no per-row pass.
+        return Ok(Arc::new(Float64Array::new(
+            out.into(),
+            entities.nulls().cloned(),
+        )));
+    }
     let arr: Float64Array = out
         .iter()
         .enumerate()
         .map(|(i, v)| if nulls(i) { None } else { Some(*v) })
         .collect();
     Ok(Arc::new(arr))
+}
+
+fn read_ords(
+    l: &Ledger,
+    f: SignalFn,
+    sig: SignalId,
+    w: Window,
+    ords: &[u32],
+    at: Timestamp,
+    out: &mut Vec<f64>,
+) {
+    match f {
+        SignalFn::Decay => l.decay_ords(sig, ords, at, out),
+        SignalFn::WindowCount => l.window_count_ords(sig, ords, w, at, out),
+        SignalFn::Velocity => l.velocity_ords(sig, ords, w, at, out),
+        SignalFn::Acceleration => l.acceleration_ords(sig, ords, w, at, out),
+        SignalFn::Total | SignalFn::Last => l.total_ords(sig, ords, out),
+    }
+}
+
+/// Id arrays at least this long are remembered by [`OrdinalMemo`].
+const ORDINAL_MEMO_LEN_MIN: usize = 1_024;
+/// Ids the memo remembers in each of its two generations.
+const ORDINAL_MEMO_IDS_MAX: usize = 4 << 20;
+
+/// Ledger ordinals of id arrays seen before. The scan cache hands every query the same
+/// Arrow buffers, and a profile calls several signal functions over each batch: both
+/// find the ordinals here instead of hashing every id again. An entry is valid while
+/// the ledger's ordinal generation is unchanged; new entities (ordinals appended since)
+/// are patched in. An entry keeps its id buffer alive, so the buffer's address — the
+/// key — cannot be reused by other data while the entry exists. Two generations of
+/// entries, each bounded by [`ORDINAL_MEMO_IDS_MAX`] ids, approximate LRU.
+#[derive(Debug, Default)]
+pub(crate) struct OrdinalMemo {
+    inner: parking_lot::Mutex<MemoGenerations>,
+}
+
+#[derive(Debug, Default)]
+struct MemoGenerations {
+    young: HashMap<MemoKey, MemoEntry>,
+    young_ids: usize,
+    old: HashMap<MemoKey, MemoEntry>,
+}
+
+type MemoKey = (usize, usize, tidal_core::EntityKind);
+
+#[derive(Debug, Clone)]
+struct MemoEntry {
+    _ids: datafusion::arrow::buffer::ScalarBuffer<i64>,
+    generation: u64,
+    /// Ordinals the kind had when `ords` was last brought up to date.
+    count: usize,
+    sorted: bool,
+    ords: Arc<Vec<u32>>,
+}
+
+impl OrdinalMemo {
+    fn ordinals(
+        &self,
+        l: &Ledger,
+        kind: tidal_core::EntityKind,
+        arr: &Int64Array,
+        ids: &[EntityId],
+    ) -> Arc<Vec<u32>> {
+        let compute = || {
+            let mut v = Vec::with_capacity(ids.len());
+            l.ordinals_of(kind, ids, &mut v);
+            v
+        };
+        if arr.len() < ORDINAL_MEMO_LEN_MIN || arr.null_count() > 0 {
+            return Arc::new(compute());
+        }
+        let generation = l.generation();
+        let entities = l.entities(kind);
+        let count = entities.len();
+        let key = (arr.values().as_ptr() as usize, arr.len(), kind);
+        let found = {
+            let mut g = self.inner.lock();
+            match g.young.get(&key).cloned() {
+                Some(e) => Some(e),
+                None => g.old.remove(&key).inspect(|e| {
+                    g.young_ids += e.ords.len();
+                    g.young.insert(key, e.clone());
+                }),
+            }
+        };
+        let mut entry = match found {
+            Some(e) if e.generation == generation && e.count == count => return e.ords,
+            // A few entities got their first event since: place them by binary search.
+            Some(mut e)
+                if e.generation == generation
+                    && e.sorted
+                    && e.count < count
+                    && count - e.count <= ids.len() / 8 =>
+            {
+                let values = arr.values();
+                let ords = Arc::make_mut(&mut e.ords);
+                for (k, id) in entities[e.count..count].iter().enumerate() {
+                    if let Ok(v) = i64::try_from(id.0)
+                        && let Ok(pos) = values.binary_search(&v)
+                    {
+                        ords[pos] = (e.count + k) as u32;
+                    }
+                }
+                e.count = count;
+                e
+            }
+            _ => MemoEntry {
+                _ids: arr.values().clone(),
+                generation,
+                count,
+                sorted: arr.values().windows(2).all(|w| w[0] < w[1]),
+                ords: Arc::new(compute()),
+            },
+        };
+        entry.count = count;
+        let ords = entry.ords.clone();
+        let mut g = self.inner.lock();
+        if !g.young.contains_key(&key) && g.young_ids + ords.len() > ORDINAL_MEMO_IDS_MAX {
+            g.old = std::mem::take(&mut g.young);
+            g.young_ids = 0;
+        }
+        if g.young.insert(key, entry).is_none() {
+            g.young_ids += ords.len();
+        }
+        ords
+    }
 }
 
 fn read_batch(
