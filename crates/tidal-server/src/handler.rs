@@ -371,11 +371,15 @@ impl Conn {
             // many clients' commits can share one fsync. A write runs to completion once
             // started (neither timeout nor cancel can leave it half-known).
             let session = self.shared.session.clone();
-            let sql = sql.to_string();
             let handle = tokio::runtime::Handle::current();
-            let batches = tokio::task::spawn_blocking(move || handle.block_on(session.sql(&sql)))
-                .await
-                .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??;
+            let parsed = stmt.clone();
+            let batches = tokio::task::spawn_blocking(move || match parsed {
+                // Parsed once, above; run as parsed.
+                Some(stmt) => handle.block_on(session.sql_tidal(stmt)),
+                None => Ok(Vec::new()),
+            })
+            .await
+            .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??;
             drop(guard);
             return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
         }

@@ -164,6 +164,9 @@ impl SqlSession {
         };
         // Source rows first (async), then the synchronous add under the engine.
         let rows = match &stmt {
+            T::InsertSignals {
+                values: Some(b), ..
+            } => vec![b.clone()],
             T::InsertSignals { source, .. } | T::InsertRows { source, .. } => {
                 self.read_only(source).await?
             }
@@ -237,7 +240,6 @@ impl SqlSession {
     }
 
     async fn run(&self, sql: &str) -> Result<Output, SqlError> {
-        let done = |b: RecordBatch| Ok(Output::Done(vec![b]));
         if let Some((analyze, rest)) = explain_prefix(sql)
             && let Some(stmt) = crate::statement::parse(rest)?
         {
@@ -251,22 +253,50 @@ impl SqlSession {
             ]));
         }
         match crate::statement::parse(sql)? {
-            Some(crate::TidalStatement::InsertSignals { columns, source }) => {
-                // The source runs as an ordinary read-only query; its rows are then
-                // validated and committed as one transaction.
-                let rows = self.read_only(&source).await?;
+            Some(stmt) => self.run_tidal(stmt).await,
+            None => Ok(Output::Query(self.read_only_frame(sql).await?)),
+        }
+    }
+
+    /// Runs one already parsed tidalDB statement (as [`SqlSession::sql`] would), so a
+    /// caller that had to parse it anyway does not pay for parsing twice.
+    pub async fn sql_tidal(
+        &self,
+        stmt: crate::TidalStatement,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        match self.run_tidal(stmt).await? {
+            Output::Done(batches) => Ok(batches),
+            Output::Query(frame) => Ok(frame.collect().await?),
+        }
+    }
+
+    async fn run_tidal(&self, stmt: crate::TidalStatement) -> Result<Output, SqlError> {
+        let done = |b: RecordBatch| Ok(Output::Done(vec![b]));
+        match stmt {
+            crate::TidalStatement::InsertSignals {
+                columns,
+                source,
+                values,
+            } => {
+                // The source runs as an ordinary read-only query (a literal VALUES list
+                // needs no planning); its rows are then validated and committed as one
+                // transaction.
+                let rows = match values {
+                    Some(b) => vec![b],
+                    None => self.read_only(&source).await?,
+                };
                 done(crate::insert::insert_signals(
                     &self.engine,
                     &columns,
                     &rows,
                 )?)
             }
-            Some(crate::TidalStatement::InsertRows {
+            crate::TidalStatement::InsertRows {
                 kind,
                 columns,
                 source,
                 on_conflict,
-            }) => {
+            } => {
                 let rows = self.read_only(&source).await?;
                 done(crate::insert::insert_rows(
                     &self.engine,
@@ -276,24 +306,23 @@ impl SqlSession {
                     &on_conflict,
                 )?)
             }
-            Some(crate::TidalStatement::ChangeRows(change)) => {
+            crate::TidalStatement::ChangeRows(change) => {
                 // The WHERE clause and the new values are evaluated by DataFusion over
                 // the statement's snapshot; the changes commit as one transaction.
                 let rows = self.read_only(&change.query).await?;
                 done(crate::insert::change_rows(&self.engine, &change, &rows)?)
             }
-            Some(crate::TidalStatement::Retrieve(r)) => Ok(Output::Query(
+            crate::TidalStatement::Retrieve(r) => Ok(Output::Query(
                 crate::retrieve::plan_retrieve(self, &r).await?,
             )),
-            Some(crate::TidalStatement::CreateProfile { mut def, replace }) => {
+            crate::TidalStatement::CreateProfile { mut def, replace } => {
                 self.prepare_profile(&mut def).await?;
                 Ok(Output::Done(crate::statement::execute(
                     &self.engine,
                     crate::TidalStatement::CreateProfile { def, replace },
                 )?))
             }
-            Some(stmt) => Ok(Output::Done(crate::statement::execute(&self.engine, stmt)?)),
-            None => Ok(Output::Query(self.read_only_frame(sql).await?)),
+            stmt => Ok(Output::Done(crate::statement::execute(&self.engine, stmt)?)),
         }
     }
 }
@@ -352,7 +381,9 @@ impl SqlSession {
                 ),
                 None,
             ),
-            T::InsertSignals { columns, source } => (
+            T::InsertSignals {
+                columns, source, ..
+            } => (
                 format!(
                     "InsertSignals: columns=[{}]; rows of the query below are {atomic}",
                     columns.join(", ")

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::parser::DFParserBuilder;
@@ -51,6 +51,9 @@ pub enum TidalStatement {
     InsertSignals {
         columns: Vec<String>,
         source: String,
+        /// The rows, when the source is a VALUES list of plain literals: they are used
+        /// as they are, without planning the source through DataFusion.
+        values: Option<RecordBatch>,
     },
     /// `UPDATE t SET ... [WHERE ...]` / `DELETE FROM t [WHERE ...]`.
     ChangeRows(RowChange),
@@ -128,8 +131,204 @@ fn insert_signals(
         .collect();
     Ok(TidalStatement::InsertSignals {
         columns,
+        values: literal_values(&source),
         source: source.to_string(),
     })
+}
+
+/// Rows of a `VALUES` list whose every value is a plain literal (number, string, NULL,
+/// boolean, `CAST('…' AS TIMESTAMP)` or `TIMESTAMP '…'`) as one batch, typed the way
+/// DataFusion types the same literals (integers BIGINT, other numbers DOUBLE, strings
+/// TEXT, timestamps TIMESTAMP). `None` when anything else appears, or a column mixes
+/// kinds: DataFusion plans those.
+fn literal_values(q: &datafusion::sql::sqlparser::ast::Query) -> Option<RecordBatch> {
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Int64Array, StringArray, TimestampNanosecondArray,
+    };
+    use datafusion::sql::sqlparser::ast::{
+        CastKind, DataType as SqlType, Expr, SetExpr, TimezoneInfo, UnaryOperator, Value,
+    };
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Null,
+        Int,
+        Float,
+        Text,
+        Bool,
+        Ts,
+    }
+    #[derive(Clone)]
+    enum Lit {
+        Null,
+        Int(i64),
+        Float(f64),
+        Text(String),
+        Bool(bool),
+        Ts(i64),
+    }
+    fn ts(text: &str) -> Option<Lit> {
+        // The same conversion DataFusion's CAST(text AS TIMESTAMP) does.
+        let a = StringArray::from(vec![text]);
+        let c = datafusion::arrow::compute::cast_with_options(
+            &a,
+            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+            &datafusion::arrow::compute::CastOptions {
+                safe: false,
+                ..Default::default()
+            },
+        )
+        .ok()?;
+        let c = c.as_any().downcast_ref::<TimestampNanosecondArray>()?;
+        c.is_valid(0).then(|| Lit::Ts(c.value(0)))
+    }
+    fn lit(e: &Expr) -> Option<Lit> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                Value::Null => Some(Lit::Null),
+                Value::Boolean(b) => Some(Lit::Bool(*b)),
+                Value::SingleQuotedString(s) => Some(Lit::Text(s.clone())),
+                Value::Number(n, false) => match n.parse::<i64>() {
+                    Ok(i) => Some(Lit::Int(i)),
+                    // Integers past BIGINT become DECIMAL in DataFusion: leave them to it.
+                    Err(_) if n.contains(['.', 'e', 'E']) => n.parse::<f64>().ok().map(Lit::Float),
+                    Err(_) => None,
+                },
+                _ => None,
+            },
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match lit(expr)? {
+                Lit::Int(i) => i.checked_neg().map(Lit::Int),
+                Lit::Float(f) => Some(Lit::Float(-f)),
+                _ => None,
+            },
+            Expr::Cast {
+                kind: CastKind::Cast,
+                expr,
+                data_type: SqlType::Timestamp(None, TimezoneInfo::None),
+                format: None,
+                ..
+            } => match lit(expr)? {
+                Lit::Text(t) => ts(&t),
+                Lit::Null => Some(Lit::Null),
+                _ => None,
+            },
+            Expr::TypedString(t)
+                if matches!(t.data_type, SqlType::Timestamp(None, TimezoneInfo::None)) =>
+            {
+                match &t.value.value {
+                    Value::SingleQuotedString(s) => ts(s),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+    let SetExpr::Values(values) = q.body.as_ref() else {
+        return None;
+    };
+    if q.order_by.is_some() || q.limit_clause.is_some() || q.with.is_some() {
+        return None;
+    }
+    let width = values.rows.first()?.content.len();
+    let mut cols: Vec<Vec<Lit>> = vec![Vec::with_capacity(values.rows.len()); width];
+    for row in &values.rows {
+        if row.content.len() != width {
+            return None;
+        }
+        for (c, e) in cols.iter_mut().zip(&row.content) {
+            c.push(lit(e)?);
+        }
+    }
+    let mut fields = Vec::with_capacity(width);
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(width);
+    for (i, c) in cols.iter().enumerate() {
+        let kind = |l: &Lit| match l {
+            Lit::Null => Kind::Null,
+            Lit::Int(_) => Kind::Int,
+            Lit::Float(_) => Kind::Float,
+            Lit::Text(_) => Kind::Text,
+            Lit::Bool(_) => Kind::Bool,
+            Lit::Ts(_) => Kind::Ts,
+        };
+        let mut k = Kind::Null;
+        for l in c {
+            k = match (k, kind(l)) {
+                (a, Kind::Null) => a,
+                (Kind::Null, b) => b,
+                (a, b) if a == b => a,
+                (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
+                _ => return None,
+            };
+        }
+        let (ty, array): (DataType, ArrayRef) = match k {
+            // An all-NULL column: DataFusion's Null type, which casts to anything.
+            Kind::Null => (
+                DataType::Null,
+                Arc::new(datafusion::arrow::array::NullArray::new(c.len())),
+            ),
+            Kind::Int => (
+                DataType::Int64,
+                Arc::new(
+                    c.iter()
+                        .map(|l| match l {
+                            Lit::Int(i) => Some(*i),
+                            _ => None,
+                        })
+                        .collect::<Int64Array>(),
+                ),
+            ),
+            Kind::Float => (
+                DataType::Float64,
+                Arc::new(
+                    c.iter()
+                        .map(|l| match l {
+                            Lit::Int(i) => Some(*i as f64),
+                            Lit::Float(f) => Some(*f),
+                            _ => None,
+                        })
+                        .collect::<Float64Array>(),
+                ),
+            ),
+            Kind::Text => (
+                DataType::Utf8,
+                Arc::new(
+                    c.iter()
+                        .map(|l| match l {
+                            Lit::Text(t) => Some(t.as_str()),
+                            _ => None,
+                        })
+                        .collect::<StringArray>(),
+                ),
+            ),
+            Kind::Bool => (
+                DataType::Boolean,
+                Arc::new(
+                    c.iter()
+                        .map(|l| match l {
+                            Lit::Bool(b) => Some(*b),
+                            _ => None,
+                        })
+                        .collect::<BooleanArray>(),
+                ),
+            ),
+            Kind::Ts => (
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+                Arc::new(
+                    c.iter()
+                        .map(|l| match l {
+                            Lit::Ts(t) => Some(*t),
+                            _ => None,
+                        })
+                        .collect::<TimestampNanosecondArray>(),
+                ),
+            ),
+        };
+        fields.push(Field::new(format!("column{}", i + 1), ty, true));
+        arrays.push(array);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).ok()
 }
 
 fn change_rows(

@@ -1219,3 +1219,74 @@ async fn remembered_ordinals_follow_new_entities_and_renumbering() {
     query(&sql, "DROP SIGNAL view").await;
     check(query(&sql, q).await, &more);
 }
+
+/// A VALUES list of plain literals is used without planning, and means exactly what the
+/// planned path (any other source) makes of the same values.
+#[tokio::test]
+async fn literal_values_match_the_planned_path() {
+    let fast = "('like', 11, 7, 2, TIMESTAMP '2026-11-20 10:00:00'), \
+                ('like', 12, NULL, 0.5, CAST('2026-11-20 10:00:01' AS TIMESTAMP)), \
+                ('view', 13, -0, 1e0, TIMESTAMP '2026-11-20 10:00:02'), \
+                ('view', 14, 3, -1.5, NULL)";
+    let stmt =
+        format!("INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES {fast}");
+    match crate::parse_tidal_statement(&stmt).unwrap() {
+        Some(crate::TidalStatement::InsertSignals { values, .. }) => {
+            assert_eq!(values.map(|b| b.num_rows()), Some(4))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Not plain literals: planned by DataFusion.
+    for planned in [
+        "INSERT INTO signals (signal, entity_id) VALUES ('like', 1 + 1)",
+        "INSERT INTO signals (signal, entity_id) VALUES ('like', 1), ('like', '2')",
+        "INSERT INTO signals (signal, entity_id) VALUES ('like', 99999999999999999999)",
+        "INSERT INTO signals (signal, entity_id) SELECT 'like', 1",
+    ] {
+        match crate::parse_tidal_statement(planned).unwrap() {
+            Some(crate::TidalStatement::InsertSignals { values, .. }) => {
+                assert!(values.is_none(), "{planned}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (_d1, a) = setup();
+    let (_d2, b) = setup();
+    query(&a, &stmt).await;
+    query(
+        &b,
+        &format!(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) \
+             SELECT * FROM (VALUES {fast})"
+        ),
+    )
+    .await;
+    let q = "SELECT signal, entity_id, user_id, weight, ts FROM signals \
+             WHERE entity_id > 10 AND entity_id < 14 ORDER BY entity_id";
+    let text = |b: &[RecordBatch]| pretty_format_batches(b).unwrap().to_string();
+    let (x, y) = (text(&query(&a, q).await), text(&query(&b, q).await));
+    assert_eq!(x, y);
+    assert_eq!(x.lines().count(), 7, "{x}");
+    // Item 14's NULL ts means "now": compare the rest.
+    let q = "SELECT signal, user_id, weight FROM signals WHERE entity_id = 14";
+    assert_eq!(text(&query(&a, q).await), text(&query(&b, q).await));
+    // Errors are the same too: a NULL entity, a negative id, an unknown signal.
+    for (bad, values) in [
+        ("signal, entity_id", "('like', NULL)"),
+        ("signal, entity_id", "('like', -3)"),
+        ("signal, entity_id", "('nope', 3)"),
+    ] {
+        let fast = a
+            .sql(&format!("INSERT INTO signals ({bad}) VALUES {values}"))
+            .await
+            .unwrap_err();
+        let planned = a
+            .sql(&format!(
+                "INSERT INTO signals ({bad}) SELECT * FROM (VALUES {values})"
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(fast.to_string(), planned.to_string());
+        assert_eq!(fast.class(), planned.class());
+    }
+}
