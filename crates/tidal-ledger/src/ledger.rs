@@ -201,27 +201,6 @@ impl Ledger {
         self.pair(sig, e).map(|(s, i)| Timestamp(s.last_ts[i]))
     }
 
-    /// Gathers `f` over `ids` into `out` (replacing its contents); unknown ids read `zero`.
-    fn gather<T: Copy>(
-        &self,
-        sig: SignalId,
-        ids: &[EntityId],
-        out: &mut Vec<T>,
-        zero: T,
-        f: impl Fn(&SignalState, usize) -> T,
-    ) {
-        out.clear();
-        let Some(s) = self.signals.get(&sig.0) else {
-            out.resize(ids.len(), zero);
-            return;
-        };
-        out.reserve(ids.len());
-        out.extend(
-            ids.iter()
-                .map(|&e| pair_in(self, s, e).map_or(zero, |i| f(s, i))),
-        );
-    }
-
     /// Ordinals of `ids` in `kind` (`u32::MAX` for an entity without events), for the
     /// `*_ords` readers: a caller that reads several signals of one kind, or the same ids
     /// again while [`Ledger::generation`] is unchanged, looks each id up once.
@@ -312,9 +291,19 @@ impl Ledger {
         self.gather_ords(sig, ords, out, None, |s, i| Some(Timestamp(s.last_ts[i])));
     }
 
+    /// Ordinals of `ids` in the kind of `sig` (all `u32::MAX` for an unknown signal).
+    fn ords_for(&self, sig: SignalId, ids: &[EntityId]) -> Vec<u32> {
+        let mut ords = Vec::with_capacity(ids.len());
+        match self.signals.get(&sig.0) {
+            Some(s) => self.ordinals_of(s.def.kind, ids, &mut ords),
+            None => ords.resize(ids.len(), u32::MAX),
+        }
+        ords
+    }
+
     /// [`Ledger::decay`] for many entities: `out[j]` is the value for `ids[j]`.
     pub fn decay_batch(&self, sig: SignalId, ids: &[EntityId], at: Timestamp, out: &mut Vec<f64>) {
-        self.gather(sig, ids, out, 0.0, |s, i| s.decay(i, at.0));
+        self.decay_ords(sig, &self.ords_for(sig, ids), at, out);
     }
 
     /// [`Ledger::window_count`] for many entities.
@@ -326,7 +315,7 @@ impl Ledger {
         at: Timestamp,
         out: &mut Vec<f64>,
     ) {
-        self.gather(sig, ids, out, 0.0, |s, i| s.window_count(i, window, at.0));
+        self.window_count_ords(sig, &self.ords_for(sig, ids), window, at, out);
     }
 
     /// [`Ledger::velocity`] for many entities.
@@ -338,14 +327,7 @@ impl Ledger {
         at: Timestamp,
         out: &mut Vec<f64>,
     ) {
-        let Some(hours) = window.hours() else {
-            out.clear();
-            out.resize(ids.len(), 0.0);
-            return;
-        };
-        self.gather(sig, ids, out, 0.0, |s, i| {
-            s.window_count(i, window, at.0) / hours
-        });
+        self.velocity_ords(sig, &self.ords_for(sig, ids), window, at, out);
     }
 
     /// [`Ledger::acceleration`] for many entities.
@@ -357,17 +339,17 @@ impl Ledger {
         at: Timestamp,
         out: &mut Vec<f64>,
     ) {
-        self.gather(sig, ids, out, 0.0, |s, i| s.acceleration(i, window, at.0));
+        self.acceleration_ords(sig, &self.ords_for(sig, ids), window, at, out);
     }
 
     /// [`Ledger::total`] for many entities.
     pub fn total_batch(&self, sig: SignalId, ids: &[EntityId], out: &mut Vec<f64>) {
-        self.gather(sig, ids, out, 0.0, |s, i| s.total[i]);
+        self.total_ords(sig, &self.ords_for(sig, ids), out);
     }
 
     /// [`Ledger::last`] for many entities.
     pub fn last_batch(&self, sig: SignalId, ids: &[EntityId], out: &mut Vec<Option<Timestamp>>) {
-        self.gather(sig, ids, out, None, |s, i| Some(Timestamp(s.last_ts[i])));
+        self.last_ords(sig, &self.ords_for(sig, ids), out);
     }
 
     /// `decay` at `at` for every ordinal of the signal's kind: `out[ord]`, with

@@ -142,9 +142,8 @@ fn insert_signals(
 /// TEXT, timestamps TIMESTAMP). `None` when anything else appears, or a column mixes
 /// kinds: DataFusion plans those.
 fn literal_values(q: &datafusion::sql::sqlparser::ast::Query) -> Option<RecordBatch> {
-    use datafusion::arrow::array::{
-        ArrayRef, BooleanArray, Int64Array, StringArray, TimestampNanosecondArray,
-    };
+    use datafusion::arrow::array::{StringArray, TimestampNanosecondArray};
+    use datafusion::common::ScalarValue;
     use datafusion::sql::sqlparser::ast::{
         CastKind, DataType as SqlType, Expr, SetExpr, TimezoneInfo, UnaryOperator, Value,
     };
@@ -262,69 +261,26 @@ fn literal_values(q: &datafusion::sql::sqlparser::ast::Query) -> Option<RecordBa
                 _ => return None,
             };
         }
-        let (ty, array): (DataType, ArrayRef) = match k {
-            // An all-NULL column: DataFusion's Null type, which casts to anything.
-            Kind::Null => (
-                DataType::Null,
-                Arc::new(datafusion::arrow::array::NullArray::new(c.len())),
-            ),
-            Kind::Int => (
-                DataType::Int64,
-                Arc::new(
-                    c.iter()
-                        .map(|l| match l {
-                            Lit::Int(i) => Some(*i),
-                            _ => None,
-                        })
-                        .collect::<Int64Array>(),
-                ),
-            ),
-            Kind::Float => (
-                DataType::Float64,
-                Arc::new(
-                    c.iter()
-                        .map(|l| match l {
-                            Lit::Int(i) => Some(*i as f64),
-                            Lit::Float(f) => Some(*f),
-                            _ => None,
-                        })
-                        .collect::<Float64Array>(),
-                ),
-            ),
-            Kind::Text => (
-                DataType::Utf8,
-                Arc::new(
-                    c.iter()
-                        .map(|l| match l {
-                            Lit::Text(t) => Some(t.as_str()),
-                            _ => None,
-                        })
-                        .collect::<StringArray>(),
-                ),
-            ),
-            Kind::Bool => (
-                DataType::Boolean,
-                Arc::new(
-                    c.iter()
-                        .map(|l| match l {
-                            Lit::Bool(b) => Some(*b),
-                            _ => None,
-                        })
-                        .collect::<BooleanArray>(),
-                ),
-            ),
-            Kind::Ts => (
-                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
-                Arc::new(
-                    c.iter()
-                        .map(|l| match l {
-                            Lit::Ts(t) => Some(*t),
-                            _ => None,
-                        })
-                        .collect::<TimestampNanosecondArray>(),
-                ),
-            ),
+        // An all-NULL column keeps DataFusion's Null type, which casts to anything.
+        let array: ArrayRef = if k == Kind::Null {
+            Arc::new(datafusion::arrow::array::NullArray::new(c.len()))
+        } else {
+            let scalar = |l: &Lit| match (k, l) {
+                (Kind::Int, Lit::Int(i)) => ScalarValue::Int64(Some(*i)),
+                (Kind::Int, _) => ScalarValue::Int64(None),
+                (Kind::Float, Lit::Int(i)) => ScalarValue::Float64(Some(*i as f64)),
+                (Kind::Float, Lit::Float(f)) => ScalarValue::Float64(Some(*f)),
+                (Kind::Float, _) => ScalarValue::Float64(None),
+                (Kind::Text, Lit::Text(t)) => ScalarValue::Utf8(Some(t.clone())),
+                (Kind::Text, _) => ScalarValue::Utf8(None),
+                (Kind::Bool, Lit::Bool(b)) => ScalarValue::Boolean(Some(*b)),
+                (Kind::Bool, _) => ScalarValue::Boolean(None),
+                (_, Lit::Ts(t)) => ScalarValue::TimestampNanosecond(Some(*t), None),
+                _ => ScalarValue::TimestampNanosecond(None, None),
+            };
+            ScalarValue::iter_to_array(c.iter().map(scalar)).ok()?
         };
+        let ty = array.data_type().clone();
         fields.push(Field::new(format!("column{}", i + 1), ty, true));
         arrays.push(array);
     }
