@@ -26,12 +26,28 @@
 //!   which `tidal serve` does not accept yet).
 //! * `point` — `SELECT … FROM items WHERE id = $1` on random ids; qps and p50/p99.
 //! * `range` — `SELECT … FROM items WHERE id BETWEEN $1 AND $1 + 100`; qps and p50/p99.
+//! * `rank-setup` — the ranking data set of `benches/peers/retrieve_bench.sh`: `--items`
+//!   items (`creator_id` zipf(1.0) over `--creators` creators, `created_at`, `category`)
+//!   and `--events` events `view`/`like`/`skip` (75/20/5 %, zipf(1.0) over items, in time
+//!   order over the `--span-hours` ending at `--at`), generated from `--seed` (the same
+//!   data for every dialect) and loaded with COPY. tidal: the signals and the profile
+//!   `trending` (`rank::PROFILE_SQL`); postgres: `items` and `events` tables, indexes built
+//!   after the load, `VACUUM ANALYZE`. `--export-dir` also writes the data as CSV (and
+//!   `meta.json`) for the DuckDB peer.
+//! * `query` — one statement (`--sql` or `--sql-file`) `--runs` times from `--clients`
+//!   connections after `--warmup-runs` unmeasured runs per connection, over the simple
+//!   or extended protocol (`--protocol`); p50/p99/mean latency and qps. `--result-csv`
+//!   writes the rows of one more run (simple protocol, text values) for cross-checks;
+//!   `--before-each` runs an unmeasured statement before every run (e.g. a write that
+//!   invalidates tidal's scan cache).
 //!
 //! Every run ends with one machine-readable line, `RESULT key=value …`, which
 //! `benches/peers/wire_bench.sh` collects into its comparison table.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -40,10 +56,10 @@ use clap::{Parser, ValueEnum};
 use futures::SinkExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidal_benches::percentile;
+use tidal_benches::{Zipf, percentile};
 use tidal_core::Timestamp;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Dialect {
@@ -53,8 +69,10 @@ enum Dialect {
     Postgres,
 }
 
+/// How statements (and COPY) are sent: `simple` (one Query message, as psql sends it)
+/// or `extended` (Parse/Bind/Execute; prepared once per connection for `query`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum CopyProtocol {
+enum Protocol {
     Simple,
     Extended,
 }
@@ -66,6 +84,8 @@ enum Workload {
     Copy,
     Point,
     Range,
+    RankSetup,
+    Query,
 }
 
 /// The lower-case name clap uses (`tidal`, `insert`, …).
@@ -124,8 +144,8 @@ struct Args {
     copies: usize,
     /// How COPY is sent: `simple` (a Query message, as psql sends it) or `extended`
     /// (Parse/Bind/Execute, as tokio-postgres's `copy_in` sends it).
-    #[arg(long, value_enum, default_value_t = CopyProtocol::Simple)]
-    copy_protocol: CopyProtocol,
+    #[arg(long, value_enum, default_value_t = Protocol::Simple)]
+    copy_protocol: Protocol,
     /// Rows per COPY when setup preloads `items`. Small by default: tidal's COPY into an
     /// entity table costs time quadratic in the rows of one COPY (see docs/benchmarks.md).
     #[arg(long, default_value_t = 10_000)]
@@ -136,9 +156,60 @@ struct Args {
     /// Tokio worker threads of the load generator (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
-    /// Seed of the random ids.
+    /// Seed of the random ids (and of the rank-setup data).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// rank-setup: signal events to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// rank-setup: distinct creators (creator_id is zipf(1.0) over them).
+    #[arg(long, default_value_t = 50_000)]
+    creators: u64,
+    /// rank-setup: the events span this many hours ending at `--at`.
+    #[arg(long, default_value_t = 48.0)]
+    span_hours: f64,
+    /// rank-setup: the instant the events end at (UTC, `YYYY-MM-DD HH:MM:SS[.ffffff]`);
+    /// default: the last microsecond of the previous full UTC hour, so tidal's bucketed
+    /// 1 h and 24 h windows end exactly at it.
+    #[arg(long)]
+    at: Option<String>,
+    /// rank-setup: half-life of the `skip` signal's decay, in hours.
+    #[arg(long, default_value_t = 6.0)]
+    skip_half_life_hours: f64,
+    /// rank-setup: events per COPY (spread over `--copy-streams` connections).
+    #[arg(long, default_value_t = 500_000)]
+    event_chunk: u64,
+    /// rank-setup: also write items.csv, events.csv and meta.json here.
+    #[arg(long)]
+    export_dir: Option<PathBuf>,
+    /// query: the statement to run.
+    #[arg(long)]
+    sql: Option<String>,
+    /// query: read the statement from this file.
+    #[arg(long)]
+    sql_file: Option<PathBuf>,
+    /// query: measured runs in total (shared by the clients).
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// query: unmeasured runs per connection before the measured ones.
+    #[arg(long, default_value_t = 3)]
+    warmup_runs: usize,
+    /// query: protocol of the statement.
+    #[arg(long, value_enum, default_value_t = Protocol::Simple)]
+    protocol: Protocol,
+    /// query: fail unless every run returns this many rows.
+    #[arg(long)]
+    expect_rows: Option<usize>,
+    /// query: write the rows of one extra run here (CSV with a header, text values).
+    #[arg(long)]
+    result_csv: Option<PathBuf>,
+    /// query: a label for the RESULT line.
+    #[arg(long, default_value = "query")]
+    label: String,
+    /// query: an unmeasured statement each connection runs before every run (warm-up
+    /// runs included), e.g. a write that invalidates a cache.
+    #[arg(long)]
+    before_each: Option<String>,
 }
 
 impl Args {
@@ -165,6 +236,8 @@ async fn run(args: Arc<Args>) -> Result<()> {
         Workload::Setup => setup(&args).await,
         Workload::Insert | Workload::Point | Workload::Range => closed_loop(args).await,
         Workload::Copy => copy(&args).await,
+        Workload::RankSetup => rank::setup(&args).await,
+        Workload::Query => query(args).await,
     }
 }
 
@@ -273,8 +346,8 @@ enum Copier {
 impl Copier {
     async fn connect(args: &Args) -> Result<Copier> {
         Ok(match args.copy_protocol {
-            CopyProtocol::Simple => Copier::Simple(raw::RawConn::connect(&args.url).await?),
-            CopyProtocol::Extended => Copier::Extended(connect(&args.url).await?),
+            Protocol::Simple => Copier::Simple(raw::RawConn::connect(&args.url).await?),
+            Protocol::Extended => Copier::Extended(connect(&args.url).await?),
         })
     }
 
@@ -601,6 +674,471 @@ async fn closed_loop(args: Arc<Args>) -> Result<()> {
         "{errors} errors, {wrong} unexpected row counts"
     );
     Ok(())
+}
+
+/// `query`: one statement, `--runs` times from `--clients` connections.
+async fn query(args: Arc<Args>) -> Result<()> {
+    let sql = match (&args.sql, &args.sql_file) {
+        (Some(s), None) => s.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .trim_end_matches(';')
+            .to_string(),
+        _ => bail!("query needs exactly one of --sql and --sql-file"),
+    };
+    ensure!(args.clients >= 1, "--clients must be at least 1");
+    ensure!(args.runs >= 1, "--runs must be at least 1");
+    let sql = Arc::new(sql);
+    let mut conns = Vec::new();
+    for _ in 0..args.clients {
+        let c = connect(&args.url).await?;
+        let stmt = match args.protocol {
+            Protocol::Extended => Some(
+                c.prepare(&sql)
+                    .await
+                    .with_context(|| format!("preparing {sql}"))?,
+            ),
+            Protocol::Simple => None,
+        };
+        conns.push((c, stmt));
+    }
+
+    async fn before(c: &Client, before: Option<&str>) -> Result<()> {
+        if let Some(b) = before {
+            c.simple_query(b)
+                .await
+                .with_context(|| format!("running {b}"))?;
+        }
+        Ok(())
+    }
+    async fn once(c: &Client, stmt: Option<&Statement>, sql: &str) -> Result<usize> {
+        Ok(match stmt {
+            Some(s) => c.query(s, &[]).await?.len(),
+            None => c
+                .simple_query(sql)
+                .await?
+                .iter()
+                .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+                .count(),
+        })
+    }
+
+    // Warm-up, every connection in parallel.
+    let t_warm = Instant::now();
+    let mut warm = Vec::new();
+    for (c, stmt) in &conns {
+        let sql = sql.clone();
+        let n = args.warmup_runs;
+        let b = args.before_each.as_deref();
+        warm.push(async move {
+            for _ in 0..n {
+                before(c, b).await?;
+                once(c, stmt.as_ref(), &sql).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    for r in futures::future::join_all(warm).await {
+        r.context("warm-up run")?;
+    }
+    let warm_s = t_warm.elapsed().as_secs_f64();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, stmt) in conns {
+        let (sql, next, runs) = (sql.clone(), next.clone(), args.runs);
+        let b = args.before_each.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut rows = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < runs {
+                before(&c, b.as_deref()).await?;
+                let t = Instant::now();
+                rows.push(once(&c, stmt.as_ref(), &sql).await?);
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            anyhow::Ok((c, lat, rows))
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut rows = Vec::new();
+    let mut first = None;
+    for t in tasks {
+        let (c, l, r) = t.await.context("client task")??;
+        lat.extend(l);
+        rows.extend(r);
+        first.get_or_insert(c);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    rows.sort_unstable();
+    rows.dedup();
+    if let Some(want) = args.expect_rows {
+        ensure!(
+            rows == [want],
+            "expected {want} rows from every run, got row counts {rows:?}"
+        );
+    }
+    if let (Some(path), Some(c)) = (&args.result_csv, &first) {
+        let mut out = String::new();
+        let mut header = false;
+        for m in c.simple_query(&sql).await.context("result run")? {
+            if let SimpleQueryMessage::Row(r) = m {
+                if !header {
+                    let names: Vec<&str> = r.columns().iter().map(|c| c.name()).collect();
+                    let _ = writeln!(out, "{}", names.join(","));
+                    header = true;
+                }
+                let vals: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
+                let _ = writeln!(out, "{}", vals.join(","));
+            }
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    lat.sort_by(f64::total_cmp);
+    let n = lat.len();
+    let mean = lat.iter().sum::<f64>() / n as f64;
+    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    let (min, max) = (lat[0], lat[n - 1]);
+    let qps = n as f64 / secs;
+    let rows_text = rows
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("/");
+    println!(
+        "{} {}: {} clients, {:?} protocol, {n} runs in {secs:.2} s = {qps:.2}/s (after {} \
+         warm-up runs per connection, {warm_s:.1} s); latency p50 {p50:.2} ms, p99 {p99:.2} ms, \
+         mean {mean:.2} ms, min {min:.2} ms, max {max:.2} ms; {rows_text} rows",
+        args.dialect, args.label, args.clients, args.protocol, args.warmup_runs,
+    );
+    println!(
+        "RESULT dialect={} workload=query label={} clients={} protocol={} runs={n} \
+         seconds={secs:.3} ops_per_s={qps:.3} p50_ms={p50:.3} p99_ms={p99:.3} mean_ms={mean:.3} \
+         min_ms={min:.3} max_ms={max:.3} rows={rows_text}",
+        args.dialect,
+        args.label,
+        args.clients,
+        value_name(&args.protocol),
+    );
+    Ok(())
+}
+
+/// The ranking data set (`rank-setup`) shared by tidal, PostgreSQL and DuckDB.
+mod rank {
+    use super::*;
+
+    /// The profile `rank-setup` creates on tidal; the peers' SQL computes the same score.
+    pub const PROFILE_SQL: &str = "CREATE PROFILE trending ON items (\
+        SCORE velocity('view', '1h') + 2 * velocity('like', '24h') - decay('skip'), \
+        DIVERSITY max_per_creator 2)";
+
+    const HOUR_US: i64 = 3_600_000_000;
+    const CATEGORIES: u64 = 20;
+    /// Signal mix of the events: view, like, skip.
+    const SIGNALS: [(&str, f64); 3] = [("view", 0.75), ("like", 0.20), ("skip", 0.05)];
+
+    /// The default instant: the last microsecond of the previous full UTC hour.
+    pub fn default_at() -> i64 {
+        now_us().div_euclid(HOUR_US) * HOUR_US - 1
+    }
+
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+
+    /// One chunk of CSV for COPY: the rows and their text.
+    struct Chunk {
+        rows: u64,
+        text: Bytes,
+    }
+
+    /// Generates the data from `seed`: items as CSV chunks of `item_chunk` rows, events
+    /// as CSV chunks of `event_chunk` rows. `tz` is appended to every timestamp.
+    fn generate(args: &Args, at: i64, tz: &str) -> Result<(Vec<Chunk>, Vec<Chunk>, [u64; 3])> {
+        let items = args.items;
+        ensure!(
+            items >= 1 && args.creators >= 1,
+            "--items and --creators must be >= 1"
+        );
+        // Popularity rank → item id through a fixed bijection of 0..items, so popular
+        // items are spread over the id space.
+        let mult = (7_919..).find(|m| gcd(*m, items) == 1).unwrap_or(1);
+        let mut rng = StdRng::seed_from_u64(args.seed);
+        let creators = Zipf::new(args.creators as usize, 1.0);
+        let chunk = args.preload_chunk.max(1);
+        let mut item_chunks = Vec::new();
+        let mut id = 0u64;
+        while id < items {
+            let hi = (id + chunk).min(items);
+            let mut csv = String::with_capacity(((hi - id) * 48) as usize);
+            for i in id..hi {
+                let creator = creators.sample(&mut rng) + 1;
+                let created = at.div_euclid(1_000_000) * 1_000_000
+                    - rng.random_range(0..90 * 24 * 3_600) * 1_000_000;
+                let cat = rng.random_range(0..CATEGORIES);
+                let _ = writeln!(csv, "{i},{creator},{}{tz},c{cat:02}", ts_text(created));
+            }
+            item_chunks.push(Chunk {
+                rows: hi - id,
+                text: Bytes::from(csv),
+            });
+            id = hi;
+        }
+        let zipf = Zipf::new(items as usize, 1.0);
+        let n = args.events;
+        let span = (args.span_hours * HOUR_US as f64) as i64;
+        ensure!(
+            n >= 1 && span >= n as i64,
+            "--span-hours too short for --events"
+        );
+        // Distinct timestamps in (at − span, at], the newest exactly at `at`.
+        let step = span / n as i64;
+        let first = at - step * (n as i64 - 1);
+        let mut per_signal = [0u64; 3];
+        let mut event_chunks = Vec::new();
+        let chunk = args.event_chunk.max(1);
+        let mut k = 0u64;
+        while k < n {
+            let hi = (k + chunk).min(n);
+            let mut csv = String::with_capacity(((hi - k) * 56) as usize);
+            for e in k..hi {
+                let item = (zipf.sample(&mut rng) * mult + 12_345) % items;
+                let u: f64 = rng.random();
+                let s = if u < SIGNALS[0].1 {
+                    0
+                } else if u < SIGNALS[0].1 + SIGNALS[1].1 {
+                    1
+                } else {
+                    2
+                };
+                per_signal[s] += 1;
+                let user = rng.random_range(1..=1_000_000u64);
+                let ts = first + e as i64 * step;
+                let _ = writeln!(csv, "{},{item},{user},1,{}{tz}", SIGNALS[s].0, ts_text(ts));
+            }
+            event_chunks.push(Chunk {
+                rows: hi - k,
+                text: Bytes::from(csv),
+            });
+            k = hi;
+        }
+        Ok((item_chunks, event_chunks, per_signal))
+    }
+
+    /// COPYs the chunks over `streams` connections (chunk i on stream i mod streams).
+    async fn copy_chunks(
+        args: &Args,
+        stmt: &str,
+        chunks: Vec<Chunk>,
+        streams: usize,
+    ) -> Result<u64> {
+        let mut per: Vec<Vec<Chunk>> = (0..streams).map(|_| Vec::new()).collect();
+        for (i, c) in chunks.into_iter().enumerate() {
+            per[i % streams].push(c);
+        }
+        let mut tasks = Vec::new();
+        for mine in per {
+            let mut copier = Copier::connect(args).await?;
+            let stmt = stmt.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut rows = 0;
+                for c in mine {
+                    let n = copier.copy_in(&stmt, c.text).await?;
+                    ensure!(n == c.rows, "COPY reported {n} rows of {}", c.rows);
+                    rows += n;
+                }
+                anyhow::Ok(rows)
+            }));
+        }
+        let mut rows = 0;
+        for t in tasks {
+            rows += t.await.context("COPY task")??;
+        }
+        Ok(rows)
+    }
+
+    pub async fn setup(args: &Args) -> Result<()> {
+        let at = match &args.at {
+            Some(t) => {
+                Timestamp::parse(t)
+                    .map_err(|e| anyhow::anyhow!("--at: {e}"))?
+                    .0
+            }
+            None => default_at(),
+        };
+        let hl_us = (args.skip_half_life_hours * HOUR_US as f64) as i64;
+        ensure!(hl_us > 0, "--skip-half-life-hours must be positive");
+        let c = connect(&args.url).await?;
+        let tz = match args.dialect {
+            Dialect::Tidal => {
+                let ddl = format!(
+                    "DROP PROFILE IF EXISTS trending;
+                     DROP TABLE IF EXISTS items;
+                     DROP SIGNAL IF EXISTS view;
+                     DROP SIGNAL IF EXISTS like;
+                     DROP SIGNAL IF EXISTS skip;
+                     CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT,
+                         created_at TIMESTAMP, category TEXT) WITH (kind = 'item');
+                     CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '1 day'
+                         WINDOWS ('1h', '24h');
+                     CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '7 days'
+                         WINDOWS ('24h');
+                     CREATE SIGNAL skip ON items DECAY EXPONENTIAL HALF_LIFE '{hl_us} microseconds';"
+                );
+                c.batch_execute(&ddl).await.context("creating the schema")?;
+                ""
+            }
+            Dialect::Postgres => {
+                c.batch_execute(
+                    "DROP TABLE IF EXISTS events, items;
+                     CREATE TABLE items (id bigint PRIMARY KEY, creator_id bigint NOT NULL,
+                         created_at timestamptz NOT NULL, category text NOT NULL);
+                     CREATE TABLE events (signal text NOT NULL, entity_id bigint NOT NULL,
+                         user_id bigint, weight float8 NOT NULL DEFAULT 1,
+                         ts timestamptz NOT NULL);",
+                )
+                .await
+                .context("creating the schema")?;
+                "+00"
+            }
+        };
+        println!(
+            "schema created ({}); events end at {} UTC",
+            args.dialect,
+            ts_text(at)
+        );
+
+        let t = Instant::now();
+        let (items, events, per_signal) = generate(args, at, tz)?;
+        let gen_s = t.elapsed().as_secs_f64();
+        let csv_bytes: usize = items.iter().chain(&events).map(|c| c.text.len()).sum();
+        println!(
+            "generated {} items and {} events ({} view, {} like, {} skip; {:.0} MiB CSV) \
+             from seed {} in {gen_s:.1} s",
+            args.items,
+            args.events,
+            per_signal[0],
+            per_signal[1],
+            per_signal[2],
+            csv_bytes as f64 / (1 << 20) as f64,
+            args.seed
+        );
+        if let Some(dir) = &args.export_dir {
+            export(args, dir, at, hl_us, &items, &events, per_signal)?;
+        }
+
+        let t = Instant::now();
+        let n_items = copy_chunks(
+            args,
+            "COPY items (id, creator_id, created_at, category) FROM STDIN (FORMAT csv)",
+            items,
+            1,
+        )
+        .await
+        .context("COPY items")?;
+        let items_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let n_events = copy_chunks(
+            args,
+            &format!(
+                "COPY {} (signal, entity_id, user_id, weight, ts) FROM STDIN (FORMAT csv)",
+                args.events_table()
+            ),
+            events,
+            args.copy_streams.max(1),
+        )
+        .await
+        .context("COPY events")?;
+        let events_s = t.elapsed().as_secs_f64();
+        println!(
+            "loaded {n_items} items in {items_s:.1} s ({:.0} rows/s), {n_events} events in \
+             {events_s:.1} s ({:.0} rows/s, {} streams)",
+            n_items as f64 / items_s,
+            n_events as f64 / events_s,
+            args.copy_streams.max(1)
+        );
+        let t = Instant::now();
+        match args.dialect {
+            Dialect::Tidal => {
+                c.batch_execute(PROFILE_SQL)
+                    .await
+                    .context("creating the profile")?;
+                println!("{PROFILE_SQL}");
+            }
+            Dialect::Postgres => {
+                for s in [
+                    "CREATE INDEX events_signal_ts ON events (signal, ts)",
+                    "CREATE INDEX events_entity ON events (entity_id)",
+                    "VACUUM ANALYZE items",
+                    "VACUUM ANALYZE events",
+                ] {
+                    let t = Instant::now();
+                    c.batch_execute(s).await.with_context(|| s.to_string())?;
+                    println!("{s}: {:.1} s", t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let post_s = t.elapsed().as_secs_f64();
+        println!(
+            "RESULT dialect={} workload=rank-setup items={n_items} events={n_events} \
+             gen_s={gen_s:.2} items_s={items_s:.2} events_s={events_s:.2} \
+             events_per_s={:.0} post_s={post_s:.2} at_us={at}",
+            args.dialect,
+            n_events as f64 / events_s
+        );
+        Ok(())
+    }
+
+    fn export(
+        args: &Args,
+        dir: &std::path::Path,
+        at: i64,
+        hl_us: i64,
+        items: &[Chunk],
+        events: &[Chunk],
+        per_signal: [u64; 3],
+    ) -> Result<()> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(dir)?;
+        for (name, header, chunks) in [
+            ("items.csv", "id,creator_id,created_at,category\n", items),
+            ("events.csv", "signal,entity_id,user_id,weight,ts\n", events),
+        ] {
+            let path = dir.join(name);
+            let mut f = std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            );
+            f.write_all(header.as_bytes())?;
+            for c in chunks {
+                f.write_all(&c.text)?;
+            }
+            f.flush()?;
+        }
+        let meta = format!(
+            "{{\"at_us\": {at}, \"at\": \"{}\", \"items\": {}, \"events\": {}, \"creators\": {}, \
+             \"span_hours\": {}, \"seed\": {}, \"skip_half_life_us\": {hl_us}, \
+             \"view\": {}, \"like\": {}, \"skip\": {}, \"profile\": \"{}\"}}\n",
+            ts_text(at),
+            args.items,
+            args.events,
+            args.creators,
+            args.span_hours,
+            args.seed,
+            per_signal[0],
+            per_signal[1],
+            per_signal[2],
+            PROFILE_SQL
+        );
+        std::fs::write(dir.join("meta.json"), meta)?;
+        println!(
+            "exported items.csv, events.csv and meta.json to {}",
+            dir.display()
+        );
+        Ok(())
+    }
 }
 
 /// A minimal frontend of the simple-query protocol, just enough for COPY FROM STDIN:
