@@ -596,6 +596,26 @@ pub(crate) fn end(p: &mut Parser<'_>) -> Result<(), SqlError> {
     }
 }
 
+/// `DROP <word> [IF EXISTS] name` → (name, if_exists); `None` if the statement is not
+/// a DROP of that kind.
+fn drop_target(
+    p: &mut Parser<'_>,
+    word: &str,
+    what: &str,
+) -> Result<Option<(String, bool)>, SqlError> {
+    if !peek_words(p, &["DROP", word]) {
+        return Ok(None);
+    }
+    p.next_token();
+    p.next_token();
+    let if_exists = peek_words(p, &["IF", "EXISTS"]);
+    if if_exists {
+        p.next_token();
+        p.next_token();
+    }
+    Ok(Some((ident(p, what)?, if_exists)))
+}
+
 /// Parses `sql` if it is one of tidalDB's statements; `Ok(None)` hands it to DataFusion.
 pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     let dialect = PostgreSqlDialect {};
@@ -613,15 +633,7 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         end(p)?;
         return Ok(Some(TidalStatement::ShowProfiles));
     }
-    if peek_words(p, &["DROP", "PROFILE"]) {
-        p.next_token();
-        p.next_token();
-        let if_exists = peek_words(p, &["IF", "EXISTS"]);
-        if if_exists {
-            p.next_token();
-            p.next_token();
-        }
-        let name = ident(p, "a profile name")?;
+    if let Some((name, if_exists)) = drop_target(p, "PROFILE", "a profile name")? {
         end(p)?;
         return Ok(Some(TidalStatement::DropProfile { name, if_exists }));
     }
@@ -643,27 +655,11 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
             crate::profile::parse_retrieve(p)?,
         )));
     }
-    if peek_words(p, &["DROP", "SIGNAL"]) {
-        p.next_token();
-        p.next_token();
-        let if_exists = peek_words(p, &["IF", "EXISTS"]);
-        if if_exists {
-            p.next_token();
-            p.next_token();
-        }
-        let name = ident(p, "a signal name")?;
+    if let Some((name, if_exists)) = drop_target(p, "SIGNAL", "a signal name")? {
         end(p)?;
         return Ok(Some(TidalStatement::DropSignal { name, if_exists }));
     }
-    if peek_words(p, &["DROP", "TABLE"]) {
-        p.next_token();
-        p.next_token();
-        let if_exists = peek_words(p, &["IF", "EXISTS"]);
-        if if_exists {
-            p.next_token();
-            p.next_token();
-        }
-        let name = ident(p, "a table name")?;
+    if let Some((name, if_exists)) = drop_target(p, "TABLE", "a table name")? {
         end(p)?;
         let kind = name
             .parse::<EntityKind>()
