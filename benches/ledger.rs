@@ -113,9 +113,98 @@ fn bench_read(c: &mut Criterion) {
     g.finish();
 }
 
+/// The RETRIEVE benchmark's shape in the ledger alone: 1 M items, 10 M events over 48 h
+/// (75 % `view` with 1 h and 24 h windows, 20 % `like` with 24 h, 5 % `skip` decay only),
+/// zipf(1.0) over a permutation of the ids, and the profile's three reads
+/// `velocity(view, 1h)`, `velocity(like, 24h)`, `decay(skip)` for every item — once in id
+/// order (what a scan in key order hands the signal functions: ordinals in random order)
+/// and once in ordinal order.
+fn bench_profile_reads(c: &mut Criterion) {
+    const ITEMS: usize = 1_000_000;
+    const EVENTS: usize = 10_000_000;
+    let mk = |id: u32, name: &str, half_life: &str, windows: &[&str]| {
+        let mut d = SignalDef::new(
+            name,
+            EntityKind::Item,
+            DecaySpec::exponential(half_life).expect("valid"),
+            windows.iter().map(|w| Window::parse(w).expect("valid")),
+        )
+        .expect("valid");
+        d.id = SignalId(id);
+        d
+    };
+    let mut l = Ledger::new();
+    l.define(&mk(1, "view", "1 day", &["1h", "24h"]));
+    l.define(&mk(2, "like", "7 days", &["24h"]));
+    l.define(&mk(3, "skip", "6 hours", &[]));
+    let zipf = Zipf::new(ITEMS, 1.0);
+    let mut rng = StdRng::seed_from_u64(1);
+    // A fixed permutation of the ids, so popularity is not correlated with the id.
+    let perm = |rank: u64| (rank.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) % ITEMS as u64;
+    let span = 48 * HOUR_US;
+    let t0 = Timestamp::parse("2026-11-24").expect("valid").0;
+    let step = span / EVENTS as i64;
+    for i in 0..EVENTS {
+        let u: f64 = rand::Rng::random(&mut rng);
+        let sig = if u < 0.75 {
+            1
+        } else if u < 0.95 {
+            2
+        } else {
+            3
+        };
+        l.apply(&SignalEvent {
+            signal: SignalId(sig),
+            entity: EntityId(perm(zipf.sample(&mut rng))),
+            user: None,
+            weight: 1.0,
+            ts: Timestamp(t0 + i as i64 * step),
+        });
+    }
+    let at = Timestamp(t0 + span);
+    let ids: Vec<EntityId> = (0..ITEMS as u64).map(EntityId).collect();
+    let mut by_id = Vec::new();
+    l.ordinals_of(EntityKind::Item, &ids, &mut by_id);
+    let mut by_ord = by_id.clone();
+    by_ord.sort_unstable();
+    let h1 = Window::parse("1h").expect("valid");
+    let h24 = Window::parse("24h").expect("valid");
+    let mut g = c.benchmark_group("profile_reads_1m");
+    g.throughput(Throughput::Elements(ITEMS as u64));
+    for (name, ords) in [("id_order", &by_id), ("ordinal_order", &by_ord)] {
+        let mut a = Vec::with_capacity(ITEMS);
+        let mut b = Vec::with_capacity(ITEMS);
+        let mut s = Vec::with_capacity(ITEMS);
+        g.bench_function(format!("three_reads_{name}"), |bch| {
+            bch.iter(|| {
+                l.velocity_ords(SignalId(1), ords, h1, at, &mut a);
+                l.velocity_ords(SignalId(2), ords, h24, at, &mut b);
+                l.decay_ords(SignalId(3), ords, at, &mut s);
+                black_box((&a, &b, &s));
+            })
+        });
+        for (sig, label) in [(1, "view_1h"), (2, "like_24h")] {
+            let w = if sig == 1 { h1 } else { h24 };
+            g.bench_function(format!("velocity_{label}_{name}"), |bch| {
+                bch.iter(|| {
+                    l.velocity_ords(SignalId(sig), ords, w, at, &mut a);
+                    black_box(&a);
+                })
+            });
+        }
+        g.bench_function(format!("decay_skip_{name}"), |bch| {
+            bch.iter(|| {
+                l.decay_ords(SignalId(3), ords, at, &mut s);
+                black_box(&s);
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = bench_apply, bench_read
+    targets = bench_apply, bench_read, bench_profile_reads
 }
 criterion_main!(benches);

@@ -258,6 +258,7 @@ fn decode_signal(
             s.warm[i] = decode_warm(r, &s, last)?;
         }
     }
+    s.rebuild_window_sums();
     Ok(s)
 }
 

@@ -10,7 +10,7 @@ use tidal_core::{
 
 use crate::memory::hash_map_bytes;
 use crate::ordinals::{IdBuildHasher, OrdinalMap};
-use crate::signal::{NO_EVENT_TS, SignalState};
+use crate::signal::{NO_EVENT_TS, SignalState, WindowRead};
 
 /// Per (entity, signal): a decayed score, a total and the newest event time (the hot
 /// tier), and bucketed weights for the declared windows (the warm tier). See the crate
@@ -92,6 +92,9 @@ impl Ledger {
             let fresh = SignalState::new(def.clone());
             if s.def.kind == def.kind && s.def.decay == def.decay && s.layout == fresh.layout {
                 s.def = def.clone();
+                // The windows may differ within the same layout.
+                s.window_sums = fresh.window_sums;
+                s.rebuild_window_sums();
                 return;
             }
             self.drop_signal(def.id);
@@ -247,7 +250,13 @@ impl Ledger {
         at: Timestamp,
         out: &mut Vec<f64>,
     ) {
-        self.gather_ords(sig, ords, out, 0.0, |s, i| s.window_count(i, window, at.0));
+        match self.signals.get(&sig.0) {
+            Some(s) => s.gather_window(s.window_read(window, at.0), ords, 1.0, out),
+            None => {
+                out.clear();
+                out.resize(ords.len(), 0.0);
+            }
+        }
     }
 
     /// [`Ledger::velocity_batch`] over ordinals.
@@ -264,9 +273,13 @@ impl Ledger {
             out.resize(ords.len(), 0.0);
             return;
         };
-        self.gather_ords(sig, ords, out, 0.0, |s, i| {
-            s.window_count(i, window, at.0) / hours
-        });
+        match self.signals.get(&sig.0) {
+            Some(s) => s.gather_window(s.window_read(window, at.0), ords, hours, out),
+            None => {
+                out.clear();
+                out.resize(ords.len(), 0.0);
+            }
+        }
     }
 
     /// [`Ledger::acceleration_batch`] over ordinals.
@@ -278,7 +291,18 @@ impl Ledger {
         at: Timestamp,
         out: &mut Vec<f64>,
     ) {
-        self.gather_ords(sig, ords, out, 0.0, |s, i| s.acceleration(i, window, at.0));
+        let (r, hours) = (self.window_read(sig, window, at), window.hours());
+        self.gather_ords(sig, ords, out, 0.0, |s, i| {
+            hours.map_or(0.0, |h| s.acceleration_with(i, r, h))
+        });
+    }
+
+    /// The entity-independent part of a window read of `sig` (any value for an unknown
+    /// signal: `gather_ords` then reads nothing).
+    fn window_read(&self, sig: SignalId, window: Window, at: Timestamp) -> WindowRead {
+        self.signals
+            .get(&sig.0)
+            .map_or(WindowRead::Unserved, |s| s.window_read(window, at.0))
     }
 
     /// [`Ledger::total_batch`] over ordinals.

@@ -133,6 +133,7 @@ mod memory;
 mod ordinals;
 mod signal;
 mod warm;
+mod window_sums;
 
 pub use ledger::{HotColumns, Ledger};
 pub use ordinals::{ENTITIES_PER_KIND_MAX, IdBuildHasher, IdHasher};

@@ -23,8 +23,9 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema as ArrowSchema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue};
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SessionState, TaskContext};
@@ -50,6 +51,7 @@ use tidal_engine::{Engine, ReadView};
 
 use crate::error::{bad_arg, engine_err};
 use crate::profile::{Retrieve, bind_profile, require_creator};
+use crate::provider::{EntityTable, ScanOrder};
 use crate::types::{BatchBuilder, table_schema};
 use crate::{SqlError, SqlSession};
 
@@ -105,7 +107,7 @@ pub(crate) async fn plan_retrieve(
         state.execution_props_mut().query_execution_start_time =
             Some(chrono_utc(at).ok_or_else(|| bad_arg("RETRIEVE", "AT is out of range"))?);
     }
-    let mut plan = state.create_logical_plan(&sql).await?;
+    let mut plan = ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
     if let Some(user) = r.user {
         for f in &r.filters {
             if !schema
@@ -140,6 +142,29 @@ pub(crate) async fn plan_retrieve(
     let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
     let plan = FetchNode::plan(plan, view, table)?;
     Ok(DataFrame::new(state, plan))
+}
+
+/// Points every entity-table scan of `plan` at the cached rows in ledger order: the
+/// candidates' signal reads then walk the ledger's dense columns in order. RETRIEVE's
+/// output order comes from its rank alone, so the scan order is free to choose.
+fn ledger_ordered_scans(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+    let plan = plan.transform_up(|p| {
+        let LogicalPlan::TableScan(mut scan) = p else {
+            return Ok(Transformed::no(p));
+        };
+        let ordered = source_as_provider(&scan.source).ok().and_then(|t| {
+            t.downcast_ref::<EntityTable>()
+                .map(|t| t.with_order(ScanOrder::Ledger))
+        });
+        match ordered {
+            Some(t) => {
+                scan.source = provider_as_source(Arc::new(t));
+                Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+            }
+            None => Ok(Transformed::no(LogicalPlan::TableScan(scan))),
+        }
+    })?;
+    Ok(plan.data)
 }
 
 fn chrono_utc(at: tidal_core::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {

@@ -1290,3 +1290,66 @@ async fn literal_values_match_the_planned_path() {
         assert_eq!(fast.class(), planned.class());
     }
 }
+
+#[tokio::test]
+async fn ledger_ordered_scans_are_cached_in_ordinal_order() {
+    let (_dir, sql) = setup();
+    // Items 1 and 2 got ordinals 0 and 1 in setup; 15 and 7 get the next two.
+    let mut txn = sql.engine().begin();
+    txn.signal("like", EntityId(15), None, 1.0, Some(t0()))
+        .unwrap();
+    txn.signal("view", EntityId(7), None, 1.0, Some(t0()))
+        .unwrap();
+    txn.commit().unwrap();
+    let items = sql.context().table_provider("items").await.unwrap();
+    let table = items
+        .downcast_ref::<crate::EntityTable>()
+        .expect("items is an EntityTable");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table(
+        "ordered",
+        Arc::new(table.with_order(crate::provider::ScanOrder::Ledger)),
+    )
+    .unwrap();
+    let by_id: Vec<i64> = (1..=20).collect();
+    let mut want = vec![1, 2, 15, 7];
+    want.extend(by_id.iter().copied().filter(|i| ![1, 2, 15, 7].contains(i)));
+    // The first scan reads the store (id order) and fills the cache in the background.
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        let b = ctx.sql("SELECT id FROM ordered").await.unwrap();
+        seen = ids(&b.collect().await.unwrap());
+        if seen != by_id {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, want);
+    // The id-ordered scan of the same table is a separate cache entry.
+    let b = query(&sql, "SELECT id FROM items").await;
+    assert_eq!(ids(&b), by_id);
+    // RETRIEVE reads the ordered rows and still ranks by score, ties by id.
+    query(
+        &sql,
+        "CREATE PROFILE p ON items (SCORE signal_total('like') + window_count('view', '24h'))",
+    )
+    .await;
+    let b = query(
+        &sql,
+        &format!("RETRIEVE items USING PROFILE p LIMIT 4 AT '{T0}'"),
+    )
+    .await;
+    let got: Vec<i64> = b
+        .iter()
+        .flat_map(|b| {
+            let c = b.schema().index_of("id").unwrap();
+            b.column(c)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2, 7, 15]);
+}

@@ -464,6 +464,8 @@ struct MemoEntry {
     /// Ordinals the kind had when `ords` was last brought up to date.
     count: usize,
     sorted: bool,
+    /// Ids in the array without an ordinal then: only those can gain one later.
+    missing: usize,
     ords: Arc<Vec<u32>>,
 }
 
@@ -499,6 +501,8 @@ impl OrdinalMemo {
         };
         let mut entry = match found {
             Some(e) if e.generation == generation && e.count == count => return e.ords,
+            // Every id had an ordinal: entities that got one since are not in here.
+            Some(e) if e.generation == generation && e.missing == 0 => e,
             // A few entities got their first event since: place them by binary search.
             Some(mut e)
                 if e.generation == generation
@@ -513,18 +517,23 @@ impl OrdinalMemo {
                         && let Ok(pos) = values.binary_search(&v)
                     {
                         ords[pos] = (e.count + k) as u32;
+                        e.missing = e.missing.saturating_sub(1);
                     }
                 }
                 e.count = count;
                 e
             }
-            _ => MemoEntry {
-                _ids: arr.values().clone(),
-                generation,
-                count,
-                sorted: arr.values().windows(2).all(|w| w[0] < w[1]),
-                ords: Arc::new(compute()),
-            },
+            _ => {
+                let ords = compute();
+                MemoEntry {
+                    _ids: arr.values().clone(),
+                    generation,
+                    count,
+                    sorted: arr.values().windows(2).all(|w| w[0] < w[1]),
+                    missing: ords.iter().filter(|&&o| o == u32::MAX).count(),
+                    ords: Arc::new(ords),
+                }
+            }
         };
         entry.count = count;
         let ords = entry.ords.clone();

@@ -238,7 +238,10 @@ fn expire_frees_quiet_pairs_but_keeps_current_reads() {
         .collect();
     l.expire(now);
     let after = l.memory_bytes();
-    assert!(after < before / 2, "{after} vs {before}");
+    // Per-ordinal dense columns stay (score, last_ts, total: 24 bytes; each window's sums
+    // and oldest bucket: 16 bytes; plus up to 25 % growth slack): the warm buckets go.
+    let dense = 1_000 * (24 + 2 * 16) * 5 / 4;
+    assert!(after < before / 2 + dense, "{after} vs {before}");
     let again: Vec<f64> = (0..1_000u64)
         .flat_map(|k| {
             let l = &l;
