@@ -17,6 +17,56 @@ use tidal_wal::{CommittedTxn, Lsn, Op};
 use crate::EngineError;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
+/// Ids the change log remembers per kind. A reader whose cached rows are older than the
+/// log reaches re-reads the whole table instead of patching.
+pub const CHANGE_LOG_IDS_MAX: usize = 65_536;
+
+/// Per kind, the ids written by recent commits, with the version each commit produced:
+/// lets a reader holding rows derived from an older version patch them instead of
+/// re-reading the table.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    /// `(version after the commit, ids it wrote)`, oldest first.
+    entries: std::collections::VecDeque<(u64, Vec<EntityId>)>,
+    ids: usize,
+    /// Changes up to this version are no longer listed.
+    forgotten_upto: u64,
+}
+
+impl ChangeLog {
+    fn push(&mut self, version: u64, ids: Vec<EntityId>) {
+        self.ids += ids.len();
+        self.entries.push_back((version, ids));
+        while self.ids > CHANGE_LOG_IDS_MAX
+            && let Some((v, old)) = self.entries.pop_front()
+        {
+            self.ids -= old.len();
+            self.forgotten_upto = v;
+        }
+    }
+
+    /// Forgets everything up to `version` (a change too large to list).
+    fn forget(&mut self, version: u64) {
+        self.entries.clear();
+        self.ids = 0;
+        self.forgotten_upto = version;
+    }
+
+    fn since(&self, from: u64, to: u64) -> Option<Vec<EntityId>> {
+        if from < self.forgotten_upto || from > to {
+            return None;
+        }
+        let mut out: Vec<EntityId> = self
+            .entries
+            .iter()
+            .filter(|(v, _)| *v > from && *v <= to)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
+    }
+}
 /// Memory fjall may use for its block cache.
 const STORE_CACHE_BYTES: u64 = 64 << 20;
 
@@ -32,6 +82,7 @@ pub(crate) struct EntityStore {
     /// the number stayed even and unchanged shows exactly the rows of that version, so
     /// readers may cache what they derive from it (see [`StoreSnapshot::version`]).
     versions: Arc<[AtomicU64; 3]>,
+    changes: Arc<[parking_lot::Mutex<ChangeLog>; 3]>,
 }
 
 fn kind_slot(kind: EntityKind) -> usize {
@@ -76,6 +127,7 @@ impl EntityStore {
             creators: ks("creators")?,
             db,
             versions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
+            changes: Arc::new(Default::default()),
         })
     }
 
@@ -114,6 +166,19 @@ impl EntityStore {
         let mut batch = self.db.batch().durability(None);
         let mut touched = false;
         let mut kinds = [false; 3];
+        // Ids written per kind; `None` once a kind's change is too large to list.
+        let mut written: [Option<Vec<EntityId>>; 3] = Default::default();
+        let mut unlisted = [false; 3];
+        let mut note = |kind: EntityKind, id: Option<EntityId>| {
+            let k = kind_slot(kind);
+            match id {
+                Some(id) if !unlisted[k] => written[k].get_or_insert_with(Vec::new).push(id),
+                _ => {
+                    unlisted[k] = true;
+                    written[k] = None;
+                }
+            }
+        };
         let mut enc = Encoder::new();
         for op in &txn.ops {
             match op {
@@ -123,11 +188,13 @@ impl EntityStore {
                     batch.insert(self.keyspace(*kind), id.to_key(), enc.buf.as_slice());
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
+                    note(*kind, Some(*id));
                 }
                 Op::Delete { kind, id } => {
                     batch.remove(self.keyspace(*kind), id.to_key());
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
+                    note(*kind, Some(*id));
                 }
                 Op::Schema(tidal_core::SchemaChange::DropTable { kind }) => {
                     // Dropping a table forgets its rows. Rows are removed key by key in the
@@ -137,6 +204,7 @@ impl EntityStore {
                     }
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
+                    note(*kind, None);
                 }
                 _ => {}
             }
@@ -150,6 +218,19 @@ impl EntityStore {
             };
             bump(); // odd: rows of these kinds are changing
             let r = batch.commit();
+            // Logged before the version turns even, so a snapshot that sees the new
+            // version also finds its ids (a failed commit only lists ids needlessly).
+            for (k, ids) in written.into_iter().enumerate() {
+                if !kinds[k] {
+                    continue;
+                }
+                let version = self.versions[k].load(Ordering::SeqCst) + 1;
+                let mut log = self.changes[k].lock();
+                match ids {
+                    Some(ids) if ids.len() <= CHANGE_LOG_IDS_MAX => log.push(version, ids),
+                    _ => log.forget(version),
+                }
+            }
             bump(); // even again (also after a failed commit, which poisons the log)
             r?;
         }
@@ -192,6 +273,14 @@ impl StoreSnapshot {
     /// raced with taking the snapshot.
     pub fn version(&self, kind: EntityKind) -> Option<u64> {
         self.versions[kind_slot(kind)]
+    }
+
+    /// The ids of `kind` written (inserted, updated or deleted) after version `from` up
+    /// to this snapshot's version, sorted; `None` when this snapshot has no version or
+    /// the change log no longer reaches back to `from` (then re-read everything).
+    pub fn changed_since(&self, kind: EntityKind, from: u64) -> Option<Vec<EntityId>> {
+        let to = self.version(kind)?;
+        self.store.changes[kind_slot(kind)].lock().since(from, to)
     }
 
     /// One row by id.

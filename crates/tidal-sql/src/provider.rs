@@ -4,8 +4,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Int64Array, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::array::{BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{SchemaProvider, Session, TableProvider};
@@ -45,10 +45,21 @@ impl TidalSchema {
             cache: Arc::new(ScanCache::default()),
         }
     }
+
+    /// How many cached scans were patched instead of re-read so far.
+    pub fn scan_cache_patches(&self) -> u64 {
+        self.cache
+            .patches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Memory the scan cache may hold, over all tables and projections.
 pub const SCAN_CACHE_BYTES_MAX: usize = 1 << 30;
+/// A cached scan older than the store is patched (instead of re-read) when at most this
+/// many ids of its table changed since.
+const SCAN_PATCH_IDS_MAX: usize = 4_096;
+
 /// Most cached (table, projection) results.
 const SCAN_CACHE_ENTRIES_MAX: usize = 16;
 
@@ -59,6 +70,8 @@ const SCAN_CACHE_ENTRIES_MAX: usize = 16;
 #[derive(Debug, Default)]
 pub struct ScanCache {
     entries: parking_lot::Mutex<HashMap<CacheKey, CacheEntry>>,
+    /// Entries brought up to date by [`ScanCache::patch`] (for tests and diagnostics).
+    patches: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -102,18 +115,120 @@ impl ScanCache {
             .then(|| e.batches.clone())
     }
 
+    /// Brings an entry of an older store version up to `view`'s by re-reading only the
+    /// rows written since (from the store's change log): their old rows are dropped and
+    /// their current ones appended. `None` when there is nothing to patch or it is not
+    /// worth it; the caller then scans the table.
+    fn patch(
+        &self,
+        key: &CacheKey,
+        view: &ReadView,
+        def: &TableDef,
+        schema: &SchemaRef,
+    ) -> Result<Option<Arc<Vec<RecordBatch>>>> {
+        let (Some(store_version), schema_version) =
+            (view.store().version(key.kind), view.schema().version)
+        else {
+            return Ok(None);
+        };
+        let old = {
+            let entries = self.entries.lock();
+            match entries.get(key) {
+                Some(e)
+                    if e.schema_version == schema_version && e.store_version < store_version =>
+                {
+                    e.clone()
+                }
+                _ => return Ok(None),
+            }
+        };
+        let Some(id_col) = key.projection.iter().position(|&c| c == 0) else {
+            return Ok(None);
+        };
+        let Some(changed) = view.store().changed_since(key.kind, old.store_version) else {
+            return Ok(None);
+        };
+        if changed.len() > SCAN_PATCH_IDS_MAX {
+            return Ok(None);
+        }
+        let changed: Vec<i64> = changed
+            .iter()
+            .filter_map(|id| i64::try_from(id.0).ok())
+            .collect();
+        let (lo, hi) = match (changed.first(), changed.last()) {
+            (Some(&lo), Some(&hi)) => (lo, hi),
+            _ => (i64::MAX, i64::MIN),
+        };
+        let hit = |v: &i64| *v >= lo && *v <= hi && changed.binary_search(v).is_ok();
+        let mut batches: Vec<RecordBatch> = Vec::with_capacity(old.batches.len() + 1);
+        for b in old.batches.iter() {
+            let Some(ids) = b.column(id_col).as_any().downcast_ref::<Int64Array>() else {
+                return Ok(None);
+            };
+            if !ids.values().iter().any(hit) {
+                batches.push(b.clone());
+                continue;
+            }
+            let keep: BooleanArray = ids.values().iter().map(|v| Some(!hit(v))).collect();
+            let kept = filter_record_batch(b, &keep)?;
+            if kept.num_rows() > 0 {
+                batches.push(kept);
+            }
+        }
+        let mut fresh = BatchBuilder::new(def, &key.projection, schema.clone(), changed.len());
+        for &id in &changed {
+            if let Some(row) = view
+                .store()
+                .get(key.kind, EntityId(id as u64))
+                .map_err(engine_err)?
+            {
+                fresh.push(&row)?;
+            }
+        }
+        let mut bytes = old.bytes;
+        if !fresh.is_empty() {
+            let mut fresh = fresh.finish()?;
+            // Successive patches append to one small tail batch rather than many.
+            if let Some(last) = batches.last()
+                && last.num_rows() + fresh.num_rows() <= SCAN_BATCH_ROWS
+                && last.num_rows() < SCAN_BATCH_ROWS / 2
+            {
+                fresh = concat_batches(schema, [last, &fresh])?;
+                batches.pop();
+            }
+            bytes += fresh.get_array_memory_size();
+            batches.push(fresh);
+        }
+        let batches = Arc::new(batches);
+        self.patches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.put(
+            key.clone(),
+            CacheEntry {
+                store_version,
+                schema_version,
+                batches: batches.clone(),
+                bytes,
+            },
+        );
+        Ok(Some(batches))
+    }
+
     fn put(&self, key: CacheKey, entry: CacheEntry) {
         if entry.bytes > SCAN_CACHE_BYTES_MAX / 2 {
             return;
         }
         let mut entries = self.entries.lock();
-        // Entries of older versions are dead weight: drop them first, then anything,
-        // until the new entry fits.
-        entries.retain(|k, e| {
-            k.kind != key.kind
-                || (e.store_version == entry.store_version
-                    && e.schema_version == entry.schema_version)
-        });
+        // A slower statement must not replace a newer entry with an older one.
+        if entries.get(&key).is_some_and(|e| {
+            e.schema_version == entry.schema_version && e.store_version > entry.store_version
+        }) {
+            return;
+        }
+        // Entries of another schema version are dead weight; entries of an older store
+        // version can still be patched. Drop the dead ones, then anything, until the new
+        // entry fits.
+        entries.retain(|k, e| k.kind != key.kind || e.schema_version == entry.schema_version);
         let mut total: usize = entries.values().map(|e| e.bytes).sum();
         while (total + entry.bytes > SCAN_CACHE_BYTES_MAX
             || entries.len() >= SCAN_CACHE_ENTRIES_MAX)
@@ -397,7 +512,11 @@ impl TableProvider for EntityTable {
                 order: self.order,
             };
             let schema_version = view.schema().version;
-            if let Some(batches) = cache.get(&key, store_version, schema_version) {
+            let hit = match cache.get(&key, store_version, schema_version) {
+                Some(b) => Some(b),
+                None => cache.patch(&key, &view, &self.def, &schema)?,
+            };
+            if let Some(batches) = hit {
                 // Two partitions, so the operators above use both cores.
                 let half = batches.len().div_ceil(2);
                 let parts: Vec<Vec<RecordBatch>> = batches
