@@ -58,6 +58,10 @@ pub(crate) struct SignalState {
     pub active: usize,
     /// One per distinct finite window the warm tier serves (see `window_sums.rs`).
     pub window_sums: Vec<WindowSums>,
+    /// The windows' cells, interleaved: ordinal `i`'s cell for window `k` is at
+    /// `i · window_sums.len() + k`, so an event updates all of a pair's windows in
+    /// one or two cache lines.
+    pub window_cells: Vec<SumCell>,
 }
 
 impl SignalState {
@@ -80,6 +84,7 @@ impl SignalState {
             warm: Vec::new(),
             active: 0,
             window_sums,
+            window_cells: Vec::new(),
         }
     }
 
@@ -101,9 +106,9 @@ impl SignalState {
         if !self.layout.is_empty() {
             grow_to(&mut self.warm, len, None);
         }
-        for ws in &mut self.window_sums {
-            grow_to(&mut ws.cells, len, SumCell::EMPTY);
-            grow_to(&mut ws.prefix, len, 0.0);
+        let nw = self.window_sums.len();
+        if nw > 0 {
+            grow_to(&mut self.window_cells, len * nw, SumCell::EMPTY);
         }
     }
 
@@ -147,23 +152,24 @@ impl SignalState {
                 continue;
             }
             let newest_before = (old_last != NO_EVENT_TS).then(|| tier.index(old_last));
-            if ts < old_last {
-                // Backdated: it may land anywhere in the window; recompute (rare).
+            if ts < old_last && newest_before != Some(b) {
+                // Backdated to an older bucket: recompute the pair (rare).
                 self.window_sums[k].add_member(b, ord);
                 self.refresh_window(k, i);
                 continue;
             }
-            // In order: the event's bucket is the pair's newest slot in this tier, and
-            // the window read folds the other in-window slots first, so `prefix + slot`
-            // is that read bit for bit, without walking the buckets.
+            // The event's bucket is the pair's newest slot in this tier (in order, or
+            // backdated within that bucket), and the window read folds the other
+            // in-window slots first, so `prefix + slot` is that read bit for bit.
             let slot = self.newest_slot(i, code);
-            let ws = &mut self.window_sums[k];
+            let cell = i * self.window_sums.len() + k;
             if newest_before == Some(b) {
-                ws.cells[i].sum = ws.prefix[i] + slot;
+                let c = &mut self.window_cells[cell];
+                c.sum = c.prefix + slot;
             } else {
-                ws.add_member(b, ord);
-                let c = &mut ws.cells[i];
-                ws.prefix[i] = c.sum;
+                self.window_sums[k].add_member(b, ord);
+                let c = &mut self.window_cells[cell];
+                c.prefix = c.sum;
                 c.sum += slot;
                 if c.oldest == NO_BUCKET {
                     c.oldest = b;
@@ -188,6 +194,12 @@ impl SignalState {
         }
     }
 
+    /// Ordinal `i`'s cell of window `k`.
+    #[inline]
+    fn cell(&self, i: usize, k: usize) -> SumCell {
+        self.window_cells[i * self.window_sums.len() + k]
+    }
+
     /// Recomputes window sums `k` for ordinal `i` from the warm tier.
     fn refresh_window(&mut self, k: usize, i: usize) {
         let ws = &self.window_sums[k];
@@ -197,16 +209,22 @@ impl SignalState {
         } else {
             (0.0, 0.0, NO_BUCKET)
         };
-        let ws = &mut self.window_sums[k];
-        if let (Some(c), Some(p)) = (ws.cells.get_mut(i), ws.prefix.get_mut(i)) {
-            *c = SumCell { sum, oldest };
-            *p = prefix;
+        let cell = i * self.window_sums.len() + k;
+        if let Some(c) = self.window_cells.get_mut(cell) {
+            *c = SumCell {
+                sum,
+                oldest,
+                prefix,
+            };
         }
     }
 
     /// Recomputes every window sum from the warm tier (after decoding or expiring).
     pub fn rebuild_window_sums(&mut self) {
         let len = self.len();
+        self.window_cells.clear();
+        self.window_cells
+            .resize(len * self.window_sums.len(), SumCell::EMPTY);
         for k in 0..self.window_sums.len() {
             let tier = self.layout.tiers()[self.window_sums[k].code];
             let head = self
@@ -218,10 +236,6 @@ impl SignalState {
                 .unwrap_or(i64::MIN);
             let ws = &mut self.window_sums[k];
             ws.reset(head);
-            ws.cells.clear();
-            ws.cells.resize(len, SumCell::EMPTY);
-            ws.prefix.clear();
-            ws.prefix.resize(len, 0.0);
             if head == i64::MIN {
                 continue;
             }
@@ -351,15 +365,12 @@ impl SignalState {
                 n,
                 a,
                 sums: Some((k, how)),
-            } => {
-                let ws = &self.window_sums[k];
-                match how {
-                    SumsRead::AtHead => ws.cells[i].sum,
-                    SumsRead::After { cut } if ws.cells[i].oldest > cut => ws.cells[i].sum,
-                    SumsRead::After { .. } => self.bucket_sum(i, code, a - n, a),
-                    SumsRead::Empty => 0.0,
-                }
-            }
+            } => match how {
+                SumsRead::AtHead => self.cell(i, k).sum,
+                SumsRead::After { cut } if self.cell(i, k).oldest > cut => self.cell(i, k).sum,
+                SumsRead::After { .. } => self.bucket_sum(i, code, a - n, a),
+                SumsRead::Empty => 0.0,
+            },
             WindowRead::Buckets {
                 code,
                 n,
@@ -381,10 +392,11 @@ impl SignalState {
                 sums: Some((k, SumsRead::AtHead)),
                 ..
             } => {
-                let cells = &self.window_sums[k].cells;
+                let nw = self.window_sums.len();
+                let cells = &self.window_cells;
                 out.extend(
                     ords.iter()
-                        .map(|&o| cells.get(o as usize).map_or(0.0, |c| c.sum / div)),
+                        .map(|&o| cells.get(o as usize * nw + k).map_or(0.0, |c| c.sum / div)),
                 );
             }
             WindowRead::Buckets {
@@ -393,8 +405,9 @@ impl SignalState {
                 a,
                 sums: Some((k, SumsRead::After { cut })),
             } => {
-                let cells = &self.window_sums[k].cells;
-                out.extend(ords.iter().map(|&o| match cells.get(o as usize) {
+                let nw = self.window_sums.len();
+                let cells = &self.window_cells;
+                out.extend(ords.iter().map(|&o| match cells.get(o as usize * nw + k) {
                     Some(c) if c.oldest > cut => c.sum / div,
                     // Weight leaves the window: the entity has events, read its buckets.
                     Some(_) => self.bucket_sum(o as usize, code, a - n, a) / div,
@@ -493,9 +506,9 @@ impl SignalState {
                 let w = self.warm[old].take();
                 self.warm[new] = w;
             }
-            for ws in &mut self.window_sums {
-                ws.cells[new] = ws.cells[old];
-                ws.prefix[new] = ws.prefix[old];
+            let nw = self.window_sums.len();
+            for k in 0..nw {
+                self.window_cells[new * nw + k] = self.window_cells[old * nw + k];
             }
             len = new + 1;
         }
@@ -507,11 +520,9 @@ impl SignalState {
         self.last_ts.shrink_to_fit();
         self.total.shrink_to_fit();
         self.warm.shrink_to_fit();
+        self.window_cells.truncate(len * self.window_sums.len());
+        self.window_cells.shrink_to_fit();
         for ws in &mut self.window_sums {
-            ws.cells.truncate(len);
-            ws.cells.shrink_to_fit();
-            ws.prefix.truncate(len);
-            ws.prefix.shrink_to_fit();
             ws.remap_members(remap);
         }
     }
@@ -541,6 +552,7 @@ impl SignalState {
             + vec_bytes(&self.total)
             + vec_bytes(&self.warm)
             + warm
+            + vec_bytes(&self.window_cells)
             + self
                 .window_sums
                 .iter()
@@ -574,7 +586,7 @@ mod window_sums_tests {
     /// Every invariant of `window_sums.rs`, and every read served by the sums equal to
     /// the per-entity warm read, bit for bit, at instants around the head.
     fn check(s: &SignalState, probes: &[i64]) -> Result<(), TestCaseError> {
-        for ws in &s.window_sums {
+        for (k, ws) in s.window_sums.iter().enumerate() {
             let tier = s.layout.tiers()[ws.code];
             let newest = s
                 .last_ts
@@ -601,9 +613,10 @@ mod window_sums_tests {
                     let read = s.bucket_sum(i, ws.code, lo, hi);
                     prop_assert_eq!(read.to_bits(), sum.to_bits(), "parts of {}", i);
                 }
-                prop_assert_eq!(ws.prefix[i].to_bits(), prefix.to_bits(), "prefix of {}", i);
-                prop_assert_eq!(ws.cells[i].sum.to_bits(), sum.to_bits(), "sum of {}", i);
-                prop_assert_eq!(ws.cells[i].oldest, oldest, "oldest of {}", i);
+                let c = s.cell(i, k);
+                prop_assert_eq!(c.prefix.to_bits(), prefix.to_bits(), "prefix of {}", i);
+                prop_assert_eq!(c.sum.to_bits(), sum.to_bits(), "sum of {}", i);
+                prop_assert_eq!(c.oldest, oldest, "oldest of {}", i);
                 if oldest != NO_BUCKET {
                     prop_assert!(
                         ws.members_of(oldest).contains(&(i as u32)),
@@ -696,12 +709,29 @@ mod window_sums_tests {
             r.rebuild_window_sums();
             for (a, b) in r.window_sums.iter().zip(&s.window_sums) {
                 prop_assert_eq!(a.head, b.head);
-                let same = a.cells.iter().zip(&b.cells).all(|(x, y)| {
-                    x.sum.to_bits() == y.sum.to_bits() && x.oldest == y.oldest
+                let same = r.window_cells.iter().zip(&s.window_cells).all(|(x, y)| {
+                    x.sum.to_bits() == y.sum.to_bits()
+                        && x.prefix.to_bits() == y.prefix.to_bits()
+                        && x.oldest == y.oldest
                 });
                 prop_assert!(same, "rebuilt window sums differ");
             }
             check(&r, &probes)?;
+            // Renumbering (dropping the ordinals without events) keeps them.
+            let mut m = s.clone();
+            let mut next = 0u32;
+            let remap: Vec<u32> = (0..m.len())
+                .map(|i| {
+                    if m.is_active(i) {
+                        next += 1;
+                        next - 1
+                    } else {
+                        u32::MAX
+                    }
+                })
+                .collect();
+            m.remap(&remap);
+            check(&m, &probes)?;
             // Expiring buckets keeps the invariants.
             let newest = evs.iter().map(|e| e.1).max().unwrap_or(0);
             s.expire(newest - 5 * 60 * MINUTE);

@@ -11,13 +11,13 @@
 //! # Invariants (for each window `W` of `n` buckets of tier `code`)
 //!
 //! * `head` is the bucket of the newest event of the signal (`i64::MIN` before any).
-//! * `cells[i].sum` is bit-for-bit the warm read of buckets `(head − n, head]` for
-//!   ordinal `i` (recomputed by that same read whenever it changes, never accumulated, so
-//!   no rounding drift and no difference from the per-entity path); 0 for an ordinal
-//!   without events, so a gather needs no activity check.
-//! * `cells[i].oldest` is the oldest bucket in `(head − n, head]` holding weight of `i`,
-//!   or [`NO_BUCKET`]. It sits next to the sum so that a read after the head costs one
-//!   cache line per entity.
+//! * Ordinal `i`'s cell (kept by the signal, all windows of an ordinal side by side):
+//!   `sum` is bit-for-bit the warm read of buckets `(head − n, head]` (recomputed by
+//!   that same fold whenever it changes, never accumulated, so no rounding drift and no
+//!   difference from the per-entity path; 0 for an ordinal without events, so a gather
+//!   needs no activity check); `prefix` is the same fold without the newest bucket, so
+//!   an in-order event into that bucket sets `sum = prefix + bucket`; `oldest` is the
+//!   oldest bucket in the window holding weight of `i`, or [`NO_BUCKET`].
 //! * `members` holds one list per bucket `b` in `(head − n, head]`, oldest first, of
 //!   (possibly repeated) ordinals with weight in `b`: the ordinals to recompute when `b`
 //!   leaves the window.
@@ -38,24 +38,22 @@ pub(crate) struct WindowSums {
     /// Window length in that tier's buckets.
     pub n: i64,
     pub head: i64,
-    pub cells: Vec<SumCell>,
-    /// Per ordinal: the same fold over all in-window buckets but the newest, so that an
-    /// in-order event into the newest bucket updates the sum without a walk.
-    pub prefix: Vec<f64>,
     members: VecDeque<Vec<u32>>,
 }
 
-/// One ordinal's window sum and oldest in-window bucket.
+/// One ordinal's state in one window (see the invariants above).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SumCell {
     pub sum: f64,
     pub oldest: i64,
+    pub prefix: f64,
 }
 
 impl SumCell {
     pub const EMPTY: SumCell = SumCell {
         sum: 0.0,
         oldest: NO_BUCKET,
+        prefix: 0.0,
     };
 }
 
@@ -77,8 +75,6 @@ impl WindowSums {
             code,
             n,
             head: i64::MIN,
-            cells: Vec::new(),
-            prefix: Vec::new(),
             members: VecDeque::new(),
         }
     }
@@ -158,9 +154,7 @@ impl WindowSums {
     }
 
     pub fn memory_bytes(&self) -> usize {
-        vec_bytes(&self.cells)
-            + vec_bytes(&self.prefix)
-            + self.members.iter().map(vec_bytes).sum::<usize>()
+        self.members.iter().map(vec_bytes).sum::<usize>()
             + alloc_bytes(self.members.capacity() * std::mem::size_of::<Vec<u32>>())
     }
 }
