@@ -173,6 +173,17 @@ impl ReadView {
         Ok(())
     }
 
+    /// Builds the window sums that earlier bulk window reads asked for (see
+    /// `tidal_ledger`'s `window_sums.rs`), taking the ledger's write lock only when there
+    /// is something to build. Vectorized readers call this before a batch read, so a
+    /// catalogue-wide ranking is fast from its second batch on even with no writes.
+    pub fn prepare_window_sums(&self) {
+        let ledger = &self.shared.ledger.ledger;
+        if ledger.read().window_sums_wanted() {
+            ledger.write().enable_wanted_window_sums();
+        }
+    }
+
     /// Runs `f` with shared access to the ledger, for vectorized readers.
     pub fn with_ledger<R>(&self, f: impl FnOnce(&tidal_ledger::Ledger) -> R) -> R {
         f(&self.shared.ledger.ledger.read())

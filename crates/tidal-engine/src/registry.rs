@@ -74,7 +74,13 @@ impl Materializer for LedgerMaterializer {
     fn apply(&self, txn: &CommittedTxn, _schema: &Schema) -> Result<(), EngineError> {
         let mut ledger = None;
         for op in &txn.ops {
-            let l = ledger.get_or_insert_with(|| self.ledger.write());
+            let l = ledger.get_or_insert_with(|| {
+                let mut l = self.ledger.write();
+                if l.window_sums_wanted() {
+                    l.enable_wanted_window_sums();
+                }
+                l
+            });
             match op {
                 Op::Signals(events) => events.iter().for_each(|e| l.apply(e)),
                 Op::Schema(SchemaChange::CreateSignal(def)) => l.define(def),

@@ -443,6 +443,21 @@ impl Ledger {
         }
     }
 
+    /// Whether a bulk window read asked for window sums a signal does not keep yet.
+    pub fn window_sums_wanted(&self) -> bool {
+        self.signals.values().any(|s| s.sums_wanted.get())
+    }
+
+    /// Builds (and from now on maintains) the window sums bulk reads asked for: one pass
+    /// over the signal's active pairs. See `window_sums.rs`.
+    pub fn enable_wanted_window_sums(&mut self) {
+        for s in self.signals.values_mut() {
+            if s.sums_wanted.get() {
+                s.enable_window_sums();
+            }
+        }
+    }
+
     /// Encodes the whole ledger for a checkpoint (see `checkpoint.rs` for the format).
     pub fn encode(&self, e: &mut Encoder) {
         crate::checkpoint::encode(self, e);

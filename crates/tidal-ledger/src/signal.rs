@@ -26,6 +26,31 @@ pub(crate) fn clamp_ts(t: i64) -> i64 {
     t.clamp(TIMESTAMP_MICROS_MIN, TIMESTAMP_MICROS_MAX)
 }
 
+/// A window read over at least this many ordinals asks for the signal's window sums.
+pub const WINDOW_SUMS_REQUEST_ORDS_MIN: usize = 1_024;
+
+/// A request flag that survives `Clone` (as its current value).
+#[derive(Debug, Default)]
+pub(crate) struct Wanted(std::sync::atomic::AtomicBool);
+
+impl Wanted {
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn clear(&self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for Wanted {
+    fn clone(&self) -> Wanted {
+        Wanted(std::sync::atomic::AtomicBool::new(self.get()))
+    }
+}
+
 /// A window read with its entity-independent part worked out once.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum WindowRead {
@@ -56,8 +81,15 @@ pub(crate) struct SignalState {
     pub warm: Vec<Option<Warm>>,
     /// Ordinals with at least one event.
     pub active: usize,
-    /// One per distinct finite window the warm tier serves (see `window_sums.rs`).
+    /// One per distinct finite window the warm tier serves (see `window_sums.rs`);
+    /// maintained only while `sums_on`.
     pub window_sums: Vec<WindowSums>,
+    /// Whether the window sums are kept. They are built on demand: a bulk window read
+    /// of a signal without them sets `sums_wanted`, and the next writer (or the reader,
+    /// through `Ledger::enable_wanted_window_sums`) builds them, so signals nobody
+    /// ranks by do not pay for them at ingest.
+    pub sums_on: bool,
+    pub sums_wanted: Wanted,
     /// The windows' cells, interleaved: ordinal `i`'s cell for window `k` is at
     /// `i · window_sums.len() + k`, so an event updates all of a pair's windows in
     /// one or two cache lines.
@@ -85,6 +117,8 @@ impl SignalState {
             active: 0,
             window_sums,
             window_cells: Vec::new(),
+            sums_on: false,
+            sums_wanted: Wanted::default(),
         }
     }
 
@@ -107,7 +141,7 @@ impl SignalState {
             grow_to(&mut self.warm, len, None);
         }
         let nw = self.window_sums.len();
-        if nw > 0 {
+        if self.sums_on && nw > 0 {
             grow_to(&mut self.window_cells, len * nw, SumCell::EMPTY);
         }
     }
@@ -122,7 +156,12 @@ impl SignalState {
         }
         let ts = clamp_ts(ts);
         // Buckets leaving the windows are settled against the state before the event.
-        for k in 0..self.window_sums.len() {
+        let nw = if self.sums_on {
+            self.window_sums.len()
+        } else {
+            0
+        };
+        for k in 0..nw {
             let b = self.layout.tiers()[self.window_sums[k].code].index(ts);
             if b > self.window_sums[k].head {
                 self.advance_window(k, b);
@@ -144,7 +183,7 @@ impl SignalState {
             let last = self.last_ts[i];
             warm::apply(&self.layout, &mut self.warm[i], ts, w, old_last, last);
         }
-        for k in 0..self.window_sums.len() {
+        for k in 0..nw {
             let ws = &self.window_sums[k];
             let (code, tier) = (ws.code, self.layout.tiers()[ws.code]);
             let b = tier.index(ts);
@@ -194,6 +233,15 @@ impl SignalState {
         }
     }
 
+    /// Turns the window sums on (building them from the warm tier) if they are off.
+    pub fn enable_window_sums(&mut self) {
+        self.sums_wanted.clear();
+        if !self.sums_on && !self.window_sums.is_empty() {
+            self.sums_on = true;
+            self.rebuild_window_sums();
+        }
+    }
+
     /// Ordinal `i`'s cell of window `k`.
     #[inline]
     fn cell(&self, i: usize, k: usize) -> SumCell {
@@ -221,6 +269,10 @@ impl SignalState {
 
     /// Recomputes every window sum from the warm tier (after decoding or expiring).
     pub fn rebuild_window_sums(&mut self) {
+        if !self.sums_on {
+            self.window_cells = Vec::new();
+            return;
+        }
         let len = self.len();
         self.window_cells.clear();
         self.window_cells
@@ -336,6 +388,7 @@ impl SignalState {
                         .window_sums
                         .iter()
                         .position(|s| s.code == code && s.n == n)
+                        .filter(|_| self.sums_on)
                         .and_then(|k| Some((k, self.window_sums[k].read_at(a)?)));
                     WindowRead::Buckets { code, n, a, sums }
                 }
@@ -419,15 +472,25 @@ impl SignalState {
                 ..
             }
             | WindowRead::Unserved => out.resize(ords.len(), 0.0),
-            _ => out.extend(ords.iter().map(|&o| {
-                let i = o as usize;
-                if self.is_active(i) {
-                    self.window_count_with(i, r) / div
-                } else {
-                    0.0
+            _ => {
+                if !self.sums_on && ords.len() >= WINDOW_SUMS_REQUEST_ORDS_MIN {
+                    self.sums_wanted.set();
                 }
-            })),
+                self.gather_window_slow(r, ords, div, out);
+            }
         }
+    }
+
+    /// [`SignalState::gather_window`] entity by entity from the warm tier.
+    fn gather_window_slow(&self, r: WindowRead, ords: &[u32], div: f64, out: &mut Vec<f64>) {
+        out.extend(ords.iter().map(|&o| {
+            let i = o as usize;
+            if self.is_active(i) {
+                self.window_count_with(i, r) / div
+            } else {
+                0.0
+            }
+        }));
     }
 
     /// `(count over (at − W, at] − count over (at − 2W, at − W]) / hours` for ordinal `i`.
@@ -506,9 +569,11 @@ impl SignalState {
                 let w = self.warm[old].take();
                 self.warm[new] = w;
             }
-            let nw = self.window_sums.len();
-            for k in 0..nw {
-                self.window_cells[new * nw + k] = self.window_cells[old * nw + k];
+            if !self.window_cells.is_empty() {
+                let nw = self.window_sums.len();
+                for k in 0..nw {
+                    self.window_cells[new * nw + k] = self.window_cells[old * nw + k];
+                }
             }
             len = new + 1;
         }
@@ -586,6 +651,9 @@ mod window_sums_tests {
     /// Every invariant of `window_sums.rs`, and every read served by the sums equal to
     /// the per-entity warm read, bit for bit, at instants around the head.
     fn check(s: &SignalState, probes: &[i64]) -> Result<(), TestCaseError> {
+        if !s.sums_on {
+            return Ok(());
+        }
         for (k, ws) in s.window_sums.iter().enumerate() {
             let tier = s.layout.tiers()[ws.code];
             let newest = s
@@ -694,15 +762,23 @@ mod window_sums_tests {
             windows in proptest::sample::subsequence(WINDOWS.to_vec(), 1..=3),
             evs in events(),
             every in 1usize..8,
+            enable_at in prop_oneof![Just(0usize), 0usize..60],
         ) {
             let mut s = state(&windows);
             let probes: Vec<i64> = evs.iter().map(|e| e.1).collect();
             for (k, &(e, ts, w)) in evs.iter().enumerate() {
+                // Sums built from the warm tier part-way equal sums kept from the start.
+                if k == enable_at {
+                    prop_assert!(!s.sums_on);
+                    s.enable_window_sums();
+                    prop_assert!(s.sums_on);
+                }
                 s.apply(e, ts, w);
                 if k % every == 0 {
                     check(&s, &probes[..=k])?;
                 }
             }
+            s.enable_window_sums();
             check(&s, &probes)?;
             // Rebuilt from the warm tier (as after decoding): the same.
             let mut r = s.clone();

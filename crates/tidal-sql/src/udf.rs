@@ -382,6 +382,9 @@ fn evaluate(
     }
     let mut out: Vec<f64> = Vec::with_capacity(n);
     let w = window.unwrap_or(Window::All);
+    if matches!(f, SignalFn::WindowCount | SignalFn::Velocity) {
+        view.prepare_window_sums();
+    }
     match at {
         At::One(t) => view.with_ledger(|l| {
             let ords = memo.ordinals(l, def.kind, entities, &ids);

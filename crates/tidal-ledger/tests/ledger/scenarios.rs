@@ -336,3 +336,51 @@ fn empty_window_reads_positive_zero() {
         assert_eq!(a.to_bits(), 0.0f64.to_bits(), "{a:?}");
     }
 }
+
+#[test]
+fn bulk_window_reads_ask_for_window_sums_which_read_the_same() {
+    let mut l = Ledger::new();
+    l.define(&def(
+        1,
+        EntityKind::Item,
+        DecaySpec::exponential("1 day").unwrap(),
+        &["1h", "24h"],
+    ));
+    for k in 0..3_000u64 {
+        for j in 0..(k % 7) as i64 {
+            l.apply(&ev(
+                1,
+                k,
+                T0 + j * 13 * MIN + k as i64,
+                0.5 + j as f64 / 3.0,
+            ));
+        }
+    }
+    let ids: Vec<EntityId> = (0..3_000u64).map(EntityId).collect();
+    let mut ords = Vec::new();
+    l.ordinals_of(EntityKind::Item, &ids, &mut ords);
+    let ats = [T0 + 2 * HOUR, T0 + 2 * HOUR + 5 * MIN, T0 + 30 * HOUR];
+    let read = |l: &Ledger| -> Vec<Vec<u64>> {
+        let mut all = Vec::new();
+        for at in ats {
+            for x in ["1h", "24h"] {
+                let mut out = Vec::new();
+                l.velocity_ords(SignalId(1), &ords, w(x), Timestamp(at), &mut out);
+                all.push(out.iter().map(|v| v.to_bits()).collect());
+            }
+        }
+        all
+    };
+    assert!(!l.window_sums_wanted());
+    let before = read(&l);
+    assert!(l.window_sums_wanted(), "a bulk read asks for the sums");
+    l.enable_wanted_window_sums();
+    assert!(!l.window_sums_wanted());
+    assert_eq!(read(&l), before, "served by the sums, bit for bit");
+    // Kept current by later events.
+    l.apply(&ev(1, 5, T0 + 2 * HOUR, 2.0));
+    let after = read(&l);
+    let mut fresh = l.clone();
+    fresh.expire(Timestamp(i64::MIN + 1));
+    assert_eq!(read(&fresh), after);
+}
