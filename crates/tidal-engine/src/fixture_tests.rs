@@ -23,7 +23,18 @@ use tidal_core::{
 
 use crate::{Engine, EngineConfig};
 
-const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/datadir-v1");
+/// The crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for
+/// it): a test binary reused from another checkout through a shared target directory
+/// must still find this checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn fixture_dir() -> std::path::PathBuf {
+    manifest_dir().join("tests/fixtures/datadir-v1")
+}
 /// Small segments, so that the checkpoint retires some and the rest spans several files.
 const FIXTURE_SEGMENT_BYTES_MAX: u64 = 4 << 10;
 
@@ -417,7 +428,8 @@ fn write_datadir_v1_fixture() {
     // copy is what a crash at this point leaves behind. (fjall's journal, not fsynced per
     // write, holds only what it flushed at the checkpoint: the rows written since then
     // come back from the WAL.)
-    let dir = Path::new(FIXTURE_DIR);
+    let dir = fixture_dir();
+    let dir = dir.as_path();
     let _ = fs::remove_dir_all(dir);
     copy_dir(work.path(), dir);
     drop(engine);
@@ -483,13 +495,13 @@ fn prune_empty_dirs(dir: &Path) -> bool {
 
 fn copy_fixture() -> tempfile::TempDir {
     let work = tempfile::tempdir().unwrap();
-    copy_dir(Path::new(FIXTURE_DIR), work.path());
+    copy_dir(&fixture_dir(), work.path());
     work
 }
 
 /// The names of the files in a subdirectory of the fixture, sorted.
 fn fixture_files(sub: &str) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(Path::new(FIXTURE_DIR).join(sub))
+    let mut names: Vec<String> = fs::read_dir(fixture_dir().join(sub))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();

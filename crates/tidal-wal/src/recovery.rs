@@ -671,7 +671,18 @@ mod tests {
 
     /// Format version 1 as written by the first version of this crate, committed so that
     /// a format change cannot go unnoticed.
-    const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wal-v1");
+    /// The crate's directory, read when the test runs (cargo sets `CARGO_MANIFEST_DIR` for
+    /// it): a test binary reused from another checkout through a shared target directory
+    /// must still find this checkout's files.
+    fn manifest_dir() -> std::path::PathBuf {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+    }
+
+    fn fixture_dir() -> PathBuf {
+        manifest_dir().join("tests/fixtures/wal-v1")
+    }
     const FIXTURE_SEGMENT_BYTES_MAX: u64 = 400;
 
     fn fixture_txns() -> Vec<Vec<Op>> {
@@ -736,7 +747,8 @@ mod tests {
     #[test]
     #[ignore = "rewrites the committed format fixture; only when the format version changes"]
     fn write_format_fixture() {
-        let dir = Path::new(FIXTURE_DIR);
+        let dir = fixture_dir();
+        let dir = dir.as_path();
         let _ = fs::remove_dir_all(dir);
         let clock = clock();
         let mut opts = options(dir, &clock);
@@ -753,7 +765,7 @@ mod tests {
     #[test]
     fn format_v1_fixture_still_reads() {
         let work = tempfile::tempdir().unwrap();
-        let files: Vec<(PathBuf, Vec<u8>)> = segments(Path::new(FIXTURE_DIR))
+        let files: Vec<(PathBuf, Vec<u8>)> = segments(&fixture_dir())
             .into_iter()
             .map(|p| (p.clone(), fs::read(p).unwrap()))
             .collect();
