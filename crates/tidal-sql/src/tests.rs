@@ -112,10 +112,19 @@ fn f64s(batches: &[RecordBatch], col: usize) -> Vec<Option<f64>> {
 }
 
 fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    i64_column(batches, |_| 0)
+}
+
+/// The BIGINT column named `name` (RETRIEVE puts `id` after `rank`).
+fn ids_named(batches: &[RecordBatch], name: &str) -> Vec<i64> {
+    i64_column(batches, |b| b.schema().index_of(name).unwrap())
+}
+
+fn i64_column(batches: &[RecordBatch], col: impl Fn(&RecordBatch) -> usize) -> Vec<i64> {
     batches
         .iter()
         .flat_map(|b| {
-            b.column(0)
+            b.column(col(b))
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .unwrap()
@@ -1339,19 +1348,7 @@ async fn ledger_ordered_scans_are_cached_in_ordinal_order() {
         &format!("RETRIEVE items USING PROFILE p LIMIT 4 AT '{T0}'"),
     )
     .await;
-    let got: Vec<i64> = b
-        .iter()
-        .flat_map(|b| {
-            let c = b.schema().index_of("id").unwrap();
-            b.column(c)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    assert_eq!(got, vec![1, 2, 7, 15]);
+    assert_eq!(ids_named(&b, "id"), vec![1, 2, 7, 15]);
 }
 
 /// The scan cache's patch count of `sql`'s schema.
