@@ -5,9 +5,12 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use tidal_core::{EntityId, EntityKind, Row, Schema, SchemaChange, SignalEvent, Timestamp, Value};
 use tidal_wal::{Lsn, Op, Wal, WalOptions};
+
+type CommitOutcome = Result<tidal_wal::Committed, EngineError>;
 
 use crate::EngineError;
 use crate::checkpoint;
@@ -252,6 +255,20 @@ impl Engine {
         let wal = wal.as_ref().ok_or(EngineError::Closed)?;
         Ok(wal.commit(ops)?)
     }
+
+    /// Queues `ops` for group commit; the receiver yields the outcome once they are
+    /// durable and applied. A receiver whose sender is gone means the log shut down
+    /// (or its writer died) before answering.
+    fn submit_ops(&self, ops: Vec<Op>) -> Result<oneshot::Receiver<CommitOutcome>, EngineError> {
+        let wal = self.inner.wal.read();
+        let wal = wal.as_ref().ok_or(EngineError::Closed)?;
+        let (tx, rx) = oneshot::channel();
+        wal.commit_then(ops, move |r| {
+            // The waiter may have gone (a dropped future); the commit stands regardless.
+            let _ = tx.send(r.map_err(EngineError::from));
+        })?;
+        Ok(rx)
+    }
 }
 
 impl Drop for Engine {
@@ -364,6 +381,12 @@ impl PendingTxn {
     /// Whether any operation was added.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Whether it changes the schema (resuming it takes the DDL lock, and it commits
+    /// while holding it).
+    pub fn changes_schema(&self) -> bool {
+        self.ddl
     }
 }
 
@@ -522,6 +545,36 @@ impl WriteTxn<'_> {
             rows: self.rows,
             schema: self.schema,
             base_version: self.base_version,
+        }
+    }
+
+    /// Like [`WriteTxn::commit`], but waits without blocking a thread: the returned
+    /// future resolves once the transaction is durable and applied. Use it from async
+    /// code, where a blocking commit would park a runtime worker for a whole fsync.
+    ///
+    /// The transaction is submitted before this returns: dropping the future does not
+    /// cancel it, it only stops waiting for the answer. A transaction that changes the
+    /// schema holds the DDL lock until applied, so it commits synchronously here.
+    pub fn commit_async(
+        self,
+    ) -> impl Future<Output = Result<WriteOutcome, EngineError>> + Send + 'static {
+        let rows = self.rows;
+        let submitted = if self.ddl.is_some() {
+            Err(self.commit())
+        } else {
+            Ok(self.engine.submit_ops(self.ops))
+        };
+        async move {
+            let committed = match submitted {
+                Err(done) => return done,
+                Ok(rx) => rx?.await.map_err(|_| EngineError::Closed)??,
+            };
+            Ok(WriteOutcome {
+                lsn: committed.lsn,
+                events_accepted: committed.events_accepted,
+                events_duplicate: committed.events_duplicate,
+                rows,
+            })
         }
     }
 

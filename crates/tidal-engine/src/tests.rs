@@ -116,6 +116,76 @@ fn concurrent_inserts_of_one_id_admit_exactly_one() {
     }
 }
 
+/// `commit_async` applies exactly what `commit` would: the same outcome, the same
+/// all-or-nothing rejection, the same refusal once closed; DDL commits inline.
+#[test]
+fn async_commits_apply_like_blocking_ones() {
+    use futures::executor::block_on;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut txn = engine.begin();
+    txn.insert(EntityKind::Item, row(1, "one")).unwrap();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 2.0, Some(t0()))
+        .unwrap();
+    txn.signal("view", EntityId(1), Some(EntityId(7)), 2.0, Some(t0()))
+        .unwrap();
+    let pending = txn.commit_async();
+    let out = block_on(pending).unwrap();
+    assert_eq!(
+        (out.events_accepted, out.events_duplicate, out.rows),
+        (1, 1, 1)
+    );
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 2.0);
+
+    // A rejected transaction applies none of its ops, signals included.
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(2), None, 1.0, Some(t0()))
+        .unwrap();
+    txn.insert(EntityKind::Item, row(1, "again")).unwrap();
+    let r = block_on(txn.commit_async());
+    assert!(matches!(r, Err(EngineError::DuplicateKey { .. })), "{r:?}");
+    assert_eq!(engine.read().total("view", EntityId(2)).unwrap(), 0.0);
+
+    // Submitted, then the waiter is dropped: the transaction still commits.
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(3), None, 1.0, Some(t0()))
+        .unwrap();
+    drop(txn.commit_async());
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(4), None, 1.0, Some(t0()))
+        .unwrap();
+    block_on(txn.commit_async()).unwrap();
+    assert_eq!(engine.read().total("view", EntityId(3)).unwrap(), 1.0);
+
+    // A schema change commits through the same call.
+    let mut txn = engine.begin();
+    let def = SignalDef::new(
+        "like",
+        EntityKind::Item,
+        DecaySpec::exponential("1 day").unwrap(),
+        [Window::All],
+    );
+    txn.schema_change(SchemaChange::CreateSignal(def.unwrap()))
+        .unwrap();
+    block_on(txn.commit_async()).unwrap();
+    assert!(engine.schema().signal("like").is_ok());
+
+    engine.shutdown().unwrap();
+    let mut txn = engine.begin();
+    txn.signal("view", EntityId(1), None, 1.0, None).unwrap();
+    assert!(matches!(
+        block_on(txn.commit_async()),
+        Err(EngineError::Closed)
+    ));
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(engine.read().total("view", EntityId(1)).unwrap(), 2.0);
+    assert_eq!(engine.read().total("view", EntityId(3)).unwrap(), 1.0);
+    assert_eq!(engine.read().total("view", EntityId(2)).unwrap(), 0.0);
+}
+
 #[test]
 fn checkpoint_retires_wal_and_restart_restores_everything() {
     let dir = tempfile::tempdir().unwrap();

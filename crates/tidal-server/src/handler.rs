@@ -19,14 +19,15 @@ use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
-use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::{Entry, PortalStore};
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, PgWireServerHandlers, PidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, PgWireServerHandlers, PidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::extendedquery::{Bind, BindComplete, Parse, ParseComplete};
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -38,6 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{QUERY_BYTES_MAX, ServerConfig};
 use crate::copy::{self, CopyCommand, CopyIn};
+use crate::fastpath::{Bound, FastInsert};
 use crate::sqltext::{self, SessionCommand};
 use crate::{ServerError, encode};
 
@@ -367,19 +369,27 @@ impl Conn {
                 }
                 return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
             }
-            // Writes block on the WAL's group commit: run them on the blocking pool so
-            // many clients' commits can share one fsync. A write runs to completion once
-            // started (neither timeout nor cancel can leave it half-known).
-            let session = self.shared.session.clone();
-            let handle = tokio::runtime::Handle::current();
-            let parsed = stmt.clone();
-            let batches = tokio::task::spawn_blocking(move || match parsed {
-                // Parsed once, above; run as parsed.
-                Some(stmt) => handle.block_on(session.sql_tidal(stmt)),
-                None => Ok(Vec::new()),
-            })
-            .await
-            .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??;
+            let batches = match stmt.clone() {
+                // Row and event writes wait for the WAL's group commit without holding
+                // a thread, so many clients' commits share one fsync. Once submitted, a
+                // write commits even if this future is dropped (client gone): neither
+                // timeout nor cancel can leave it half-applied.
+                Some(
+                    dml @ (TidalStatement::InsertSignals { .. }
+                    | TidalStatement::InsertRows { .. }
+                    | TidalStatement::ChangeRows(_)),
+                ) => self.shared.session.sql_tidal(dml).await?,
+                // Schema changes commit under the engine's DDL lock: on the blocking
+                // pool, so a runtime worker never waits for an fsync.
+                Some(ddl) => {
+                    let session = self.shared.session.clone();
+                    let handle = tokio::runtime::Handle::current();
+                    tokio::task::spawn_blocking(move || handle.block_on(session.sql_tidal(ddl)))
+                        .await
+                        .map_err(|e| ServerError::Internal(format!("write task failed: {e}")))??
+                }
+                None => Vec::new(),
+            };
             drop(guard);
             return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
         }
@@ -410,6 +420,44 @@ impl Conn {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
+    /// Commits one event decoded by the prepared-INSERT fast path (see `fastpath`).
+    /// `None` inside a transaction block: the generic path adds it to the block.
+    async fn insert_fast(&self, event: Bound<'_>) -> Option<Result<Response, ServerError>> {
+        {
+            let st = self.lock();
+            if !matches!(st.txn, Txn::None) {
+                return None;
+            }
+            // As in `execute`: outside a block a failed stream leaves nothing to abort.
+            self.stream_failed.store(false, Ordering::SeqCst);
+        }
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Some(Err(ServerError::ShuttingDown));
+        }
+        let _running = Running::new(self.shared.clone());
+        let commit = {
+            let mut txn = self.shared.session.engine().begin();
+            if let Err(e) = txn.signal(
+                event.signal,
+                event.entity,
+                event.user,
+                event.weight,
+                event.ts,
+            ) {
+                return Some(Err(ServerError::Sql(e.into())));
+            }
+            txn.commit_async()
+        };
+        Some(match commit.await {
+            Ok(out) => Ok(Response::Execution(
+                Tag::new("INSERT")
+                    .with_oid(0)
+                    .with_rows(out.events_accepted),
+            )),
+            Err(e) => Err(ServerError::Sql(e.into())),
+        })
+    }
+
     async fn send_notices<C>(&self, client: &mut C) -> PgWireResult<()>
     where
         C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -431,11 +479,17 @@ impl Conn {
         let txn = std::mem::take(&mut self.lock().txn);
         match txn {
             Txn::Open(Some(pending)) if !pending.is_empty() => {
-                let session = self.shared.session.clone();
                 let _running = Running::new(self.shared.clone());
-                tokio::task::spawn_blocking(move || session.commit(pending))
-                    .await
-                    .map_err(|e| ServerError::Internal(format!("commit task failed: {e}")))??;
+                if pending.changes_schema() {
+                    // Resuming takes the DDL lock and the commit holds it: keep both
+                    // off the runtime workers.
+                    let session = self.shared.session.clone();
+                    tokio::task::spawn_blocking(move || session.commit(pending))
+                        .await
+                        .map_err(|e| ServerError::Internal(format!("commit task failed: {e}")))??;
+                } else {
+                    self.shared.session.commit_async(pending).await?;
+                }
                 Ok(Response::TransactionEnd(Tag::new("COMMIT")))
             }
             Txn::Failed => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
@@ -852,6 +906,8 @@ pub(crate) struct Prepared {
     params: Vec<Type>,
     /// Result columns, or `None` for statements without rows.
     schema: Option<SchemaRef>,
+    /// Set for a one-event `INSERT INTO signals … VALUES ($1, …)`.
+    fast: Option<FastInsert>,
 }
 
 /// Plans statements for Parse/Describe: parameter types and result columns.
@@ -874,6 +930,7 @@ impl Parser {
             })
             .collect();
         let mut schema = None;
+        let mut fast = None;
         if let Some(cmd) = sqltext::session_command(sql)? {
             if let SessionCommand::Show { name } = cmd {
                 schema = Some(Arc::new(Schema::new(vec![Field::new(
@@ -894,6 +951,9 @@ impl Parser {
                 Some(stmt) => {
                     crate::params::infer_write(&self.shared.session, sql, &stmt, &mut params)
                         .await?;
+                    if matches!(stmt, TidalStatement::InsertSignals { .. }) {
+                        fast = FastInsert::plan(sql);
+                    }
                 }
                 None => {
                     let plan = self
@@ -923,6 +983,7 @@ impl Parser {
                 .map(|p| p.unwrap_or(Type::TEXT))
                 .collect(),
             schema,
+            fast,
         })
     }
 }
@@ -984,6 +1045,63 @@ impl ExtendedQueryHandler for Conn {
         self.parser.clone()
     }
 
+    /// pgwire's default, except that ParseComplete is buffered until Sync or Flush (as
+    /// PostgreSQL does) instead of costing a socket write of its own.
+    async fn on_parse<C>(&self, client: &mut C, message: Parse) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME).to_owned();
+        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+            Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
+            None => client.portal_store().put_empty_statement(&name),
+        }
+        client
+            .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// pgwire's default, except that BindComplete is buffered until Sync or Flush: a
+    /// prepared statement's round trip then costs one socket write, not two.
+    async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+        match client.portal_store().get_statement(statement_name) {
+            Some(Entry::Value(statement)) => {
+                let portal = Portal::try_new(&message, statement)?;
+                client.portal_store().put_portal(Arc::new(portal));
+            }
+            Some(Entry::Empty) => {
+                if !message.parameters.is_empty() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".to_owned(),
+                        "08P01".to_owned(),
+                        format!(
+                            "bind message supplies {} parameters, but prepared statement \"{statement_name}\" requires 0",
+                            message.parameters.len(),
+                        ),
+                    ))));
+                }
+                client.portal_store().put_empty_portal(portal_name);
+            }
+            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+        }
+        client
+            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+            .await?;
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -997,6 +1115,15 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let stmt = &portal.statement.statement;
+        if let Some(fast) = &stmt.fast
+            && let Some(event) = fast.bind(&stmt.params, &portal.parameters, |i| {
+                portal.parameter_format.format_for(i)
+            })
+            && let Some(result) = self.insert_fast(event).await
+        {
+            self.send_notices(client).await?;
+            return result.map_err(ServerError::into_pg);
+        }
         let mut literals = Vec::with_capacity(portal.parameters.len());
         for (i, value) in portal.parameters.iter().enumerate() {
             let ty = stmt.params.get(i).cloned().unwrap_or(Type::TEXT);

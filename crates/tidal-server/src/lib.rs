@@ -20,6 +20,7 @@ mod config;
 mod copy;
 mod encode;
 mod error;
+mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;

@@ -87,14 +87,17 @@ fn as_type(
 
 /// Adds every row of `batches` to one transaction and commits it; returns the count
 /// of events accepted (exact duplicates within the dedup window are not counted).
-pub fn insert_signals(
+pub async fn insert_signals(
     engine: &Engine,
     columns: &[String],
     batches: &[RecordBatch],
 ) -> Result<RecordBatch, SqlError> {
-    let mut txn = engine.begin();
-    let rows = add_signals(&mut txn, columns, batches)?;
-    let outcome = txn.commit()?;
+    // The transaction (which may hold a lock guard) must not live across the await.
+    let (rows, commit) = {
+        let mut txn = engine.begin();
+        (add_signals(&mut txn, columns, batches)?, txn.commit_async())
+    };
+    let outcome = commit.await?;
     debug_assert_eq!(
         rows as usize,
         outcome.events_accepted + outcome.events_duplicate
@@ -422,16 +425,19 @@ fn parse_vector(column: &str, s: &str) -> Result<Vec<f32>, SqlError> {
 }
 
 /// `INSERT INTO items|users|creators`: every row of `batches` becomes one atomic write.
-pub fn insert_rows(
+pub async fn insert_rows(
     engine: &Engine,
     kind: EntityKind,
     columns: &[String],
     batches: &[RecordBatch],
     on_conflict: &OnConflict,
 ) -> Result<RecordBatch, SqlError> {
-    let mut txn = engine.begin();
-    let written = add_rows(&mut txn, engine, kind, columns, batches, on_conflict)?;
-    txn.commit()?;
+    let (written, commit) = {
+        let mut txn = engine.begin();
+        let written = add_rows(&mut txn, engine, kind, columns, batches, on_conflict)?;
+        (written, txn.commit_async())
+    };
+    commit.await?;
     count_batch(written)
 }
 
@@ -546,14 +552,19 @@ pub fn add_rows(
 
 /// Applies an UPDATE or DELETE: `rows` holds the matching ids (and, for UPDATE, the new
 /// values of the assigned columns, in order). All changes commit as one transaction.
-pub fn change_rows(
+pub async fn change_rows(
     engine: &Engine,
     change: &RowChange,
     rows: &[RecordBatch],
 ) -> Result<RecordBatch, SqlError> {
-    let mut txn = engine.begin();
-    let n = add_changes(&mut txn, engine, change, rows)?;
-    txn.commit()?;
+    let (n, commit) = {
+        let mut txn = engine.begin();
+        (
+            add_changes(&mut txn, engine, change, rows)?,
+            txn.commit_async(),
+        )
+    };
+    commit.await?;
     count_batch(n)
 }
 

@@ -52,6 +52,7 @@ mod tests;
 
 pub use error::SqlError;
 pub use history::SignalsTable;
+pub use insert::SIGNAL_COLUMNS;
 pub use profile::{MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrieve};
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
 pub use retrieve::RankProfileUdf;

@@ -200,9 +200,18 @@ impl SqlSession {
         self.engine.begin().suspend()
     }
 
-    /// Commits a client transaction: all of it, durably, or nothing.
+    /// Commits a client transaction: all of it, durably, or nothing. Blocks the
+    /// calling thread for the group commit; see [`SqlSession::commit_async`].
     pub fn commit(&self, pending: PendingTxn) -> Result<WriteOutcome, SqlError> {
         Ok(self.engine.resume(pending)?.commit()?)
+    }
+
+    /// [`SqlSession::commit`] without parking the thread while the commit is made
+    /// durable (a transaction that changes the schema still commits inline: it holds
+    /// the DDL lock until applied).
+    pub async fn commit_async(&self, pending: PendingTxn) -> Result<WriteOutcome, SqlError> {
+        let commit = self.engine.resume(pending)?.commit_async();
+        Ok(commit.await?)
     }
 
     /// The result columns of a tidalDB statement that returns rows (`SHOW SIGNALS`,
@@ -285,11 +294,7 @@ impl SqlSession {
                     Some(b) => vec![b],
                     None => self.read_only(&source).await?,
                 };
-                done(crate::insert::insert_signals(
-                    &self.engine,
-                    &columns,
-                    &rows,
-                )?)
+                done(crate::insert::insert_signals(&self.engine, &columns, &rows).await?)
             }
             crate::TidalStatement::InsertRows {
                 kind,
@@ -298,19 +303,16 @@ impl SqlSession {
                 on_conflict,
             } => {
                 let rows = self.read_only(&source).await?;
-                done(crate::insert::insert_rows(
-                    &self.engine,
-                    kind,
-                    &columns,
-                    &rows,
-                    &on_conflict,
-                )?)
+                done(
+                    crate::insert::insert_rows(&self.engine, kind, &columns, &rows, &on_conflict)
+                        .await?,
+                )
             }
             crate::TidalStatement::ChangeRows(change) => {
                 // The WHERE clause and the new values are evaluated by DataFusion over
                 // the statement's snapshot; the changes commit as one transaction.
                 let rows = self.read_only(&change.query).await?;
-                done(crate::insert::change_rows(&self.engine, &change, &rows)?)
+                done(crate::insert::change_rows(&self.engine, &change, &rows).await?)
             }
             crate::TidalStatement::Retrieve(r) => Ok(Output::Query(
                 crate::retrieve::plan_retrieve(self, &r).await?,

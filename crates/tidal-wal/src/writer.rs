@@ -147,8 +147,27 @@ impl Shared {
     }
 }
 
-type Reply<A> = SyncSender<Result<Committed, CommitError<<A as Applier>::Error>>>;
 type Outcome<A> = Result<Committed, CommitError<<A as Applier>::Error>>;
+
+/// Where a commit's outcome goes: a thread blocked in [`Wal::commit`], or the callback
+/// of [`Wal::commit_then`] (async callers, which must not park a thread per commit).
+enum Reply<A: Applier> {
+    Wait(SyncSender<Outcome<A>>),
+    Call(Box<dyn FnOnce(Outcome<A>) + Send>),
+}
+
+impl<A: Applier> Reply<A> {
+    /// Delivers the outcome. A waiter that went away is not an error: the commit's
+    /// fate is already decided and recorded.
+    fn send(self, outcome: Outcome<A>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Call(f) => f(outcome),
+        }
+    }
+}
 /// Replies of one batch, handed from the writer to the acknowledging thread.
 type AckBatch<A> = Vec<(Reply<A>, Outcome<A>)>;
 
@@ -236,7 +255,7 @@ impl<A: Applier> Wal<A> {
             .spawn(move || {
                 for batch in ack_rx {
                     for (reply, outcome) in batch {
-                        let _ = reply.send(outcome);
+                        reply.send(outcome);
                     }
                 }
             })?;
@@ -283,8 +302,30 @@ impl<A: Applier> Wal<A> {
     /// left with no ops is still committed and gets an LSN.
     pub fn commit(&self, ops: Vec<Op>) -> Result<Committed, CommitError<A::Error>> {
         let (reply, rx) = sync_channel(1);
-        self.send(Msg::Commit(CommitRequest { ops, reply }))?;
+        self.send(Msg::Commit(CommitRequest {
+            ops,
+            reply: Reply::Wait(reply),
+        }))?;
         rx.recv().map_err(|_| self.gone())?
+    }
+
+    /// Submits one transaction without waiting: `done` receives the outcome once the
+    /// transaction is durable and applied (or has failed), exactly as [`Wal::commit`]
+    /// would have returned it. `done` runs on the log's acknowledging thread and must
+    /// not block (wake a task, send on a channel).
+    ///
+    /// Blocks only while the request queue is full ([`WAL_QUEUE_REQUESTS_MAX`]). If the
+    /// request cannot be queued at all, the error is returned here, `done` is dropped
+    /// without being called, and nothing is applied.
+    pub fn commit_then(
+        &self,
+        ops: Vec<Op>,
+        done: impl FnOnce(Result<Committed, CommitError<A::Error>>) + Send + 'static,
+    ) -> Result<(), WalError> {
+        self.send(Msg::Commit(CommitRequest {
+            ops,
+            reply: Reply::Call(Box::new(done)),
+        }))
     }
 
     /// Runs `f` on the writer thread between batches, with exclusive access to the applier:
@@ -567,14 +608,14 @@ impl<A: Applier> Writer<A> {
     /// Deduplicates and encodes a request; answers it directly if it cannot be committed.
     fn stage(&mut self, req: CommitRequest<A>, arrival: Timestamp) -> Option<Staged<A>> {
         if self.shared.poisoned() {
-            let _ = req.reply.send(Err(CommitError::Wal(WalError::Poisoned)));
+            req.reply.send(Err(CommitError::Wal(WalError::Poisoned)));
             return None;
         }
         let filtered = self.dedup.filter(req.ops, arrival);
         let mut stream = std::mem::take(&mut self.scratch);
         frame::encode_ops(&filtered.ops, &mut stream);
         if stream.len() > WAL_TXN_BYTES_MAX {
-            let _ = req.reply.send(Err(CommitError::Wal(WalError::TooLarge {
+            req.reply.send(Err(CommitError::Wal(WalError::TooLarge {
                 bytes: stream.len(),
             })));
             self.scratch = stream;
@@ -603,12 +644,12 @@ impl<A: Applier> Writer<A> {
         } = staged;
         // A transaction carried over from a batch that then failed must not be written.
         if self.shared.poisoned() {
-            let _ = reply.send(Err(CommitError::Wal(WalError::Poisoned)));
+            reply.send(Err(CommitError::Wal(WalError::Poisoned)));
             self.scratch = stream;
             return false;
         }
         if let Err(e) = self.applier.prepare(&ops) {
-            let _ = reply.send(Err(CommitError::Rejected(e)));
+            reply.send(Err(CommitError::Rejected(e)));
             self.scratch = stream;
             return false;
         }
@@ -649,7 +690,7 @@ impl<A: Applier> Writer<A> {
             // Clear the prepare overlay; nothing of this batch will be applied.
             self.applier.batch_done();
             for p in self.batch.drain(..) {
-                let _ = p.reply.send(Err(CommitError::Wal(WalError::Poisoned)));
+                p.reply.send(Err(CommitError::Wal(WalError::Poisoned)));
             }
             return;
         }
@@ -701,7 +742,7 @@ impl<A: Applier> Writer<A> {
         // the ack thread while this thread forms and syncs the next batch.
         if let Err(std::sync::mpsc::SendError(acks)) = self.acks.send(acks) {
             for (reply, outcome) in acks {
-                let _ = reply.send(outcome);
+                reply.send(outcome);
             }
         }
     }
@@ -1214,6 +1255,59 @@ mod tests {
         a.fail_apply_on_delete = Some(13);
         let r = Wal::open(options(dir.path(), &clock), a);
         assert!(matches!(r, Err(WalError::Apply { lsn: 4, .. })), "{r:?}");
+    }
+
+    /// `commit_then` answers through its callback exactly what `commit` would return,
+    /// batches with blocking commits, and never answers twice or not at all.
+    #[test]
+    fn commit_then_reports_through_the_callback_like_commit() {
+        type Outcome = Result<Committed, CommitError<TestError>>;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = clock();
+        let (wal, applied) = open(options(dir.path(), &clock));
+        let wal = Arc::new(wal);
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, Outcome)>();
+        let submit = |id: u64, ops: Vec<Op>| {
+            let tx = tx.clone();
+            wal.commit_then(ops, move |r| tx.send((id, r)).unwrap())
+                .unwrap();
+        };
+        // Queued behind a stalled writer, mixed with a blocking commit: one batch.
+        let (staller, release) = stall(&wal);
+        submit(1, vec![insert(1)]);
+        submit(2, vec![insert(1)]); // duplicate key: rejected, nothing written
+        submit(3, vec![signals(&[ev(7, T0), ev(7, T0)])]);
+        let blocking = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || wal.commit(vec![insert(4)]))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        release.wait();
+        staller.join().unwrap();
+        let blocking = blocking.join().unwrap().unwrap();
+        let mut got: Vec<(u64, Outcome)> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        got.sort_by_key(|(id, _)| *id);
+        assert!(matches!(got[0].1, Ok(Committed { lsn: 2, .. })), "{got:?}");
+        assert!(
+            matches!(
+                got[1].1,
+                Err(CommitError::Rejected(TestError::DuplicateKey(1)))
+            ),
+            "{got:?}"
+        );
+        match &got[2].1 {
+            Ok(c) => assert_eq!((c.lsn, c.events_accepted, c.events_duplicate), (4, 1, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(blocking.lsn, 6);
+        assert_eq!(applied.lock().unwrap().len(), 3);
+        assert_eq!(wal.stats().batches, 1, "{:?}", wal.stats());
+        assert!(rx.try_recv().is_err(), "answered twice");
+        // Closing drops every callback: no answer is left pending.
+        let wal = Arc::into_inner(wal).unwrap();
+        wal.close().unwrap();
+        drop(tx);
+        assert!(rx.recv().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::types::Type;
 
-use crate::common::{SCHEMA, start};
+use crate::common::{SCHEMA, code, start};
 
 /// 2025-11-24 16:00:00.123456 UTC.
 fn fixed_ts() -> SystemTime {
@@ -617,5 +617,236 @@ async fn session_commands_and_catalog_functions() {
         vec![1, 2],
         "an aborted block applies nothing"
     );
+    server.stop().await;
+}
+
+/// One event for `prepared_signal_inserts_match_the_generic_path`.
+#[derive(Debug, Clone, Copy)]
+struct Ev {
+    signal: Option<&'static str>,
+    entity: Option<i64>,
+    user: Option<i64>,
+    weight: Option<f64>,
+    /// Microseconds since the Unix epoch.
+    ts: Option<i64>,
+}
+
+impl Ev {
+    /// The same event as a SQL text INSERT (the generic path), for entity `entity`.
+    fn sql(&self, entity: Option<i64>) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "NULL".into());
+        format!(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES ({}, {}, {}, {}, {})",
+            opt(self.signal.map(|s| format!("'{s}'"))),
+            opt(entity.map(|e| e.to_string())),
+            opt(self.user.map(|u| u.to_string())),
+            opt(self.weight.map(|w| format!("CAST('{w:?}' AS DOUBLE)"))),
+            opt(self
+                .ts
+                .map(|t| format!("CAST('{}' AS TIMESTAMP)", tidal::Timestamp(t)))),
+        )
+    }
+
+    fn time(&self) -> Option<SystemTime> {
+        self.ts
+            .map(|t| UNIX_EPOCH + Duration::from_micros(t as u64))
+    }
+}
+
+/// A prepared one-event `INSERT INTO signals` skips SQL (the server's fast path); it
+/// must give exactly what the generic path gives for the same event sent as SQL text:
+/// the same rows, counts and duplicates, and the same SQLSTATE for every bad event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_signal_inserts_match_the_generic_path() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    let sql =
+        "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES ($1, $2, $3, $4, $5)";
+    let wide = c.prepare(sql).await.unwrap();
+    assert_eq!(
+        wide.params(),
+        &[
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::FLOAT8,
+            Type::TIMESTAMP
+        ]
+    );
+    let narrow = c
+        .prepare_typed(
+            sql,
+            &[
+                Type::VARCHAR,
+                Type::INT4,
+                Type::INT4,
+                Type::FLOAT4,
+                Type::TIMESTAMPTZ,
+            ],
+        )
+        .await
+        .unwrap();
+    let now_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let hour = 3_600_000_000i64;
+    let ok = |signal, user, weight, ts| Ev {
+        signal: Some(signal),
+        entity: Some(0),
+        user,
+        weight: Some(weight),
+        ts,
+    };
+    let good = [
+        ok("like", Some(7), 2.5, Some(now_us - hour)),
+        ok("view", None, 1.0, Some(now_us - 2 * hour + 17)),
+        ok("like", Some(0), -1.0, Some(now_us - 30 * hour)),
+        ok("view", Some(9), 0.0, None),
+    ];
+    for (k, ev) in good.iter().enumerate() {
+        let (fast, generic) = (100 + k as i64, 200 + k as i64);
+        for stmt in [&wide, &narrow] {
+            let narrow = std::ptr::eq(stmt, &narrow);
+            let n = if narrow {
+                c.execute(
+                    stmt,
+                    &[
+                        &ev.signal,
+                        &Some(fast as i32),
+                        &ev.user.map(|u| u as i32),
+                        &ev.weight.map(|w| w as f32),
+                        &ev.time(),
+                    ],
+                )
+                .await
+            } else {
+                c.execute(
+                    stmt,
+                    &[&ev.signal, &Some(fast), &ev.user, &ev.weight, &ev.time()],
+                )
+                .await
+            };
+            // The first of the two identical events counts; the second is a duplicate
+            // (unless its ts defaults to the clock, which moved).
+            let expect = if narrow && ev.ts.is_some() { 0 } else { 1 };
+            assert_eq!(n.unwrap(), expect, "{ev:?} narrow={narrow}");
+        }
+        let rows = c.simple_query(&ev.sql(Some(generic))).await.unwrap();
+        assert_eq!(simple(&rows), vec!["complete 1"], "{ev:?}");
+        let rows = c.simple_query(&ev.sql(Some(generic))).await.unwrap();
+        let expect = if ev.ts.is_some() {
+            "complete 0"
+        } else {
+            "complete 1"
+        };
+        assert_eq!(simple(&rows), vec![expect], "{ev:?}");
+
+        let stored = |e: i64| {
+            let c = &c;
+            async move {
+                let rows = c
+                    .query(
+                        "SELECT signal, user_id, weight, ts FROM signals WHERE entity_id = $1 \
+                         ORDER BY ts",
+                        &[&e],
+                    )
+                    .await
+                    .unwrap();
+                rows.iter()
+                    .map(|r| {
+                        let ts: SystemTime = r.get(3);
+                        (
+                            r.get::<_, String>(0),
+                            r.get::<_, Option<i64>>(1),
+                            r.get::<_, f64>(2),
+                            ts,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let (f, g) = (stored(fast).await, stored(generic).await);
+        assert_eq!(f.len(), g.len(), "{ev:?}: {f:?} vs {g:?}");
+        for (a, b) in f.iter().zip(&g) {
+            assert_eq!((&a.0, a.1, a.2), (&b.0, b.1, b.2), "{ev:?}");
+            match ev.time() {
+                Some(t) => assert_eq!((a.3, b.3), (t, t), "{ev:?}"),
+                // Defaulted to the server clock: close to now.
+                None => {
+                    let age = SystemTime::now().duration_since(a.3).unwrap_or_default();
+                    assert!(age < Duration::from_secs(60), "{a:?}");
+                }
+            }
+        }
+    }
+
+    // Bad events: the same SQLSTATE either way, and nothing applied.
+    let before = c
+        .query_one("SELECT count(*) FROM signals", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    let bad = [
+        Ev {
+            signal: None,
+            ..ok("like", None, 1.0, None)
+        },
+        Ev {
+            entity: None,
+            ..ok("like", None, 1.0, None)
+        },
+        Ev {
+            entity: Some(-4),
+            ..ok("like", None, 1.0, None)
+        },
+        Ev {
+            weight: None,
+            ..ok("like", None, 1.0, None)
+        },
+        ok("nope", None, 1.0, None),
+        ok("like", Some(-3), 1.0, None),
+        ok("like", None, f64::NAN, None),
+        ok("like", None, f64::INFINITY, None),
+        ok("like", None, 1.0, Some(now_us + 48 * hour)),
+    ];
+    for ev in bad {
+        let fast = c
+            .execute(
+                &wide,
+                &[&ev.signal, &ev.entity, &ev.user, &ev.weight, &ev.time()],
+            )
+            .await;
+        let generic = c.simple_query(&ev.sql(ev.entity)).await;
+        let (Err(f), Err(g)) = (&fast, &generic) else {
+            panic!("{ev:?}: expected errors, got {fast:?} and {generic:?}");
+        };
+        assert_eq!(code(f), code(g), "{ev:?}: {f:?} vs {g:?}");
+    }
+    let after = c
+        .query_one("SELECT count(*) FROM signals", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(after, before);
+
+    // Inside a transaction block the event joins the block.
+    let ev = ok("like", Some(1), 1.0, Some(now_us - hour));
+    for (end, kept) in [("ROLLBACK", 0i64), ("COMMIT", 1)] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.execute(
+            &wide,
+            &[&ev.signal, &Some(300i64), &ev.user, &ev.weight, &ev.time()],
+        )
+        .await
+        .unwrap();
+        c.batch_execute(end).await.unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM signals WHERE entity_id = 300", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, kept, "{end}");
+    }
     server.stop().await;
 }

@@ -1,0 +1,412 @@
+//! The prepared single-event INSERT without SQL: `INSERT INTO signals (…) VALUES ($1, …)`.
+//!
+//! The generic extended-protocol path renders every parameter as a SQL literal,
+//! re-parses the statement and builds an Arrow batch, which costs more CPU than the
+//! write itself. A statement of exactly this shape (one row whose values are
+//! placeholders or plain literals) is planned once at Parse into a [`FastInsert`];
+//! each Execute then decodes the parameters straight into one event.
+//!
+//! The fast path only ever *accepts* what the generic path would accept identically:
+//! a parameter whose type or encoding is not the column's natural one (say, a text
+//! `entity_id`, a binary numeric weight) or that does not decode makes
+//! [`FastInsert::bind`] return `None`, and the caller runs the generic path, which
+//! also reports the errors. So both paths give the same results and the same errors.
+
+use bytes::Bytes;
+use pgwire::api::Type;
+use pgwire::api::results::FieldFormat;
+use tidal::datafusion::sql::sqlparser::ast::{
+    Expr, SetExpr, Statement, TableObject, Value as SqlValue,
+};
+use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use tidal::datafusion::sql::sqlparser::parser::Parser;
+use tidal_core::{EntityId, Timestamp};
+use tidal_sql::SIGNAL_COLUMNS;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary timestamps.
+const PG_EPOCH_MICROS: i64 = 10_957 * 86_400_000_000;
+
+/// Where one column of the event comes from.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// Not named in the INSERT: the column default (`user_id` NULL, `weight` 1, `ts` now).
+    Default,
+    /// `$n` (0-based here).
+    Param(usize),
+    /// A literal in the statement text.
+    Text(String),
+    Number(String),
+    Null,
+}
+
+/// A planned `INSERT INTO signals … VALUES (one row)`; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FastInsert {
+    /// Indexed like [`SIGNAL_COLUMNS`]: signal, entity_id, user_id, weight, ts.
+    cols: [Source; 5],
+}
+
+/// One event decoded from a Bind.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Bound<'a> {
+    pub signal: &'a str,
+    pub entity: EntityId,
+    pub user: Option<EntityId>,
+    pub weight: f64,
+    /// `None`: the transaction's clock.
+    pub ts: Option<Timestamp>,
+}
+
+impl FastInsert {
+    /// Plans `sql` (already known to be an INSERT into `signals`), or `None` if it is
+    /// not of the one-row, placeholders-and-literals shape.
+    pub fn plan(sql: &str) -> Option<FastInsert> {
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        let [Statement::Insert(insert)] = parsed.as_slice() else {
+            return None;
+        };
+        let TableObject::TableName(name) = &insert.table else {
+            return None;
+        };
+        if !name.to_string().eq_ignore_ascii_case("signals")
+            || insert.on.is_some()
+            || insert.returning.is_some()
+            || insert.partitioned.is_some()
+            || !insert.assignments.is_empty()
+        {
+            return None;
+        }
+        let source = insert.source.as_ref()?;
+        if source.with.is_some()
+            || source.order_by.is_some()
+            || source.limit_clause.is_some()
+            || source.fetch.is_some()
+        {
+            return None;
+        }
+        let SetExpr::Values(values) = source.body.as_ref() else {
+            return None;
+        };
+        let [row] = values.rows.as_slice() else {
+            return None;
+        };
+        let names: Vec<String> = if insert.columns.is_empty() {
+            SIGNAL_COLUMNS
+                .iter()
+                .take(row.content.len())
+                .map(|c| c.to_string())
+                .collect()
+        } else {
+            // Named exactly as the generic path names them (tidal_sql's statement parser).
+            insert
+                .columns
+                .iter()
+                .map(|c| c.to_string().to_ascii_lowercase())
+                .collect()
+        };
+        if names.len() != row.content.len() {
+            return None;
+        }
+        let mut cols = [
+            Source::Default,
+            Source::Default,
+            Source::Default,
+            Source::Default,
+            Source::Default,
+        ];
+        let mut named = [false; 5];
+        for (name, expr) in names.iter().zip(&row.content) {
+            let slot = SIGNAL_COLUMNS.iter().position(|c| c == name)?;
+            if std::mem::replace(&mut named[slot], true) {
+                return None;
+            }
+            let Expr::Value(v) = expr else { return None };
+            cols[slot] = match &v.value {
+                SqlValue::Placeholder(p) => {
+                    Source::Param(p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?)
+                }
+                SqlValue::SingleQuotedString(s) => Source::Text(s.clone()),
+                SqlValue::Number(n, _) => Source::Number(n.to_string()),
+                SqlValue::Null => Source::Null,
+                _ => return None,
+            };
+        }
+        if !named[0] || !named[1] {
+            return None;
+        }
+        Some(FastInsert { cols })
+    }
+
+    /// Decodes one event from a Bind's parameters, or `None` if anything is not the
+    /// plain case (the caller then runs the generic path, which gives the verdict).
+    pub fn bind<'a>(
+        &'a self,
+        types: &[Type],
+        values: &'a [Option<Bytes>],
+        formats: impl Fn(usize) -> FieldFormat,
+    ) -> Option<Bound<'a>> {
+        let param = |i: usize| -> Option<Param<'a>> {
+            let value = values.get(i)?;
+            Some(Param {
+                ty: types.get(i)?.clone(),
+                bytes: value.as_deref(),
+                binary: formats(i) == FieldFormat::Binary,
+            })
+        };
+        let signal = match &self.cols[0] {
+            Source::Param(i) => param(*i)?.text()?,
+            Source::Text(s) => s.as_str(),
+            _ => return None,
+        };
+        let id = |src: &Source| -> Option<Option<EntityId>> {
+            match src {
+                Source::Default | Source::Null => Some(None),
+                Source::Param(i) => match param(*i)?.int()? {
+                    None => Some(None),
+                    Some(v) => EntityId::from_i64(v).map(Some),
+                },
+                Source::Number(n) => EntityId::from_i64(n.parse().ok()?).map(Some),
+                Source::Text(_) => None,
+            }
+        };
+        // A NULL entity_id is an error the generic path reports.
+        let entity = id(&self.cols[1])??;
+        let user = id(&self.cols[2])?;
+        let weight = match &self.cols[3] {
+            Source::Default => 1.0,
+            Source::Param(i) => param(*i)?.float()??,
+            Source::Number(n) => n.parse().ok()?,
+            Source::Null | Source::Text(_) => return None,
+        };
+        // NaN and infinities are refused by the generic path's own checks.
+        if !weight.is_finite() {
+            return None;
+        }
+        let ts = match &self.cols[4] {
+            Source::Default | Source::Null => None,
+            Source::Param(i) => param(*i)?.timestamp()?,
+            Source::Text(s) => Some(Timestamp::parse(s).ok()?),
+            Source::Number(_) => return None,
+        };
+        Some(Bound {
+            signal,
+            entity,
+            user,
+            weight,
+            ts,
+        })
+    }
+}
+
+/// One Bind parameter with its declared type and format.
+struct Param<'a> {
+    ty: Type,
+    bytes: Option<&'a [u8]>,
+    binary: bool,
+}
+
+impl<'a> Param<'a> {
+    /// Text of a text-typed parameter (`NULL` is not plain: no `Some`).
+    fn text(&self) -> Option<&'a str> {
+        match self.ty {
+            Type::TEXT | Type::VARCHAR => std::str::from_utf8(self.bytes?).ok(),
+            _ => None,
+        }
+    }
+
+    /// An integer-typed parameter: `Some(None)` for NULL.
+    fn int(&self) -> Option<Option<i64>> {
+        let Some(b) = self.bytes else {
+            return matches!(self.ty, Type::INT2 | Type::INT4 | Type::INT8).then_some(None);
+        };
+        let v = if self.binary {
+            match self.ty {
+                Type::INT2 => i16::from_be_bytes(b.try_into().ok()?) as i64,
+                Type::INT4 => i32::from_be_bytes(b.try_into().ok()?) as i64,
+                Type::INT8 => i64::from_be_bytes(b.try_into().ok()?),
+                _ => return None,
+            }
+        } else {
+            match self.ty {
+                Type::INT2 | Type::INT4 | Type::INT8 => {
+                    std::str::from_utf8(b).ok()?.trim().parse().ok()?
+                }
+                _ => return None,
+            }
+        };
+        Some(Some(v))
+    }
+
+    /// A float- or integer-typed parameter: `Some(None)` for NULL.
+    fn float(&self) -> Option<Option<f64>> {
+        if matches!(self.ty, Type::INT2 | Type::INT4 | Type::INT8) {
+            return self.int().map(|v| v.map(|v| v as f64));
+        }
+        let Some(b) = self.bytes else {
+            return matches!(self.ty, Type::FLOAT4 | Type::FLOAT8).then_some(None);
+        };
+        let v = match (self.ty.clone(), self.binary) {
+            (Type::FLOAT4, true) => f32::from_be_bytes(b.try_into().ok()?) as f64,
+            (Type::FLOAT8, true) => f64::from_be_bytes(b.try_into().ok()?),
+            (Type::FLOAT4 | Type::FLOAT8, false) => {
+                std::str::from_utf8(b).ok()?.trim().parse().ok()?
+            }
+            _ => return None,
+        };
+        Some(Some(v))
+    }
+
+    /// A timestamp-typed parameter: `Some(None)` for NULL (the column default).
+    fn timestamp(&self) -> Option<Option<Timestamp>> {
+        if !matches!(self.ty, Type::TIMESTAMP | Type::TIMESTAMPTZ) {
+            return None;
+        }
+        let Some(b) = self.bytes else {
+            return Some(None);
+        };
+        let ts = if self.binary {
+            Timestamp(i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?)
+        } else {
+            Timestamp::parse(std::str::from_utf8(b).ok()?).ok()?
+        };
+        Some(Some(ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary(_: usize) -> FieldFormat {
+        FieldFormat::Binary
+    }
+
+    fn text(_: usize) -> FieldFormat {
+        FieldFormat::Text
+    }
+
+    fn b(v: &[u8]) -> Option<Bytes> {
+        Some(Bytes::copy_from_slice(v))
+    }
+
+    #[test]
+    fn plans_only_the_one_row_shape() {
+        let p = FastInsert::plan(
+            "INSERT INTO signals (signal, entity_id, user_id, ts) VALUES ($1, $2, $3, $4)",
+        )
+        .unwrap();
+        assert_eq!(
+            p.cols,
+            [
+                Source::Param(0),
+                Source::Param(1),
+                Source::Param(2),
+                Source::Default,
+                Source::Param(3)
+            ]
+        );
+        let p = FastInsert::plan("insert into SIGNALS values ('like', $1, NULL, 2.5)").unwrap();
+        assert_eq!(p.cols[0], Source::Text("like".into()));
+        assert_eq!(p.cols[2], Source::Null);
+        assert_eq!(p.cols[3], Source::Number("2.5".into()));
+        for sql in [
+            "INSERT INTO signals VALUES ($1, $2), ($3, $4)",
+            "INSERT INTO signals (signal, entity_id) SELECT $1, $2",
+            "INSERT INTO signals (signal, entity_id) VALUES ($1, $2 + 1)",
+            "INSERT INTO signals (signal, entity_id) VALUES ($1, -5)",
+            "INSERT INTO signals (signal, user_id) VALUES ($1, $2)",
+            "INSERT INTO signals (signal, entity_id, entity_id) VALUES ($1, $2, $3)",
+            "INSERT INTO signals (signal, entity_id, nope) VALUES ($1, $2, $3)",
+            "INSERT INTO signals (signal, entity_id) VALUES ($1, $2, $3)",
+            "INSERT INTO items (id) VALUES ($1)",
+            "INSERT INTO signals (signal, entity_id) VALUES ($1, $2) RETURNING *",
+            "INSERT INTO signals (signal, entity_id) VALUES ($0, $2)",
+            "INSERT INTO signals (\"Signal\", entity_id) VALUES ($1, $2)",
+        ] {
+            assert_eq!(FastInsert::plan(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn binds_natural_types_and_defers_everything_else() {
+        let p = FastInsert::plan(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .unwrap();
+        let types = [
+            Type::TEXT,
+            Type::INT8,
+            Type::INT4,
+            Type::FLOAT8,
+            Type::TIMESTAMPTZ,
+        ];
+        let values = [
+            b(b"like"),
+            b(&42i64.to_be_bytes()),
+            b(&7i32.to_be_bytes()),
+            b(&2.5f64.to_be_bytes()),
+            // 2026-11-25 10:00:00 UTC, in microseconds since 2000-01-01.
+            b(
+                &(Timestamp::parse("2026-11-25 10:00:00").unwrap().0 - PG_EPOCH_MICROS)
+                    .to_be_bytes(),
+            ),
+        ];
+        let got = p.bind(&types, &values, binary).unwrap();
+        assert_eq!(
+            got,
+            Bound {
+                signal: "like",
+                entity: EntityId(42),
+                user: Some(EntityId(7)),
+                weight: 2.5,
+                ts: Some(Timestamp::parse("2026-11-25 10:00:00").unwrap()),
+            }
+        );
+        // The same in text format.
+        let values_text = [
+            b(b"like"),
+            b(b" 42"),
+            b(b"7"),
+            b(b"2.5"),
+            b(b"2026-11-25 12:00:00+02"),
+        ];
+        assert_eq!(p.bind(&types, &values_text, text).unwrap(), got);
+        // NULL user and ts take the defaults.
+        let mut v = values.clone();
+        v[2] = None;
+        v[4] = None;
+        let got = p.bind(&types, &v, binary).unwrap();
+        assert_eq!((got.user, got.ts), (None, None));
+
+        // Everything the generic path must judge: NULL signal/entity/weight, a negative
+        // id, a wrong width, unparsable text, a non-natural type.
+        let defer = |i: usize, value: Option<Bytes>, ty: Type, fmt: fn(usize) -> FieldFormat| {
+            let mut v = values.to_vec();
+            v[i] = value;
+            let mut t = types.to_vec();
+            t[i] = ty;
+            assert_eq!(p.bind(&t, &v, fmt), None, "param {i}");
+        };
+        defer(0, None, Type::TEXT, binary);
+        defer(1, None, Type::INT8, binary);
+        defer(3, None, Type::FLOAT8, binary);
+        defer(1, b(&(-1i64).to_be_bytes()), Type::INT8, binary);
+        defer(1, b(&1i32.to_be_bytes()), Type::INT8, binary);
+        defer(1, b(b"12"), Type::TEXT, text);
+        defer(0, b(b"like"), Type::BYTEA, binary);
+        defer(3, b(&[0, 1]), Type::NUMERIC, binary);
+        defer(4, b(&1i32.to_be_bytes()), Type::DATE, binary);
+        let values_text = values_text.to_vec();
+        let mut v = values_text.clone();
+        v[4] = b(b"yesterday");
+        assert_eq!(p.bind(&types, &v, text), None);
+        let mut v = values_text.clone();
+        v[1] = b(b"4.5");
+        assert_eq!(p.bind(&types, &v, text), None);
+        let mut v = values_text.clone();
+        v[3] = b(b"NaN");
+        assert_eq!(p.bind(&types, &v, text), None);
+        // Too few parameters.
+        assert_eq!(p.bind(&types, &values[..3], binary), None);
+    }
+}
