@@ -138,6 +138,9 @@ pub const WAL_TXN_BYTES_MAX: usize = 256 << 20;
 pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
 /// Submissions queued for the writer before `commit` callers block (back-pressure).
 pub const WAL_QUEUE_REQUESTS_MAX: usize = 4_096;
+/// Zeros the writer keeps written ahead of the log's end in the active segment, so a
+/// commit's `fdatasync` need not also make a new file size durable.
+pub const WAL_PREALLOC_BYTES: u64 = 1 << 20;
 /// Exact duplicate events arriving within this window are counted once.
 pub const DEDUP_WINDOW_MICROS: i64 = 60_000_000;
 /// Memory bound on the dedup set. Under heavier load than this many events per window the

@@ -50,6 +50,9 @@ struct Torn {
     reason: &'static str,
 }
 
+/// The reason of a "torn" tail that is only the zeros the writer wrote ahead.
+const PREALLOCATED: &str = "preallocated zeros";
+
 /// Scans the log in `dir`, creating the first segment if there is none.
 ///
 /// The dedup set is rebuilt as it must be for the first new batch, whose arrival is at
@@ -213,6 +216,14 @@ impl<A: Applier> Scan<'_, A> {
                         FrameError::BadPayload(_) => return Err(corrupt(pos, e.reason())),
                     };
                     if is_last && all_zero(buf.get(zero_from..).unwrap_or_default()) {
+                        // Zeros right after a whole transaction are the writer's
+                        // preallocated space, not damage.
+                        if open.is_none() && all_zero(buf.get(pos..).unwrap_or_default()) {
+                            break Some(Torn {
+                                offset: pos,
+                                reason: PREALLOCATED,
+                            });
+                        }
                         break Some(Torn {
                             offset: open.unwrap_or(pos),
                             reason: e.reason(),
@@ -260,12 +271,16 @@ impl<A: Applier> Scan<'_, A> {
             if !is_last {
                 return Err(corrupt(torn.offset, torn.reason));
             }
-            tracing::warn!(
-                segment = %name,
-                offset = torn.offset,
-                reason = torn.reason,
-                "truncating torn tail of the WAL"
-            );
+            if torn.reason == PREALLOCATED {
+                tracing::debug!(segment = %name, offset = torn.offset, "cutting the WAL's preallocated tail");
+            } else {
+                tracing::warn!(
+                    segment = %name,
+                    offset = torn.offset,
+                    reason = torn.reason,
+                    "truncating torn tail of the WAL"
+                );
+            }
             segment::truncate_segment(path, torn.offset as u64)?;
             info.bytes = torn.offset as u64;
         }

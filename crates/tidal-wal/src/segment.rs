@@ -131,11 +131,11 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates a new segment with its header, fsyncs it and the directory, and returns it
-/// open for appending.
+/// open for writing (the writer writes at explicit offsets).
 pub(crate) fn create_segment(dir: &Path, header: SegmentHeader) -> io::Result<File> {
     let path = dir.join(segment_file_name(header.first_lsn));
     let mut file = OpenOptions::new()
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(&path)?;
     file.write_all(&header.encode())?;
@@ -159,9 +159,9 @@ pub(crate) fn truncate_segment(path: &Path, len: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-/// Opens an existing segment for appending after recovery.
-pub(crate) fn open_for_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).open(path)
+/// Opens an existing segment for writing after recovery (at explicit offsets).
+pub(crate) fn open_for_writing(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).open(path)
 }
 
 /// What the writer knows about one segment on disk.
