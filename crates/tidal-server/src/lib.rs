@@ -2,7 +2,9 @@
 //!
 //! Every connection is a tokio task. Queries stream from DataFusion to the socket
 //! batch by batch (bounded memory), under the statement timeout and cancel requests;
-//! writes run on the blocking pool so concurrent clients share the WAL's group commit.
+//! writes wait for the WAL's group commit without holding a thread, so concurrent
+//! clients share one fsync. A prepared one-event `INSERT INTO signals` skips SQL
+//! altogether (`fastpath`).
 //! Errors become ErrorResponses with a SQLSTATE in exactly one place
 //! ([`ServerError::sqlstate`]).
 //!
