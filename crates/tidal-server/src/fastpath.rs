@@ -1,10 +1,14 @@
-//! The prepared single-event INSERT without SQL: `INSERT INTO signals (…) VALUES ($1, …)`.
+//! The two hottest prepared statements without SQL: the single-event INSERT
+//! (`INSERT INTO signals (…) VALUES ($1, …)`) and the point read by id
+//! (`SELECT <columns> FROM <entity table> WHERE id = $1`).
 //!
 //! The generic extended-protocol path renders every parameter as a SQL literal,
 //! re-parses the statement and builds an Arrow batch, which costs more CPU than the
 //! write itself. A statement of exactly this shape (one row whose values are
 //! placeholders or plain literals) is planned once at Parse into a [`FastInsert`];
-//! each Execute then decodes the parameters straight into one event.
+//! each Execute then decodes the parameters straight into one event. Likewise a point
+//! read is planned into a [`FastSelect`] and each Execute reads the one row from a
+//! snapshot; DataFusion still plans it once at Parse, for the described result columns.
 //!
 //! The fast path only ever *accepts* what the generic path would accept identically:
 //! a parameter whose type or encoding is not the column's natural one (say, a text
@@ -16,11 +20,12 @@ use bytes::Bytes;
 use pgwire::api::Type;
 use pgwire::api::results::FieldFormat;
 use tidal::datafusion::sql::sqlparser::ast::{
-    Expr, SetExpr, Statement, TableObject, Value as SqlValue,
+    BinaryOperator, Expr, Ident, SelectItem, SetExpr, Statement, TableFactor, TableObject,
+    Value as SqlValue,
 };
 use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use tidal::datafusion::sql::sqlparser::parser::Parser;
-use tidal_core::{EntityId, Timestamp};
+use tidal_core::{EntityId, EntityKind, Schema, Timestamp};
 use tidal_sql::SIGNAL_COLUMNS;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary timestamps.
@@ -37,6 +42,13 @@ enum Source {
     Text(String),
     Number(String),
     Null,
+}
+
+/// A statement with a fast path, planned at Parse.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fast {
+    Insert(FastInsert),
+    Select(FastSelect),
 }
 
 /// A planned `INSERT INTO signals … VALUES (one row)`; see the module docs.
@@ -198,6 +210,137 @@ impl FastInsert {
     }
 }
 
+/// A planned `SELECT <columns> FROM <entity table> WHERE id = $n`; see the module docs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FastSelect {
+    pub kind: EntityKind,
+    /// Indexes of the selected columns in the table's columns.
+    pub projection: Vec<usize>,
+    /// The id parameter (0-based).
+    param: usize,
+    /// The schema version planned against: a later schema change sends the statement
+    /// back to the generic path (which re-plans it, or reports what changed).
+    pub schema_version: u64,
+}
+
+/// How DataFusion resolves an identifier: unquoted names fold to lower case.
+fn ident_name(i: &Ident) -> String {
+    match i.quote_style {
+        None => i.value.to_ascii_lowercase(),
+        Some(_) => i.value.clone(),
+    }
+}
+
+impl FastSelect {
+    /// Plans `sql` against `schema`, or `None` if it is not exactly a point read of
+    /// plain columns (or `*`) of an entity table by `id = $n`.
+    pub fn plan(sql: &str, schema: &Schema) -> Option<FastSelect> {
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        let [Statement::Query(query)] = parsed.as_slice() else {
+            return None;
+        };
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return None;
+        };
+        let [from] = select.from.as_slice() else {
+            return None;
+        };
+        let TableFactor::Table { name, .. } = &from.relation else {
+            return None;
+        };
+        let [table] = name.0.as_slice() else {
+            return None;
+        };
+        let table = ident_name(table.as_ident()?);
+        let kind: EntityKind = table.parse().ok()?;
+        if kind.table_name() != table {
+            return None;
+        }
+        let def = schema.table(kind).ok()?;
+        // DataFusion sees the table's columns under lower-case names (`table_schema`).
+        let column = |name: &str| {
+            def.columns
+                .iter()
+                .position(|c| c.name.to_ascii_lowercase() == name)
+        };
+        let mut projection = Vec::new();
+        let mut items = Vec::new();
+        for item in &select.projection {
+            match item {
+                SelectItem::Wildcard(_) => {
+                    projection.extend(0..def.columns.len());
+                    items.push("*".to_string());
+                }
+                SelectItem::UnnamedExpr(Expr::Identifier(i)) => {
+                    projection.push(column(&ident_name(i))?);
+                    items.push(i.to_string());
+                }
+                SelectItem::ExprWithAlias {
+                    expr: Expr::Identifier(i),
+                    alias,
+                } => {
+                    projection.push(column(&ident_name(i))?);
+                    items.push(format!("{i} AS {alias}"));
+                }
+                _ => return None,
+            }
+        }
+        let Some(Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        }) = &select.selection
+        else {
+            return None;
+        };
+        let (id, param) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Identifier(i), Expr::Value(v)) | (Expr::Value(v), Expr::Identifier(i)) => {
+                (i, &v.value)
+            }
+            _ => return None,
+        };
+        if ident_name(id) != "id" || def.columns.first()?.name != "id" {
+            return None;
+        }
+        let SqlValue::Placeholder(p) = param else {
+            return None;
+        };
+        let n: usize = p.strip_prefix('$')?.parse().ok()?;
+        // Nothing else in the statement: it prints back as exactly this shape (any
+        // other clause — DISTINCT, ORDER BY, LIMIT, a join, an alias — would show).
+        let shape = format!(
+            "SELECT {} FROM {name} WHERE {}",
+            items.join(", "),
+            select.selection.as_ref()?
+        );
+        if query.to_string() != shape {
+            return None;
+        }
+        Some(FastSelect {
+            kind,
+            projection,
+            param: n.checked_sub(1)?,
+            schema_version: schema.version,
+        })
+    }
+
+    /// The id to read, `Some(None)` for a NULL id (no row), or `None` when the
+    /// parameter is not a plain integer (the generic path then decides).
+    pub fn bind(
+        &self,
+        types: &[Type],
+        values: &[Option<Bytes>],
+        formats: impl Fn(usize) -> FieldFormat,
+    ) -> Option<Option<i64>> {
+        Param {
+            ty: types.get(self.param)?.clone(),
+            bytes: values.get(self.param)?.as_deref(),
+            binary: formats(self.param) == FieldFormat::Binary,
+        }
+        .int()
+    }
+}
+
 /// One Bind parameter with its declared type and format.
 struct Param<'a> {
     ty: Type,
@@ -324,6 +467,57 @@ mod tests {
             "INSERT INTO signals (\"Signal\", entity_id) VALUES ($1, $2)",
         ] {
             assert_eq!(FastInsert::plan(sql), None, "{sql}");
+        }
+    }
+
+    fn schema() -> Schema {
+        use tidal_core::{ColumnDef, ColumnType, SchemaChange, TableDef};
+        let mut schema = Schema::new();
+        let cols = vec![
+            ColumnDef::new("id", ColumnType::BigInt),
+            ColumnDef::new("title", ColumnType::Text),
+            ColumnDef::new("score", ColumnType::Double),
+        ];
+        let def = TableDef::new(EntityKind::Item, cols, vec![]).unwrap();
+        schema.apply(&SchemaChange::CreateTable(def)).unwrap();
+        schema
+    }
+
+    #[test]
+    fn plans_only_exact_point_reads() {
+        let schema = schema();
+        let plan = |sql: &str| FastSelect::plan(sql, &schema);
+        let p = plan("SELECT * FROM items WHERE id = $1").unwrap();
+        assert_eq!(
+            (p.kind, p.projection.clone(), p.param, p.schema_version),
+            (EntityKind::Item, vec![0, 1, 2], 0, schema.version)
+        );
+        let p = plan("select SCORE, title AS t, \"id\" from Items where $2 = id").unwrap();
+        assert_eq!((p.projection, p.param), (vec![2, 1, 0], 1));
+        for sql in [
+            "SELECT * FROM items WHERE id = $1 LIMIT 1",
+            "SELECT * FROM items WHERE id = $1 ORDER BY title",
+            "SELECT DISTINCT title FROM items WHERE id = $1",
+            "SELECT * FROM items AS t WHERE id = $1",
+            "SELECT * FROM items WHERE t.id = $1",
+            "SELECT * FROM items WHERE id = $1 AND true",
+            "SELECT * FROM items WHERE id > $1",
+            "SELECT * FROM items WHERE id = 1",
+            "SELECT * FROM items WHERE title = $1",
+            "SELECT * FROM items, users WHERE id = $1",
+            "SELECT * FROM public.items WHERE id = $1",
+            "SELECT * FROM users WHERE id = $1",
+            "SELECT * FROM signals WHERE id = $1",
+            "SELECT nope FROM items WHERE id = $1",
+            "SELECT \"Title\" FROM items WHERE id = $1",
+            "SELECT score * 2 FROM items WHERE id = $1",
+            "SELECT decay('like', id) FROM items WHERE id = $1",
+            "WITH x AS (SELECT 1) SELECT * FROM items WHERE id = $1",
+            "SELECT * FROM items WHERE id = $1 UNION SELECT * FROM items WHERE id = $2",
+            "SELECT * FROM items WHERE id = $1 FOR UPDATE",
+            "SELECT * FROM items WHERE id = $0",
+        ] {
+            assert_eq!(plan(sql), None, "{sql}");
         }
     }
 

@@ -39,7 +39,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{QUERY_BYTES_MAX, ServerConfig};
 use crate::copy::{self, CopyCommand, CopyIn};
-use crate::fastpath::{Bound, FastInsert};
+use crate::fastpath::{Bound, Fast, FastInsert, FastSelect};
 use crate::sqltext::{self, SessionCommand};
 use crate::{ServerError, encode};
 
@@ -456,6 +456,57 @@ impl Conn {
             )),
             Err(e) => Err(ServerError::Sql(e.into())),
         })
+    }
+
+    /// Answers a point read planned by the fast path (see `fastpath`): the row from a
+    /// snapshot, encoded exactly as the planned query's result would be. `None` inside
+    /// a transaction block or after a schema change: the generic path runs it.
+    fn select_fast(
+        &self,
+        plan: &FastSelect,
+        id: Option<i64>,
+        stmt: &Prepared,
+        formats: &Format,
+    ) -> Option<Result<Response, ServerError>> {
+        {
+            let st = self.lock();
+            if !matches!(st.txn, Txn::None) {
+                return None;
+            }
+            self.stream_failed.store(false, Ordering::SeqCst);
+        }
+        let target = stmt.schema.as_ref()?;
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Some(Err(ServerError::ShuttingDown));
+        }
+        let session = &self.shared.session;
+        let rows = match id {
+            // The schema version is checked in the same snapshot the row is read from.
+            Some(id) => {
+                match session.read_row(plan.kind, id, &plan.projection, plan.schema_version) {
+                    Ok(Some(batch)) => Some(batch),
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e.into())),
+                }
+            }
+            None if session.engine().schema().version != plan.schema_version => return None,
+            None => None,
+        };
+        let respond = || {
+            let fields = Arc::new(encode::fields(
+                target,
+                &formats_of(formats, target.fields().len()),
+            )?);
+            let rows = match rows {
+                Some(batch) => encode::rows(&conform(&batch, target)?, &fields)?,
+                None => Vec::new(),
+            };
+            Ok::<_, ServerError>(Response::Query(QueryResponse::new(
+                fields,
+                futures::stream::iter(rows.into_iter().map(Ok)),
+            )))
+        };
+        Some(respond())
     }
 
     async fn send_notices<C>(&self, client: &mut C) -> PgWireResult<()>
@@ -906,8 +957,8 @@ pub(crate) struct Prepared {
     params: Vec<Type>,
     /// Result columns, or `None` for statements without rows.
     schema: Option<SchemaRef>,
-    /// Set for a one-event `INSERT INTO signals … VALUES ($1, …)`.
-    fast: Option<FastInsert>,
+    /// Set for the statements with a fast path (see `fastpath`).
+    fast: Option<Fast>,
 }
 
 /// Plans statements for Parse/Describe: parameter types and result columns.
@@ -952,7 +1003,7 @@ impl Parser {
                     crate::params::infer_write(&self.shared.session, sql, &stmt, &mut params)
                         .await?;
                     if matches!(stmt, TidalStatement::InsertSignals { .. }) {
-                        fast = FastInsert::plan(sql);
+                        fast = FastInsert::plan(sql).map(Fast::Insert);
                     }
                 }
                 None => {
@@ -973,6 +1024,8 @@ impl Parser {
                     }
                     crate::params::infer_from_syntax(sql, &mut params);
                     schema = Some(Arc::new(plan.schema().as_arrow().clone()));
+                    fast = FastSelect::plan(sql, &self.shared.session.engine().schema())
+                        .map(Fast::Select);
                 }
             }
         }
@@ -1115,12 +1168,19 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let stmt = &portal.statement.statement;
-        if let Some(fast) = &stmt.fast
-            && let Some(event) = fast.bind(&stmt.params, &portal.parameters, |i| {
-                portal.parameter_format.format_for(i)
-            })
-            && let Some(result) = self.insert_fast(event).await
-        {
+        let format = |i| portal.parameter_format.format_for(i);
+        let fast = match &stmt.fast {
+            Some(Fast::Insert(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
+                Some(event) => self.insert_fast(event).await,
+                None => None,
+            },
+            Some(Fast::Select(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
+                Some(id) => self.select_fast(plan, id, stmt, &portal.result_column_format),
+                None => None,
+            },
+            None => None,
+        };
+        if let Some(result) = fast {
             self.send_notices(client).await?;
             return result.map_err(ServerError::into_pg);
         }

@@ -15,10 +15,12 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::SessionConfig;
-use tidal_engine::{Engine, PendingTxn, WriteOutcome};
+use tidal_core::{EntityId, EntityKind};
+use tidal_engine::{Engine, EngineError, PendingTxn, WriteOutcome};
 
 use crate::SqlError;
 use crate::provider::TidalSchema;
+use crate::types::{BatchBuilder, table_schema};
 use crate::udf::SignalUdf;
 
 /// Memory all queries of one database may hold at once (DataFusion's default pool is
@@ -193,6 +195,37 @@ impl SqlSession {
             }
         };
         Ok((txn.suspend(), vec![crate::insert::count_batch(n)?]))
+    }
+
+    /// Row `id` of the entity table of `kind`, columns `projection` (indexes into its
+    /// columns), as 0 or 1 rows: what `SELECT <those columns> FROM <table> WHERE id =
+    /// <id>` returns, read from one snapshot without planning a query (the server's
+    /// prepared point reads). A negative id matches no row, as in SQL. `None` when the
+    /// schema is no longer at `schema_version` (the projection was planned against it).
+    pub fn read_row(
+        &self,
+        kind: EntityKind,
+        id: i64,
+        projection: &[usize],
+        schema_version: u64,
+    ) -> Result<Option<RecordBatch>, SqlError> {
+        let view = self.engine.read();
+        if view.schema().version != schema_version {
+            return Ok(None);
+        }
+        let def = view.schema().table(kind).map_err(EngineError::from)?;
+        let schema = Arc::new(
+            table_schema(def)
+                .project(projection)
+                .map_err(|e| SqlError::from(datafusion::error::DataFusionError::from(e)))?,
+        );
+        let mut rows = BatchBuilder::new(def, projection, schema, 1);
+        if let Some(id) = EntityId::from_i64(id)
+            && let Some(row) = view.get(kind, id)?
+        {
+            rows.push(&row)?;
+        }
+        Ok(Some(rows.finish()?))
     }
 
     /// Starts an empty client transaction.
