@@ -51,11 +51,25 @@ pub(crate) enum Fast {
     Select(FastSelect),
 }
 
-/// A planned `INSERT INTO signals … VALUES (one row)`; see the module docs.
+/// A planned `INSERT INTO signals … VALUES (…), …`; see the module docs.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FastInsert {
-    /// Indexed like [`SIGNAL_COLUMNS`]: signal, entity_id, user_id, weight, ts.
-    cols: [Source; 5],
+    /// Per row, indexed like [`SIGNAL_COLUMNS`]: signal, entity_id, user_id, weight, ts.
+    rows: Vec<[Source; 5]>,
+}
+
+impl Source {
+    /// What the generic path's literal typing sees: a column mixing kinds (a text
+    /// literal in one row, a number or parameter in another) is typed by DataFusion's
+    /// coercion there, so the fast path leaves such statements alone.
+    fn kind(&self) -> Option<u8> {
+        match self {
+            Source::Default | Source::Null => None,
+            Source::Param(_) => Some(0),
+            Source::Text(_) => Some(1),
+            Source::Number(_) => Some(2),
+        }
+    }
 }
 
 /// One event decoded from a Bind.
@@ -71,7 +85,7 @@ pub(crate) struct Bound<'a> {
 
 impl FastInsert {
     /// Plans `sql` (already known to be an INSERT into `signals`), or `None` if it is
-    /// not of the one-row, placeholders-and-literals shape.
+    /// not of the VALUES-of-placeholders-and-literals shape.
     pub fn plan(sql: &str) -> Option<FastInsert> {
         let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
         let [Statement::Insert(insert)] = parsed.as_slice() else {
@@ -99,13 +113,11 @@ impl FastInsert {
         let SetExpr::Values(values) = source.body.as_ref() else {
             return None;
         };
-        let [row] = values.rows.as_slice() else {
-            return None;
-        };
+        let width = values.rows.first()?.content.len();
         let names: Vec<String> = if insert.columns.is_empty() {
             SIGNAL_COLUMNS
                 .iter()
-                .take(row.content.len())
+                .take(width)
                 .map(|c| c.to_string())
                 .collect()
         } else {
@@ -116,46 +128,77 @@ impl FastInsert {
                 .map(|c| c.to_string().to_ascii_lowercase())
                 .collect()
         };
-        if names.len() != row.content.len() {
+        if names.len() != width {
             return None;
         }
-        let mut cols = [
-            Source::Default,
-            Source::Default,
-            Source::Default,
-            Source::Default,
-            Source::Default,
-        ];
+        let mut slots = Vec::with_capacity(width);
         let mut named = [false; 5];
-        for (name, expr) in names.iter().zip(&row.content) {
+        for name in &names {
             let slot = SIGNAL_COLUMNS.iter().position(|c| c == name)?;
             if std::mem::replace(&mut named[slot], true) {
                 return None;
             }
-            let Expr::Value(v) = expr else { return None };
-            cols[slot] = match &v.value {
-                SqlValue::Placeholder(p) => {
-                    Source::Param(p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?)
-                }
-                SqlValue::SingleQuotedString(s) => Source::Text(s.clone()),
-                SqlValue::Number(n, _) => Source::Number(n.to_string()),
-                SqlValue::Null => Source::Null,
-                _ => return None,
-            };
+            slots.push(slot);
         }
         if !named[0] || !named[1] {
             return None;
         }
-        Some(FastInsert { cols })
+        let mut rows = Vec::with_capacity(values.rows.len());
+        let mut kinds: [Option<u8>; 5] = [None; 5];
+        for row in &values.rows {
+            if row.content.len() != width {
+                return None;
+            }
+            let mut cols = [
+                Source::Default,
+                Source::Default,
+                Source::Default,
+                Source::Default,
+                Source::Default,
+            ];
+            for (&slot, expr) in slots.iter().zip(&row.content) {
+                let Expr::Value(v) = expr else { return None };
+                let src = match &v.value {
+                    SqlValue::Placeholder(p) => {
+                        Source::Param(p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?)
+                    }
+                    SqlValue::SingleQuotedString(s) => Source::Text(s.clone()),
+                    SqlValue::Number(n, _) => Source::Number(n.to_string()),
+                    SqlValue::Null => Source::Null,
+                    _ => return None,
+                };
+                if let Some(k) = src.kind()
+                    && *kinds[slot].get_or_insert(k) != k
+                {
+                    return None;
+                }
+                cols[slot] = src;
+            }
+            rows.push(cols);
+        }
+        Some(FastInsert { rows })
     }
 
-    /// Decodes one event from a Bind's parameters, or `None` if anything is not the
-    /// plain case (the caller then runs the generic path, which gives the verdict).
+    /// Decodes the events from a Bind's parameters, or `None` if anything in any row
+    /// is not the plain case (the caller then runs the generic path, which gives the
+    /// verdict for the whole statement).
     pub fn bind<'a>(
         &'a self,
         types: &[Type],
         values: &'a [Option<Bytes>],
         formats: impl Fn(usize) -> FieldFormat,
+    ) -> Option<Vec<Bound<'a>>> {
+        self.rows
+            .iter()
+            .map(|cols| Self::bind_row(cols, types, values, &formats))
+            .collect()
+    }
+
+    fn bind_row<'a>(
+        cols: &'a [Source; 5],
+        types: &[Type],
+        values: &'a [Option<Bytes>],
+        formats: &impl Fn(usize) -> FieldFormat,
     ) -> Option<Bound<'a>> {
         let param = |i: usize| -> Option<Param<'a>> {
             let value = values.get(i)?;
@@ -165,7 +208,7 @@ impl FastInsert {
                 binary: formats(i) == FieldFormat::Binary,
             })
         };
-        let signal = match &self.cols[0] {
+        let signal = match &cols[0] {
             Source::Param(i) => param(*i)?.text()?,
             Source::Text(s) => s.as_str(),
             _ => return None,
@@ -182,9 +225,9 @@ impl FastInsert {
             }
         };
         // A NULL entity_id is an error the generic path reports.
-        let entity = id(&self.cols[1])??;
-        let user = id(&self.cols[2])?;
-        let weight = match &self.cols[3] {
+        let entity = id(&cols[1])??;
+        let user = id(&cols[2])?;
+        let weight = match &cols[3] {
             Source::Default => 1.0,
             Source::Param(i) => param(*i)?.float()??,
             Source::Number(n) => n.parse().ok()?,
@@ -194,7 +237,7 @@ impl FastInsert {
         if !weight.is_finite() {
             return None;
         }
-        let ts = match &self.cols[4] {
+        let ts = match &cols[4] {
             Source::Default | Source::Null => None,
             Source::Param(i) => param(*i)?.timestamp()?,
             Source::Text(s) => Some(Timestamp::parse(s).ok()?),
@@ -439,7 +482,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.cols,
+            p.rows[0],
             [
                 Source::Param(0),
                 Source::Param(1),
@@ -449,11 +492,22 @@ mod tests {
             ]
         );
         let p = FastInsert::plan("insert into SIGNALS values ('like', $1, NULL, 2.5)").unwrap();
-        assert_eq!(p.cols[0], Source::Text("like".into()));
-        assert_eq!(p.cols[2], Source::Null);
-        assert_eq!(p.cols[3], Source::Number("2.5".into()));
+        assert_eq!(p.rows[0][0], Source::Text("like".into()));
+        assert_eq!(p.rows[0][2], Source::Null);
+        assert_eq!(p.rows[0][3], Source::Number("2.5".into()));
+        let p = FastInsert::plan(
+            "INSERT INTO signals (entity_id, signal) VALUES ($1, 'like'), ($2, 'view'), (3, $3)",
+        );
+        assert_eq!(
+            p, None,
+            "text and parameter in one column: left to the generic path"
+        );
+        let p =
+            FastInsert::plan("INSERT INTO signals VALUES ($1, $2, NULL), ($3, $4, $5)").unwrap();
+        assert_eq!(p.rows.len(), 2);
+        assert_eq!(p.rows[1][2], Source::Param(4));
         for sql in [
-            "INSERT INTO signals VALUES ($1, $2), ($3, $4)",
+            "INSERT INTO signals VALUES ($1, $2), ($3, $4, $5)",
             "INSERT INTO signals (signal, entity_id) SELECT $1, $2",
             "INSERT INTO signals (signal, entity_id) VALUES ($1, $2 + 1)",
             "INSERT INTO signals (signal, entity_id) VALUES ($1, -5)",
@@ -548,13 +602,13 @@ mod tests {
         let got = p.bind(&types, &values, binary).unwrap();
         assert_eq!(
             got,
-            Bound {
+            vec![Bound {
                 signal: "like",
                 entity: EntityId(42),
                 user: Some(EntityId(7)),
                 weight: 2.5,
                 ts: Some(Timestamp::parse("2026-11-25 10:00:00").unwrap()),
-            }
+            }]
         );
         // The same in text format.
         let values_text = [
@@ -570,7 +624,7 @@ mod tests {
         v[2] = None;
         v[4] = None;
         let got = p.bind(&types, &v, binary).unwrap();
-        assert_eq!((got.user, got.ts), (None, None));
+        assert_eq!((got[0].user, got[0].ts), (None, None));
 
         // Everything the generic path must judge: NULL signal/entity/weight, a negative
         // id, a wrong width, unparsable text, a non-natural type.

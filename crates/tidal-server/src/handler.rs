@@ -420,9 +420,10 @@ impl Conn {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// Commits one event decoded by the prepared-INSERT fast path (see `fastpath`).
-    /// `None` inside a transaction block: the generic path adds it to the block.
-    async fn insert_fast(&self, event: Bound<'_>) -> Option<Result<Response, ServerError>> {
+    /// Commits the events decoded by the prepared-INSERT fast path (see `fastpath`) as
+    /// one transaction. `None` inside a transaction block: the generic path adds them
+    /// to the block.
+    async fn insert_fast(&self, events: Vec<Bound<'_>>) -> Option<Result<Response, ServerError>> {
         {
             let st = self.lock();
             if !matches!(st.txn, Txn::None) {
@@ -437,14 +438,10 @@ impl Conn {
         let _running = Running::new(self.shared.clone());
         let commit = {
             let mut txn = self.shared.session.engine().begin();
-            if let Err(e) = txn.signal(
-                event.signal,
-                event.entity,
-                event.user,
-                event.weight,
-                event.ts,
-            ) {
-                return Some(Err(ServerError::Sql(e.into())));
+            for e in events {
+                if let Err(e) = txn.signal(e.signal, e.entity, e.user, e.weight, e.ts) {
+                    return Some(Err(ServerError::Sql(e.into())));
+                }
             }
             txn.commit_async()
         };
@@ -1171,7 +1168,7 @@ impl ExtendedQueryHandler for Conn {
         let format = |i| portal.parameter_format.format_for(i);
         let fast = match &stmt.fast {
             Some(Fast::Insert(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
-                Some(event) => self.insert_fast(event).await,
+                Some(events) => self.insert_fast(events).await,
                 None => None,
             },
             Some(Fast::Select(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {

@@ -830,6 +830,125 @@ async fn prepared_signal_inserts_match_the_generic_path() {
         .get::<_, i64>(0);
     assert_eq!(after, before);
 
+    // Several rows in one statement: one transaction, all rows or none.
+    let multi = c
+        .prepare(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) \
+             VALUES ($1, $2, $3, $4, $5), ($1, $6, NULL, $8, $5), ($9, $7, $3, $4, NULL)",
+        )
+        .await
+        .unwrap();
+    // The same with a literal among parameters in one column (the generic path types
+    // such a column itself).
+    let mixed = c
+        .prepare(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) \
+             VALUES ($1, $2, $3, $4, $5), ($1, $6, NULL, 0.5, $5), ('view', $7, $3, $4, NULL)",
+        )
+        .await
+        .unwrap();
+    let ts = UNIX_EPOCH + Duration::from_micros((now_us - hour) as u64);
+    let n = c
+        .execute(
+            &multi,
+            &[
+                &"like",
+                &400i64,
+                &Some(3i64),
+                &2.0f64,
+                &ts,
+                &401i64,
+                &402i64,
+                &0.5f64,
+                &"view",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let n = c
+        .execute(
+            &mixed,
+            &[
+                &"like",
+                &600i64,
+                &Some(3i64),
+                &2.0f64,
+                &ts,
+                &601i64,
+                &602i64,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let generic = format!(
+        "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES \
+         ('like', 500, 3, 2.0, CAST('{t}' AS TIMESTAMP)), ('like', 501, NULL, 0.5, CAST('{t}' AS TIMESTAMP)), \
+         ('view', 502, 3, 2.0, NULL)",
+        t = tidal::Timestamp(now_us - hour)
+    );
+    assert_eq!(
+        simple(&c.simple_query(&generic).await.unwrap()),
+        vec!["complete 3"]
+    );
+    let rows = |lo: i64| {
+        let c = &c;
+        async move {
+            c.query(
+                "SELECT signal, entity_id - $1, user_id, weight, ts = $2 FROM signals \
+                 WHERE entity_id BETWEEN $1 AND $1 + 2 ORDER BY entity_id",
+                &[&lo, &ts],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, Option<i64>>(2),
+                    r.get::<_, f64>(3),
+                    r.get::<_, Option<bool>>(4),
+                )
+            })
+            .collect::<Vec<_>>()
+        }
+    };
+    let (f, g) = (rows(400).await, rows(500).await);
+    assert_eq!(f, g);
+    assert_eq!(rows(600).await, g);
+    assert_eq!(f.len(), 3);
+    // A bad third row fails the statement, with the generic path's SQLSTATE, and the
+    // first two rows are not applied.
+    let fast = c
+        .execute(
+            &multi,
+            &[
+                &"like",
+                &410i64,
+                &Some(3i64),
+                &2.0f64,
+                &ts,
+                &411i64,
+                &-412i64,
+                &0.5f64,
+                &"view",
+            ],
+        )
+        .await;
+    let generic = c
+        .simple_query(
+            "INSERT INTO signals (signal, entity_id) VALUES ('like', 510), ('like', 511), ('view', -512)",
+        )
+        .await;
+    let (Err(fe), Err(ge)) = (&fast, &generic) else {
+        panic!("expected errors, got {fast:?} and {generic:?}");
+    };
+    assert_eq!(code(fe), code(ge), "{fe:?} vs {ge:?}");
+    assert!(rows(410).await.is_empty());
+    assert!(rows(510).await.is_empty());
+
     // Inside a transaction block the event joins the block.
     let ev = ok("like", Some(1), 1.0, Some(now_us - hour));
     for (end, kept) in [("ROLLBACK", 0i64), ("COMMIT", 1)] {
