@@ -144,10 +144,10 @@ fn num(s: &str, what: &'static str) -> Result<u32, &'static str> {
 }
 
 fn parse_timestamp(s: &str) -> Result<Timestamp, &'static str> {
-    if s.len() < 10 {
+    // Client text: byte 10 may fall inside a multi-byte character.
+    let Some((date, rest)) = s.split_at_checked(10) else {
         return Err("expected YYYY-MM-DD[ HH:MM:SS[.ffffff]]");
-    }
-    let (date, rest) = s.split_at(10);
+    };
     let mut dp = date.split('-');
     let (y, m, d) = match (dp.next(), dp.next(), dp.next(), dp.next()) {
         (Some(y), Some(m), Some(d), None) if y.len() == 4 && m.len() == 2 && d.len() == 2 => (
@@ -220,7 +220,10 @@ fn parse_zone(z: &str) -> Result<i64, &'static str> {
     };
     let (h, m) = match body.split_once(':') {
         Some((h, m)) => (num(h, "bad zone")?, num(m, "bad zone")?),
-        None if body.len() == 4 => (num(&body[..2], "bad zone")?, num(&body[2..], "bad zone")?),
+        None if body.len() == 4 => match (body.get(..2), body.get(2..)) {
+            (Some(h), Some(m)) => (num(h, "bad zone")?, num(m, "bad zone")?),
+            _ => return Err("bad zone"),
+        },
         None => (num(body, "bad zone")?, 0),
     };
     if h > 15 || m > 59 {
@@ -353,8 +356,22 @@ mod tests {
             "2026-11-25 24:00",
             "nope",
             "2026-11-25 10:00:00.1234567",
+            // Multi-byte characters where the parser cuts the text.
+            "2026-11-2é",
+            "2026-11-25 10:00:00+1é",
+            "2026-11-25 10:00:00+é1",
+            "ééééé",
         ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        /// Any text is parsed or refused, never a panic.
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,40}", prefix in "[0-9: T+-]{0,24}") {
+            let _ = Timestamp::parse(&s);
+            let _ = Timestamp::parse(&format!("{prefix}{s}"));
         }
     }
 

@@ -1,20 +1,20 @@
-//! The two hottest prepared statements without SQL: the single-event INSERT
-//! (`INSERT INTO signals (…) VALUES ($1, …)`) and the point read by id
+//! The two hottest prepared statements without SQL: INSERTs of events
+//! (`INSERT INTO signals (…) VALUES ($1, …)[, (…)…]`) and point reads by id
 //! (`SELECT <columns> FROM <entity table> WHERE id = $1`).
 //!
 //! The generic extended-protocol path renders every parameter as a SQL literal,
-//! re-parses the statement and builds an Arrow batch, which costs more CPU than the
-//! write itself. A statement of exactly this shape (one row whose values are
-//! placeholders or plain literals) is planned once at Parse into a [`FastInsert`];
-//! each Execute then decodes the parameters straight into one event. Likewise a point
-//! read is planned into a [`FastSelect`] and each Execute reads the one row from a
-//! snapshot; DataFusion still plans it once at Parse, for the described result columns.
+//! re-parses the statement and builds an Arrow batch (for a write) or plans a query (for
+//! a read), which costs more CPU than the work itself. A statement of exactly one of
+//! these shapes is planned once at Parse into a [`FastInsert`] or [`FastSelect`]; each
+//! Execute then decodes the parameters straight into events, or reads the one row from a
+//! snapshot (DataFusion still plans the read once at Parse, for the described columns).
 //!
-//! The fast path only ever *accepts* what the generic path would accept identically:
-//! a parameter whose type or encoding is not the column's natural one (say, a text
-//! `entity_id`, a binary numeric weight) or that does not decode makes
-//! [`FastInsert::bind`] return `None`, and the caller runs the generic path, which
-//! also reports the errors. So both paths give the same results and the same errors.
+//! The fast paths only *accept* what the generic path accepts with the same result: a
+//! parameter whose type or encoding is not the column's natural one (a text
+//! `entity_id`, a binary numeric weight, a text timestamp, which the generic path reads
+//! through DataFusion's cast), an unused parameter, or a value that does not decode
+//! makes `bind` return `None`, and the caller runs the generic path, which also reports
+//! the errors. The wire tests compare the two paths' rows, counts and SQLSTATEs.
 
 use bytes::Bytes;
 use pgwire::api::Type;
@@ -25,7 +25,7 @@ use tidal::datafusion::sql::sqlparser::ast::{
 };
 use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use tidal::datafusion::sql::sqlparser::parser::Parser;
-use tidal_core::{EntityId, EntityKind, Schema, Timestamp};
+use tidal_core::{EntityId, EntityKind, Schema, TableDef, Timestamp};
 use tidal_sql::SIGNAL_COLUMNS;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary timestamps.
@@ -56,6 +56,24 @@ pub(crate) enum Fast {
 pub(crate) struct FastInsert {
     /// Per row, indexed like [`SIGNAL_COLUMNS`]: signal, entity_id, user_id, weight, ts.
     rows: Vec<[Source; 5]>,
+    /// Parameters the statement uses: exactly `$1..$params`.
+    params: usize,
+}
+
+/// How many parameters `$1..$n` the sources use, or `None` if some `$k` in between is
+/// unused (the generic path decodes every bound parameter, even unused ones, so only
+/// statements that use them all are taken).
+fn dense_params<'a>(sources: impl Iterator<Item = &'a Source>) -> Option<usize> {
+    let used: std::collections::BTreeSet<usize> = sources
+        .filter_map(|s| match s {
+            Source::Param(i) => Some(*i),
+            _ => None,
+        })
+        .collect();
+    match used.last() {
+        Some(&last) if last + 1 != used.len() => None,
+        _ => Some(used.len()),
+    }
 }
 
 impl Source {
@@ -176,7 +194,8 @@ impl FastInsert {
             }
             rows.push(cols);
         }
-        Some(FastInsert { rows })
+        let params = dense_params(rows.iter().flatten())?;
+        Some(FastInsert { rows, params })
     }
 
     /// Decodes the events from a Bind's parameters, or `None` if anything in any row
@@ -188,6 +207,9 @@ impl FastInsert {
         values: &'a [Option<Bytes>],
         formats: impl Fn(usize) -> FieldFormat,
     ) -> Option<Vec<Bound<'a>>> {
+        if values.len() != self.params {
+            return None;
+        }
         self.rows
             .iter()
             .map(|cols| Self::bind_row(cols, types, values, &formats))
@@ -259,11 +281,9 @@ pub(crate) struct FastSelect {
     pub kind: EntityKind,
     /// Indexes of the selected columns in the table's columns.
     pub projection: Vec<usize>,
-    /// The id parameter (0-based).
-    param: usize,
-    /// The schema version planned against: a later schema change sends the statement
-    /// back to the generic path (which re-plans it, or reports what changed).
-    pub schema_version: u64,
+    /// The table as planned against: if it has changed since (dropped, re-created), the
+    /// statement goes back to the generic path, which re-plans it or reports the change.
+    pub table: TableDef,
 }
 
 /// How DataFusion resolves an identifier: unquoted names fold to lower case.
@@ -348,7 +368,10 @@ impl FastSelect {
         let SqlValue::Placeholder(p) = param else {
             return None;
         };
-        let n: usize = p.strip_prefix('$')?.parse().ok()?;
+        // The only parameter, `$1` (see `dense_params`).
+        if p != "$1" {
+            return None;
+        }
         // Nothing else in the statement: it prints back as exactly this shape (any
         // other clause — DISTINCT, ORDER BY, LIMIT, a join, an alias — would show).
         let shape = format!(
@@ -362,8 +385,7 @@ impl FastSelect {
         Some(FastSelect {
             kind,
             projection,
-            param: n.checked_sub(1)?,
-            schema_version: schema.version,
+            table: def.clone(),
         })
     }
 
@@ -375,10 +397,13 @@ impl FastSelect {
         values: &[Option<Bytes>],
         formats: impl Fn(usize) -> FieldFormat,
     ) -> Option<Option<i64>> {
+        let [value] = values else {
+            return None;
+        };
         Param {
-            ty: types.get(self.param)?.clone(),
-            bytes: values.get(self.param)?.as_deref(),
-            binary: formats(self.param) == FieldFormat::Binary,
+            ty: types.first()?.clone(),
+            bytes: value.as_deref(),
+            binary: formats(0) == FieldFormat::Binary,
         }
         .int()
     }
@@ -442,7 +467,10 @@ impl<'a> Param<'a> {
         Some(Some(v))
     }
 
-    /// A timestamp-typed parameter: `Some(None)` for NULL (the column default).
+    /// A binary timestamp-typed parameter: `Some(None)` for NULL (the column default).
+    /// The generic path reads timestamp parameters through DataFusion's cast to its
+    /// nanosecond TIMESTAMP: text ones are left to it (its text format is not ours), and
+    /// binary ones outside that type's range (years 1677–2262) too, which it refuses.
     fn timestamp(&self) -> Option<Option<Timestamp>> {
         if !matches!(self.ty, Type::TIMESTAMP | Type::TIMESTAMPTZ) {
             return None;
@@ -450,12 +478,12 @@ impl<'a> Param<'a> {
         let Some(b) = self.bytes else {
             return Some(None);
         };
-        let ts = if self.binary {
-            Timestamp(i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?)
-        } else {
-            Timestamp::parse(std::str::from_utf8(b).ok()?).ok()?
-        };
-        Some(Some(ts))
+        if !self.binary {
+            return None;
+        }
+        let us = i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?;
+        us.checked_mul(1000)?;
+        Some(Some(Timestamp(us)))
     }
 }
 
@@ -543,11 +571,15 @@ mod tests {
         let plan = |sql: &str| FastSelect::plan(sql, &schema);
         let p = plan("SELECT * FROM items WHERE id = $1").unwrap();
         assert_eq!(
-            (p.kind, p.projection.clone(), p.param, p.schema_version),
-            (EntityKind::Item, vec![0, 1, 2], 0, schema.version)
+            (p.kind, p.projection.clone(), &p.table),
+            (
+                EntityKind::Item,
+                vec![0, 1, 2],
+                schema.table(EntityKind::Item).unwrap()
+            )
         );
-        let p = plan("select SCORE, title AS t, \"id\" from Items where $2 = id").unwrap();
-        assert_eq!((p.projection, p.param), (vec![2, 1, 0], 1));
+        let p = plan("select SCORE, title AS t, \"id\" from Items where $1 = id").unwrap();
+        assert_eq!(p.projection, vec![2, 1, 0]);
         for sql in [
             "SELECT * FROM items WHERE id = $1 LIMIT 1",
             "SELECT * FROM items WHERE id = $1 ORDER BY title",
@@ -570,6 +602,7 @@ mod tests {
             "SELECT * FROM items WHERE id = $1 UNION SELECT * FROM items WHERE id = $2",
             "SELECT * FROM items WHERE id = $1 FOR UPDATE",
             "SELECT * FROM items WHERE id = $0",
+            "SELECT * FROM items WHERE id = $2",
         ] {
             assert_eq!(plan(sql), None, "{sql}");
         }
@@ -610,15 +643,19 @@ mod tests {
                 ts: Some(Timestamp::parse("2026-11-25 10:00:00").unwrap()),
             }]
         );
-        // The same in text format.
-        let values_text = [
+        // The same in text format — except a text timestamp, which the generic path's
+        // cast reads (by its own rules), so it is left to it.
+        let mut values_text = [
             b(b"like"),
             b(b" 42"),
             b(b"7"),
             b(b"2.5"),
             b(b"2026-11-25 12:00:00+02"),
         ];
-        assert_eq!(p.bind(&types, &values_text, text).unwrap(), got);
+        assert_eq!(p.bind(&types, &values_text, text), None);
+        values_text[4] = None;
+        let got_text = p.bind(&types, &values_text, text).unwrap();
+        assert_eq!(got_text, vec![Bound { ts: None, ..got[0] }]);
         // NULL user and ts take the defaults.
         let mut v = values.clone();
         v[2] = None;
@@ -644,17 +681,28 @@ mod tests {
         defer(0, b(b"like"), Type::BYTEA, binary);
         defer(3, b(&[0, 1]), Type::NUMERIC, binary);
         defer(4, b(&1i32.to_be_bytes()), Type::DATE, binary);
+        // Binary timestamps outside DataFusion's nanosecond TIMESTAMP (1677–2262).
+        let far = Timestamp::parse("2300-01-01").unwrap().0 - PG_EPOCH_MICROS;
+        defer(4, b(&far.to_be_bytes()), Type::TIMESTAMP, binary);
         let values_text = values_text.to_vec();
-        let mut v = values_text.clone();
-        v[4] = b(b"yesterday");
-        assert_eq!(p.bind(&types, &v, text), None);
         let mut v = values_text.clone();
         v[1] = b(b"4.5");
         assert_eq!(p.bind(&types, &v, text), None);
         let mut v = values_text.clone();
         v[3] = b(b"NaN");
         assert_eq!(p.bind(&types, &v, text), None);
-        // Too few parameters.
+        // Too few parameters, or one more than the statement uses (the generic path
+        // decodes it too).
         assert_eq!(p.bind(&types, &values[..3], binary), None);
+        let mut more = values.to_vec();
+        more.push(b(b"unused"));
+        let mut more_types = types.to_vec();
+        more_types.push(Type::TEXT);
+        assert_eq!(p.bind(&more_types, &more, binary), None);
+        // A statement that skips `$k` is not planned.
+        assert_eq!(
+            FastInsert::plan("INSERT INTO signals (signal, entity_id) VALUES ($1, $3)"),
+            None
+        );
     }
 }

@@ -370,17 +370,16 @@ impl Conn {
                 return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
             }
             let batches = match stmt.clone() {
-                // Row and event writes wait for the WAL's group commit without holding
-                // a thread, so many clients' commits share one fsync. Once submitted, a
+                // Event writes wait for the WAL's group commit without holding a
+                // thread, so many clients' commits share one fsync. Once submitted, a
                 // write commits even if this future is dropped (client gone): neither
                 // timeout nor cancel can leave it half-applied.
-                Some(
-                    dml @ (TidalStatement::InsertSignals { .. }
-                    | TidalStatement::InsertRows { .. }
-                    | TidalStatement::ChangeRows(_)),
-                ) => self.shared.session.sql_tidal(dml).await?,
-                // Schema changes commit under the engine's DDL lock: on the blocking
-                // pool, so a runtime worker never waits for an fsync.
+                Some(insert @ TidalStatement::InsertSignals { .. }) => {
+                    self.shared.session.sql_tidal(insert).await?
+                }
+                // Row writes read the store row by row (UPDATE, ON CONFLICT) and schema
+                // changes commit under the engine's DDL lock: on the blocking pool, so a
+                // big statement or an fsync never holds a runtime worker.
                 Some(ddl) => {
                     let session = self.shared.session.clone();
                     let handle = tokio::runtime::Handle::current();
@@ -478,15 +477,15 @@ impl Conn {
         }
         let session = &self.shared.session;
         let rows = match id {
-            // The schema version is checked in the same snapshot the row is read from.
-            Some(id) => {
-                match session.read_row(plan.kind, id, &plan.projection, plan.schema_version) {
-                    Ok(Some(batch)) => Some(batch),
-                    Ok(None) => return None,
-                    Err(e) => return Some(Err(e.into())),
-                }
+            // The table is checked in the same snapshot the row is read from.
+            Some(id) => match session.read_row(plan.kind, id, &plan.projection, &plan.table) {
+                Ok(Some(batch)) => Some(batch),
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e.into())),
+            },
+            None if session.engine().schema().table(plan.kind).ok() != Some(&plan.table) => {
+                return None;
             }
-            None if session.engine().schema().version != plan.schema_version => return None,
             None => None,
         };
         let respond = || {
@@ -1021,7 +1020,21 @@ impl Parser {
                     }
                     crate::params::infer_from_syntax(sql, &mut params);
                     schema = Some(Arc::new(plan.schema().as_arrow().clone()));
+                    // Only if the fast path's columns are exactly the described ones
+                    // (a schema change may have come between the two plans).
                     fast = FastSelect::plan(sql, &self.shared.session.engine().schema())
+                        .filter(|f| {
+                            let described = plan.schema().as_arrow();
+                            tidal_sql::table_schema(&f.table)
+                                .project(&f.projection)
+                                .is_ok_and(|s| {
+                                    s.fields().len() == described.fields().len()
+                                        && s.fields()
+                                            .iter()
+                                            .zip(described.fields())
+                                            .all(|(a, b)| a.data_type() == b.data_type())
+                                })
+                        })
                         .map(Fast::Select);
                 }
             }

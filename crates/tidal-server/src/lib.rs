@@ -3,8 +3,8 @@
 //! Every connection is a tokio task. Queries stream from DataFusion to the socket
 //! batch by batch (bounded memory), under the statement timeout and cancel requests;
 //! writes wait for the WAL's group commit without holding a thread, so concurrent
-//! clients share one fsync. A prepared one-event `INSERT INTO signals` skips SQL
-//! altogether (`fastpath`).
+//! clients share one fsync. Prepared `INSERT INTO signals … VALUES` and prepared
+//! point reads by id skip SQL at Execute (`fastpath`).
 //! Errors become ErrorResponses with a SQLSTATE in exactly one place
 //! ([`ServerError::sqlstate`]).
 //!

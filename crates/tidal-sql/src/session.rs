@@ -15,8 +15,8 @@ use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::memory::MemoryStream;
 use datafusion::prelude::DataFrame;
 use datafusion::prelude::SessionConfig;
-use tidal_core::{EntityId, EntityKind};
-use tidal_engine::{Engine, EngineError, PendingTxn, WriteOutcome};
+use tidal_core::{EntityId, EntityKind, TableDef};
+use tidal_engine::{Engine, PendingTxn, WriteOutcome};
 
 use crate::SqlError;
 use crate::provider::TidalSchema;
@@ -201,19 +201,21 @@ impl SqlSession {
     /// columns), as 0 or 1 rows: what `SELECT <those columns> FROM <table> WHERE id =
     /// <id>` returns, read from one snapshot without planning a query (the server's
     /// prepared point reads). A negative id matches no row, as in SQL. `None` when the
-    /// schema is no longer at `schema_version` (the projection was planned against it).
+    /// table in that snapshot is no longer `table` (the projection was planned on it).
     pub fn read_row(
         &self,
         kind: EntityKind,
         id: i64,
         projection: &[usize],
-        schema_version: u64,
+        table: &TableDef,
     ) -> Result<Option<RecordBatch>, SqlError> {
         let view = self.engine.read();
-        if view.schema().version != schema_version {
+        let Ok(def) = view.schema().table(kind) else {
+            return Ok(None);
+        };
+        if def != table {
             return Ok(None);
         }
-        let def = view.schema().table(kind).map_err(EngineError::from)?;
         let schema = Arc::new(
             table_schema(def)
                 .project(projection)

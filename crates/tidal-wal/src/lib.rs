@@ -14,10 +14,18 @@
 //!     3. encodes it as one or more `Data` frames (each ≤ [`WAL_RECORD_BYTES_MAX`]) followed
 //!        by a `Commit` frame carrying the arrival time.
 //!
-//!   then writes the whole batch with one `write` and one `fdatasync`, then calls
-//!   [`Applier::apply`] for each transaction in LSN order, then [`Applier::batch_done`],
-//!   then acknowledges every submitter. A caller's `commit` returns only after its
-//!   transaction is durable *and* applied, so it reads its own writes.
+//!   then writes the whole batch at the log's end with one `write` and one `fdatasync`,
+//!   then calls [`Applier::apply`] for each transaction in LSN order, then
+//!   [`Applier::batch_done`], then acknowledges every submitter. A caller's `commit`
+//!   returns only after its transaction is durable *and* applied, so it reads its own
+//!   writes. [`Wal::commit_then`] is the same commit answered through a callback (run on
+//!   the writer thread), for async callers that must not park a thread per commit.
+//! * Zero-fill ahead: when a batch reaches the end of the active segment's file, the
+//!   writer also writes zeros up to [`WAL_PREALLOC_BYTES`] further (within the segment
+//!   size), so later batches overwrite blocks the file already has and their `fdatasync`
+//!   need not persist a new file size. Rotation and close cut the zeros off (a sealed
+//!   segment ends at its last transaction); after a crash, recovery reads zeros right
+//!   after a whole transaction as the end of the log and cuts them quietly.
 //! * Frames: `[len u32 LE][len ^ 0xFFFF_FFFF u32 LE][blake3(payload) 32 bytes][payload]`;
 //!   payload = `[lsn u64][txn u64][kind u8][body]`. LSNs start at 1 and increase by one per
 //!   frame; transaction ids start at 1 and increase by one per committed transaction. The

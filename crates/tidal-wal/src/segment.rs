@@ -173,7 +173,8 @@ pub(crate) struct SegmentInfo {
     pub last_lsn: Lsn,
     /// Newest arrival committed in the segment, `None` when it holds no transaction.
     pub last_arrival: Option<Timestamp>,
-    /// File size in bytes, header included.
+    /// Bytes of the log in the file, header included: the file size, except for the
+    /// active segment, whose file also holds the zeros the writer wrote ahead.
     pub bytes: u64,
 }
 

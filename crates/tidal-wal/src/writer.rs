@@ -2,8 +2,10 @@
 //!
 //! Callers send requests over a bounded channel. The writer blocks for the first request,
 //! then drains whatever is already queued (never waiting for more) up to the batch limits,
-//! deduplicates, prepares and encodes each transaction, writes the batch with one `write`
-//! and one `fdatasync`, applies it, and only then answers the callers.
+//! deduplicates, prepares and encodes each transaction, writes the batch at the log's end
+//! with one `write` (plus, once per [`WAL_PREALLOC_BYTES`], a write of zeros ahead) and one
+//! `fdatasync`, applies it, and only then answers the callers: waiting threads from the
+//! ack thread, async callers' callbacks right here.
 
 use std::collections::VecDeque;
 use std::fmt;

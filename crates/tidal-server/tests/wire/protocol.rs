@@ -648,8 +648,10 @@ impl Ev {
     }
 
     fn time(&self) -> Option<SystemTime> {
-        self.ts
-            .map(|t| UNIX_EPOCH + Duration::from_micros(t as u64))
+        self.ts.map(|t| match u64::try_from(t) {
+            Ok(t) => UNIX_EPOCH + Duration::from_micros(t),
+            Err(_) => UNIX_EPOCH - Duration::from_micros(t.unsigned_abs()),
+        })
     }
 }
 
@@ -809,6 +811,8 @@ async fn prepared_signal_inserts_match_the_generic_path() {
         ok("like", None, f64::NAN, None),
         ok("like", None, f64::INFINITY, None),
         ok("like", None, 1.0, Some(now_us + 48 * hour)),
+        // Before DataFusion's nanosecond TIMESTAMP range (1677-09-21).
+        ok("like", None, 1.0, Some(-9_300_000_000_000_000)),
     ];
     for ev in bad {
         let fast = c
