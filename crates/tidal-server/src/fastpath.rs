@@ -490,6 +490,59 @@ impl<'a> Param<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn any_type() -> impl Strategy<Value = Type> {
+        prop::sample::select(vec![
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::INT2,
+            Type::INT4,
+            Type::INT8,
+            Type::FLOAT4,
+            Type::FLOAT8,
+            Type::NUMERIC,
+            Type::TIMESTAMP,
+            Type::TIMESTAMPTZ,
+            Type::DATE,
+            Type::BYTEA,
+            Type::BOOL,
+        ])
+    }
+
+    proptest! {
+        /// Whatever a client binds — any types, formats, bytes, counts — decoding either
+        /// yields events or defers; it never panics.
+        #[test]
+        fn bind_never_panics(
+            params in prop::collection::vec(
+                (any_type(), prop::option::of(prop::collection::vec(any::<u8>(), 0..12)), any::<bool>()),
+                0..7,
+            ),
+        ) {
+            let types: Vec<Type> = params.iter().map(|p| p.0.clone()).collect();
+            let values: Vec<Option<Bytes>> =
+                params.iter().map(|p| p.1.clone().map(Bytes::from)).collect();
+            let binary: Vec<bool> = params.iter().map(|p| p.2).collect();
+            let format = |i: usize| {
+                if binary.get(i).copied().unwrap_or(false) {
+                    FieldFormat::Binary
+                } else {
+                    FieldFormat::Text
+                }
+            };
+            let insert = FastInsert::plan(
+                "INSERT INTO signals (signal, entity_id, user_id, weight, ts) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .unwrap();
+            if let Some(events) = insert.bind(&types, &values, format) {
+                prop_assert_eq!(events.len(), 1);
+                prop_assert!(events[0].weight.is_finite());
+            }
+            let select = FastSelect::plan("SELECT * FROM items WHERE id = $1", &schema()).unwrap();
+            let _ = select.bind(&types, &values, format);
+        }
+    }
 
     fn binary(_: usize) -> FieldFormat {
         FieldFormat::Binary
