@@ -284,6 +284,54 @@ pub(crate) struct FastSelect {
     /// The table as planned against: if it has changed since (dropped, re-created), the
     /// statement goes back to the generic path, which re-plans it or reports the change.
     pub table: TableDef,
+    /// The ids read: `lo ≤ id ≤ hi` (`id = $n` is `lo = hi`).
+    lo: IdBound,
+    hi: IdBound,
+    /// Parameters the statement uses: exactly `$1..$params`.
+    params: usize,
+}
+
+/// Most ids one fast read may span; a wider range goes to the generic path, which
+/// streams its result under the memory limit.
+pub(crate) const FAST_READ_IDS_MAX: u64 = 10_000;
+
+/// One end of an id range: `$n`, or `$n + k` / `$n - k` with an integer literal `k`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct IdBound {
+    /// The parameter (0-based).
+    param: usize,
+    offset: i64,
+}
+
+impl IdBound {
+    fn parse(e: &Expr) -> Option<IdBound> {
+        match e {
+            Expr::Value(v) => match &v.value {
+                SqlValue::Placeholder(p) => Some(IdBound {
+                    param: p.strip_prefix('$')?.parse::<usize>().ok()?.checked_sub(1)?,
+                    offset: 0,
+                }),
+                _ => None,
+            },
+            Expr::BinaryOp { left, op, right } => {
+                let base = IdBound::parse(left)?;
+                let Expr::Value(v) = right.as_ref() else {
+                    return None;
+                };
+                let SqlValue::Number(n, _) = &v.value else {
+                    return None;
+                };
+                let k: i64 = n.parse().ok()?;
+                let offset = match op {
+                    BinaryOperator::Plus => k,
+                    BinaryOperator::Minus => k.checked_neg()?,
+                    _ => return None,
+                };
+                (base.offset == 0).then_some(IdBound { offset, ..base })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How DataFusion resolves an identifier: unquoted names fold to lower case.
@@ -348,30 +396,43 @@ impl FastSelect {
                 _ => return None,
             }
         }
-        let Some(Expr::BinaryOp {
-            left,
-            op: BinaryOperator::Eq,
-            right,
-        }) = &select.selection
-        else {
+        let is_id = |e: &Expr| matches!(e, Expr::Identifier(i) if ident_name(i) == "id");
+        if def.columns.first()?.name != "id" {
             return None;
-        };
-        let (id, param) = match (left.as_ref(), right.as_ref()) {
-            (Expr::Identifier(i), Expr::Value(v)) | (Expr::Value(v), Expr::Identifier(i)) => {
-                (i, &v.value)
+        }
+        let (lo, hi) = match select.selection.as_ref()? {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let bound = if is_id(left) {
+                    right
+                } else if is_id(right) {
+                    left
+                } else {
+                    return None;
+                };
+                let b = IdBound::parse(bound)?;
+                (b, b)
             }
+            Expr::Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            } if is_id(expr) => (IdBound::parse(low)?, IdBound::parse(high)?),
             _ => return None,
         };
-        if ident_name(id) != "id" || def.columns.first()?.name != "id" {
-            return None;
-        }
-        let SqlValue::Placeholder(p) = param else {
-            return None;
+        let params = {
+            let used = [lo.param, hi.param];
+            let n = used.iter().max()? + 1;
+            // `$1..$n` all used (see `dense_params`).
+            if !(0..n).all(|i| used.contains(&i)) {
+                return None;
+            }
+            n
         };
-        // The only parameter, `$1` (see `dense_params`).
-        if p != "$1" {
-            return None;
-        }
         // Nothing else in the statement: it prints back as exactly this shape (any
         // other clause — DISTINCT, ORDER BY, LIMIT, a join, an alias — would show).
         let shape = format!(
@@ -386,26 +447,45 @@ impl FastSelect {
             kind,
             projection,
             table: def.clone(),
+            lo,
+            hi,
+            params,
         })
     }
 
-    /// The id to read, `Some(None)` for a NULL id (no row), or `None` when the
-    /// parameter is not a plain integer (the generic path then decides).
+    /// The ids to read, `lo ≤ id ≤ hi`, `Some(None)` when a bound is NULL (no rows), or
+    /// `None` when a parameter is not a plain integer, a bound overflows or the range
+    /// is wider than [`FAST_READ_IDS_MAX`] (the generic path then decides).
     pub fn bind(
         &self,
         types: &[Type],
         values: &[Option<Bytes>],
         formats: impl Fn(usize) -> FieldFormat,
-    ) -> Option<Option<i64>> {
-        let [value] = values else {
+    ) -> Option<Option<(i64, i64)>> {
+        if values.len() != self.params {
             return None;
-        };
-        Param {
-            ty: types.first()?.clone(),
-            bytes: value.as_deref(),
-            binary: formats(0) == FieldFormat::Binary,
         }
-        .int()
+        let bound = |b: IdBound| -> Option<Option<i64>> {
+            let v = Param {
+                ty: types.get(b.param)?.clone(),
+                bytes: values.get(b.param)?.as_deref(),
+                binary: formats(b.param) == FieldFormat::Binary,
+            }
+            .int()?;
+            match v {
+                None => Some(None),
+                Some(v) => v.checked_add(b.offset).map(Some),
+            }
+        };
+        let (Some(lo), Some(hi)) = (bound(self.lo)?, bound(self.hi)?) else {
+            return Some(None);
+        };
+        // Ids are never negative.
+        let lo = lo.max(0);
+        if hi >= lo && hi.abs_diff(lo) >= FAST_READ_IDS_MAX {
+            return None;
+        }
+        Some(Some((lo, hi)))
     }
 }
 
@@ -633,6 +713,36 @@ mod tests {
         );
         let p = plan("select SCORE, title AS t, \"id\" from Items where $1 = id").unwrap();
         assert_eq!(p.projection, vec![2, 1, 0]);
+        let p = plan("SELECT id FROM items WHERE id BETWEEN $1 AND $1 + 100").unwrap();
+        let one = |v: i64| vec![Some(Bytes::copy_from_slice(&v.to_be_bytes()))];
+        assert_eq!(p.bind(&[Type::INT8], &one(7), binary), Some(Some((7, 107))));
+        assert_eq!(p.bind(&[Type::INT8], &[None], binary), Some(None));
+        assert_eq!(
+            p.bind(&[Type::INT8], &one(i64::MAX), binary),
+            None,
+            "overflow"
+        );
+        let p = plan("SELECT id FROM items WHERE id BETWEEN $2 - 3 AND $1").unwrap();
+        let two = |a: i64, b: i64| {
+            vec![
+                Some(Bytes::copy_from_slice(&a.to_be_bytes())),
+                Some(Bytes::copy_from_slice(&b.to_be_bytes())),
+            ]
+        };
+        let t2 = [Type::INT8, Type::INT8];
+        assert_eq!(p.bind(&t2, &two(10, 5), binary), Some(Some((2, 10))));
+        assert_eq!(
+            p.bind(&t2, &two(3, 50), binary),
+            Some(Some((47, 3))),
+            "empty"
+        );
+        let wide = FAST_READ_IDS_MAX as i64;
+        assert_eq!(p.bind(&t2, &two(wide + 2, 0), binary), None, "too wide");
+        assert_eq!(p.bind(&t2, &two(wide, 3), binary), None, "too wide");
+        assert_eq!(
+            p.bind(&t2, &two(wide - 1, 3), binary),
+            Some(Some((0, wide - 1)))
+        );
         for sql in [
             "SELECT * FROM items WHERE id = $1 LIMIT 1",
             "SELECT * FROM items WHERE id = $1 ORDER BY title",
@@ -656,6 +766,13 @@ mod tests {
             "SELECT * FROM items WHERE id = $1 FOR UPDATE",
             "SELECT * FROM items WHERE id = $0",
             "SELECT * FROM items WHERE id = $2",
+            "SELECT * FROM items WHERE id BETWEEN $1 AND $3",
+            "SELECT * FROM items WHERE id NOT BETWEEN $1 AND $2",
+            "SELECT * FROM items WHERE id BETWEEN $1 AND $1 * 2",
+            "SELECT * FROM items WHERE id BETWEEN $1 AND $1 + 1.5",
+            "SELECT * FROM items WHERE id BETWEEN $1 + 1 + 1 AND $1",
+            "SELECT * FROM items WHERE title BETWEEN $1 AND $2",
+            "SELECT * FROM items WHERE id = $1 + 1 OR id = $1",
         ] {
             assert_eq!(plan(sql), None, "{sql}");
         }

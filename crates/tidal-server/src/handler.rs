@@ -454,13 +454,13 @@ impl Conn {
         })
     }
 
-    /// Answers a point read planned by the fast path (see `fastpath`): the row from a
-    /// snapshot, encoded exactly as the planned query's result would be. `None` inside
-    /// a transaction block or after a schema change: the generic path runs it.
+    /// Answers a point or range read planned by the fast path (see `fastpath`): the rows
+    /// from a snapshot, encoded exactly as the planned query's result would be. `None`
+    /// inside a transaction block or after a schema change: the generic path runs it.
     fn select_fast(
         &self,
         plan: &FastSelect,
-        id: Option<i64>,
+        ids: Option<(i64, i64)>,
         stmt: &Prepared,
         formats: &Format,
     ) -> Option<Result<Response, ServerError>> {
@@ -476,9 +476,9 @@ impl Conn {
             return Some(Err(ServerError::ShuttingDown));
         }
         let session = &self.shared.session;
-        let rows = match id {
+        let rows = match ids {
             // The table is checked in the same snapshot the row is read from.
-            Some(id) => match session.read_row(plan.kind, id, &plan.projection, &plan.table) {
+            Some(ids) => match session.read_rows(plan.kind, ids, &plan.projection, &plan.table) {
                 Ok(Some(batch)) => Some(batch),
                 Ok(None) => return None,
                 Err(e) => return Some(Err(e.into())),
@@ -1185,7 +1185,7 @@ impl ExtendedQueryHandler for Conn {
                 None => None,
             },
             Some(Fast::Select(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
-                Some(id) => self.select_fast(plan, id, stmt, &portal.result_column_format),
+                Some(ids) => self.select_fast(plan, ids, stmt, &portal.result_column_format),
                 None => None,
             },
             None => None,

@@ -197,15 +197,16 @@ impl SqlSession {
         Ok((txn.suspend(), vec![crate::insert::count_batch(n)?]))
     }
 
-    /// Row `id` of the entity table of `kind`, columns `projection` (indexes into its
-    /// columns), as 0 or 1 rows: what `SELECT <those columns> FROM <table> WHERE id =
-    /// <id>` returns, read from one snapshot without planning a query (the server's
-    /// prepared point reads). A negative id matches no row, as in SQL. `None` when the
-    /// table in that snapshot is no longer `table` (the projection was planned on it).
-    pub fn read_row(
+    /// Rows `lo ≤ id ≤ hi` of the entity table of `kind`, columns `projection` (indexes
+    /// into its columns), in id order: what `SELECT <those columns> FROM <table> WHERE id
+    /// BETWEEN <lo> AND <hi>` returns, read from one snapshot without planning a query
+    /// (the server's prepared point and range reads). Negative ids match no row, as in
+    /// SQL. `None` when the table in that snapshot is no longer `table` (the projection
+    /// was planned on it). The caller bounds the range: every row is in one batch.
+    pub fn read_rows(
         &self,
         kind: EntityKind,
-        id: i64,
+        (lo, hi): (i64, i64),
         projection: &[usize],
         table: &TableDef,
     ) -> Result<Option<RecordBatch>, SqlError> {
@@ -221,11 +222,15 @@ impl SqlSession {
                 .project(projection)
                 .map_err(|e| SqlError::from(datafusion::error::DataFusionError::from(e)))?,
         );
+        let lo = EntityId::from_i64(lo.max(0));
+        let hi = EntityId::from_i64(hi);
         let mut rows = BatchBuilder::new(def, projection, schema, 1);
-        if let Some(id) = EntityId::from_i64(id)
-            && let Some(row) = view.get(kind, id)?
+        if let (Some(lo), Some(hi)) = (lo, hi)
+            && lo <= hi
         {
-            rows.push(&row)?;
+            for row in view.store().range(kind, lo, hi) {
+                rows.push(&row?.1)?;
+            }
         }
         Ok(Some(rows.finish()?))
     }

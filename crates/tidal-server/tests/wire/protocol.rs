@@ -1057,6 +1057,62 @@ async fn prepared_point_reads_match_the_generic_path() {
             want.iter().map(cells).collect::<Vec<_>>()
         );
     }
+    // Ranges of ids (fast up to FAST_READ_IDS_MAX ids wide), against twins with LIMIT.
+    let sorted = |rows: Vec<tokio_postgres::Row>| {
+        let mut v: Vec<Vec<String>> = rows.iter().map(cells).collect();
+        v.sort();
+        v
+    };
+    for (fast, generic, params) in [
+        (
+            "SELECT id, title, tags FROM items WHERE id BETWEEN $1 AND $1 + 2",
+            "SELECT id, title, tags FROM items WHERE id BETWEEN $1 AND $1 + 2 LIMIT 100",
+            vec![
+                vec![Some(-5i64)],
+                vec![Some(-1)],
+                vec![Some(0)],
+                vec![Some(1)],
+                vec![Some(2)],
+                vec![None],
+            ],
+        ),
+        (
+            "SELECT * FROM items WHERE id BETWEEN $2 - 1 AND $1",
+            "SELECT * FROM items WHERE id BETWEEN $2 - 1 AND $1 LIMIT 100",
+            vec![
+                vec![Some(2i64), Some(1)],
+                vec![Some(1), Some(3)],
+                vec![Some(20_000), Some(0)],
+                vec![Some(i64::MAX), Some(1)],
+                vec![None, Some(1)],
+            ],
+        ),
+    ] {
+        let f = c.prepare(fast).await.unwrap();
+        let g = c.prepare(generic).await.unwrap();
+        for p in params {
+            let args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = p
+                .iter()
+                .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            let fr = c.query(&f, &args).await.unwrap();
+            let gr = c.query(&g, &args).await.unwrap();
+            assert_eq!(sorted(fr), sorted(gr), "{fast} with {p:?}");
+        }
+    }
+    let f = c
+        .prepare("SELECT id FROM items WHERE id BETWEEN $1 AND $1 + 2")
+        .await
+        .unwrap();
+    let ids: Vec<i64> = c
+        .query(&f, &[&0i64])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![0, 1, 2]);
+
     // Writes are seen at once.
     let f = c
         .prepare("SELECT title FROM items WHERE id = $1")
