@@ -20,9 +20,7 @@ use tidal::datafusion::arrow::datatypes::{
 
 use crate::ServerError;
 
-/// Days between 1970-01-01 (Arrow's epoch) and 2000-01-01 (PostgreSQL's).
-const PG_EPOCH_DAYS: i64 = 10_957;
-const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
+use crate::sqltext::{PG_EPOCH_DAYS, PG_EPOCH_MICROS};
 
 /// The PostgreSQL type a column of this Arrow type is sent as.
 pub fn pg_type(dt: &DataType) -> Result<Type, ServerError> {

@@ -28,8 +28,7 @@ use tidal::datafusion::sql::sqlparser::parser::Parser;
 use tidal_core::{EntityId, EntityKind, Schema, TableDef, Timestamp};
 use tidal_sql::SIGNAL_COLUMNS;
 
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for binary timestamps.
-const PG_EPOCH_MICROS: i64 = 10_957 * 86_400_000_000;
+use crate::sqltext::{PG_EPOCH_MICROS, float_param, int_param, timestamp_param};
 
 /// Where one column of the event comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -510,22 +509,10 @@ impl<'a> Param<'a> {
         let Some(b) = self.bytes else {
             return matches!(self.ty, Type::INT2 | Type::INT4 | Type::INT8).then_some(None);
         };
-        let v = if self.binary {
-            match self.ty {
-                Type::INT2 => i16::from_be_bytes(b.try_into().ok()?) as i64,
-                Type::INT4 => i32::from_be_bytes(b.try_into().ok()?) as i64,
-                Type::INT8 => i64::from_be_bytes(b.try_into().ok()?),
-                _ => return None,
-            }
-        } else {
-            match self.ty {
-                Type::INT2 | Type::INT4 | Type::INT8 => {
-                    std::str::from_utf8(b).ok()?.trim().parse().ok()?
-                }
-                _ => return None,
-            }
-        };
-        Some(Some(v))
+        if !matches!(self.ty, Type::INT2 | Type::INT4 | Type::INT8) {
+            return None;
+        }
+        Some(Some(int_param(&self.ty, b, self.binary).ok()?))
     }
 
     /// A float- or integer-typed parameter: `Some(None)` for NULL.
@@ -536,15 +523,10 @@ impl<'a> Param<'a> {
         let Some(b) = self.bytes else {
             return matches!(self.ty, Type::FLOAT4 | Type::FLOAT8).then_some(None);
         };
-        let v = match (self.ty.clone(), self.binary) {
-            (Type::FLOAT4, true) => f32::from_be_bytes(b.try_into().ok()?) as f64,
-            (Type::FLOAT8, true) => f64::from_be_bytes(b.try_into().ok()?),
-            (Type::FLOAT4 | Type::FLOAT8, false) => {
-                std::str::from_utf8(b).ok()?.trim().parse().ok()?
-            }
-            _ => return None,
-        };
-        Some(Some(v))
+        if !matches!(self.ty, Type::FLOAT4 | Type::FLOAT8) {
+            return None;
+        }
+        Some(Some(float_param(&self.ty, b, self.binary).ok()?))
     }
 
     /// A binary timestamp-typed parameter: `Some(None)` for NULL (the column default).
@@ -561,7 +543,9 @@ impl<'a> Param<'a> {
         if !self.binary {
             return None;
         }
-        let us = i64::from_be_bytes(b.try_into().ok()?).checked_add(PG_EPOCH_MICROS)?;
+        let us = timestamp_param(&self.ty, b)
+            .ok()?
+            .checked_add(PG_EPOCH_MICROS)?;
         us.checked_mul(1000)?;
         Some(Some(Timestamp(us)))
     }

@@ -8,9 +8,68 @@ use tidal::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 
 use crate::ServerError;
 
-/// Days / µs between 1970-01-01 and PostgreSQL's 2000-01-01 epoch.
-const PG_EPOCH_DAYS: i64 = 10_957;
-const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
+/// Days / µs between 1970-01-01 (Arrow's and tidalDB's epoch) and PostgreSQL's
+/// 2000-01-01, for binary dates and timestamps.
+pub(crate) const PG_EPOCH_DAYS: i64 = 10_957;
+pub(crate) const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
+
+/// The bytes of a binary value of a fixed-width type.
+fn fixed<'a>(ty: &Type, value: &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if value.len() == n {
+        Ok(value)
+    } else {
+        Err(format!(
+            "binary {} needs {n} bytes, got {}",
+            ty.name(),
+            value.len()
+        ))
+    }
+}
+
+fn utf8(value: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(value).map_err(|e| e.to_string())
+}
+
+/// An integer parameter (`int2`, `int4`, `int8`, `oid`; text or binary). The one
+/// decoding both the literal binding and the server's fast paths use; `Err` is the
+/// reason.
+pub(crate) fn int_param(ty: &Type, value: &[u8], binary: bool) -> Result<i64, String> {
+    if !binary {
+        let text = utf8(value)?;
+        return text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not an integer"));
+    }
+    Ok(match *ty {
+        Type::INT2 => i16::from_be_bytes(arr(fixed(ty, value, 2)?)).into(),
+        Type::INT4 => i32::from_be_bytes(arr(fixed(ty, value, 4)?)).into(),
+        Type::OID => u32::from_be_bytes(arr(fixed(ty, value, 4)?)).into(),
+        Type::INT8 => i64::from_be_bytes(arr(fixed(ty, value, 8)?)),
+        _ => return Err(format!("binary {} is not an integer", ty.name())),
+    })
+}
+
+/// A floating-point parameter (`float4`, `float8`; `numeric` in text only).
+pub(crate) fn float_param(ty: &Type, value: &[u8], binary: bool) -> Result<f64, String> {
+    if !binary {
+        let text = utf8(value)?;
+        return text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{text:?} is not a number"));
+    }
+    Ok(match *ty {
+        Type::FLOAT4 => f32::from_be_bytes(arr(fixed(ty, value, 4)?)).into(),
+        Type::FLOAT8 => f64::from_be_bytes(arr(fixed(ty, value, 8)?)),
+        _ => return Err(format!("binary {} is not a float", ty.name())),
+    })
+}
+
+/// A binary `timestamp`/`timestamptz` parameter: µs since PostgreSQL's epoch.
+pub(crate) fn timestamp_param(ty: &Type, value: &[u8]) -> Result<i64, String> {
+    Ok(i64::from_be_bytes(arr(fixed(ty, value, 8)?)))
+}
 
 /// Tokens with string values unescaped (`'it''s'` → `it's`), for reading values.
 fn tokenize(sql: &str) -> Result<Vec<Token>, ServerError> {
@@ -118,21 +177,13 @@ pub fn literal(
     };
     let bad = |reason: String| ServerError::BadParameter { index, reason };
     if !binary {
-        let text = std::str::from_utf8(value).map_err(|e| bad(e.to_string()))?;
+        let text = utf8(value).map_err(bad)?;
         return Ok(match *ty {
             Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
-                let v: i64 = text
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(format!("{text:?} is not an integer")))?;
-                v.to_string()
+                int_param(ty, value, false).map_err(bad)?.to_string()
             }
             Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
-                let v: f64 = text
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(format!("{text:?} is not a number")))?;
-                float_literal(v)
+                float_literal(float_param(ty, value, false).map_err(bad)?)
             }
             Type::BOOL => match text.trim().to_ascii_lowercase().as_str() {
                 "t" | "true" | "yes" | "on" | "1" => "TRUE".into(),
@@ -146,27 +197,17 @@ pub fn literal(
             _ => quote(text),
         });
     }
-    let fixed = |n: usize| -> Result<&[u8], ServerError> {
-        if value.len() == n {
-            Ok(&value[..])
-        } else {
-            Err(bad(format!(
-                "binary {} needs {n} bytes, got {}",
-                ty.name(),
-                value.len()
-            )))
-        }
-    };
+    let fixed = |n: usize| fixed(ty, value, n).map_err(bad);
     Ok(match *ty {
         Type::BOOL => if fixed(1)?[0] != 0 { "TRUE" } else { "FALSE" }.into(),
-        Type::INT2 => i16::from_be_bytes(arr(fixed(2)?)).to_string(),
-        Type::INT4 => i32::from_be_bytes(arr(fixed(4)?)).to_string(),
-        Type::OID => u32::from_be_bytes(arr(fixed(4)?)).to_string(),
-        Type::INT8 => i64::from_be_bytes(arr(fixed(8)?)).to_string(),
-        Type::FLOAT4 => float_literal(f32::from_be_bytes(arr(fixed(4)?)) as f64),
-        Type::FLOAT8 => float_literal(f64::from_be_bytes(arr(fixed(8)?))),
+        Type::INT2 | Type::INT4 | Type::OID | Type::INT8 => {
+            int_param(ty, value, true).map_err(bad)?.to_string()
+        }
+        Type::FLOAT4 | Type::FLOAT8 => float_literal(float_param(ty, value, true).map_err(bad)?),
         Type::TIMESTAMP | Type::TIMESTAMPTZ => {
-            let us = i64::from_be_bytes(arr(fixed(8)?)).saturating_add(PG_EPOCH_MICROS);
+            let us = timestamp_param(ty, value)
+                .map_err(bad)?
+                .saturating_add(PG_EPOCH_MICROS);
             format!(
                 "CAST({} AS TIMESTAMP)",
                 quote(&tidal::Timestamp(us).to_string())
