@@ -419,10 +419,10 @@ impl Conn {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// Commits the events decoded by the prepared-INSERT fast path (see `fastpath`) as
-    /// one transaction. `None` inside a transaction block: the generic path adds them
-    /// to the block.
-    async fn insert_fast(&self, events: Vec<Bound<'_>>) -> Option<Result<Response, ServerError>> {
+    /// Whether a fast path (see `fastpath`) may run a statement now: `None` inside a
+    /// transaction block (the generic path adds to, or refuses in, the block), an error
+    /// while shutting down.
+    fn fast_path_gate(&self) -> Option<Result<(), ServerError>> {
         {
             let st = self.lock();
             if !matches!(st.txn, Txn::None) {
@@ -433,6 +433,16 @@ impl Conn {
         }
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Some(Err(ServerError::ShuttingDown));
+        }
+        Some(Ok(()))
+    }
+
+    /// Commits the events decoded by the prepared-INSERT fast path (see `fastpath`) as
+    /// one transaction. `None` inside a transaction block: the generic path adds them
+    /// to the block.
+    async fn insert_fast(&self, events: Vec<Bound<'_>>) -> Option<Result<Response, ServerError>> {
+        if let Err(e) = self.fast_path_gate()? {
+            return Some(Err(e));
         }
         let _running = Running::new(self.shared.clone());
         let commit = {
@@ -464,16 +474,9 @@ impl Conn {
         stmt: &Prepared,
         formats: &Format,
     ) -> Option<Result<Response, ServerError>> {
-        {
-            let st = self.lock();
-            if !matches!(st.txn, Txn::None) {
-                return None;
-            }
-            self.stream_failed.store(false, Ordering::SeqCst);
-        }
         let target = stmt.schema.as_ref()?;
-        if self.shared.shutting_down.load(Ordering::SeqCst) {
-            return Some(Err(ServerError::ShuttingDown));
+        if let Err(e) = self.fast_path_gate()? {
+            return Some(Err(e));
         }
         let session = &self.shared.session;
         let rows = match ids {
