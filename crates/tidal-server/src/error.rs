@@ -17,6 +17,20 @@ pub enum ServerError {
     Unsupported(String),
     #[error("invalid parameter ${index}: {reason}")]
     BadParameter { index: usize, reason: String },
+    /// A text-format parameter that does not parse as its type (PostgreSQL: 22P02).
+    #[error("invalid input syntax for type {ty} in parameter ${index}: {reason}")]
+    ParameterText {
+        index: usize,
+        ty: String,
+        reason: String,
+    },
+    /// A binary-format parameter that is not a valid encoding of its type (22P03).
+    #[error("invalid binary value for type {ty} in parameter ${index}: {reason}")]
+    ParameterBinary {
+        index: usize,
+        ty: String,
+        reason: String,
+    },
     #[error("COPY line {line}: {source}")]
     CopyLine { line: u64, source: Box<ServerError> },
     /// A value that does not parse as its column's type.
@@ -56,6 +70,8 @@ impl ServerError {
             ServerError::InvalidText(_) => "22P02",
             ServerError::CopyLine { source, .. } => source.sqlstate(),
             ServerError::BadParameter { .. } => "22023",
+            ServerError::ParameterText { .. } => "22P02",
+            ServerError::ParameterBinary { .. } => "22P03",
             ServerError::Cancelled | ServerError::Timeout => "57014",
             ServerError::ShuttingDown => "57P01",
             ServerError::TransactionAborted => "25P02",

@@ -175,7 +175,14 @@ pub fn literal(
     let Some(value) = value else {
         return Ok("NULL".into());
     };
-    let bad = |reason: String| ServerError::BadParameter { index, reason };
+    let bad = |reason: String| {
+        let ty = ty.name().to_string();
+        if binary {
+            ServerError::ParameterBinary { index, ty, reason }
+        } else {
+            ServerError::ParameterText { index, ty, reason }
+        }
+    };
     if !binary {
         let text = utf8(value).map_err(bad)?;
         return Ok(match *ty {
@@ -250,9 +257,10 @@ pub fn literal(
 /// A one-dimensional array in PostgreSQL's binary form (what drivers such as
 /// tokio-postgres send for `Vec<String>`) as `ARRAY[...]`; `'{}'` when empty.
 fn array_literal(index: usize, value: &[u8]) -> Result<String, ServerError> {
-    let bad = |reason: String| ServerError::BadParameter {
+    let bad = |reason: String| ServerError::ParameterBinary {
         index,
-        reason: format!("binary array: {reason}"),
+        ty: "array".into(),
+        reason,
     };
     let mut rest = value;
     let mut take = |n: usize| -> Result<&[u8], ServerError> {

@@ -1,4 +1,5 @@
-//! psql (libpq) against the server. Skipped, with a message, where psql is missing.
+//! psql (libpq) against the server. Skipped, with a message, where psql is missing
+//! (failed instead under `TIDAL_REQUIRE_CLIENTS=1`).
 
 use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
@@ -14,8 +15,11 @@ fn psql_available() -> bool {
 
 macro_rules! require_psql {
     () => {
-        if !psql_available() {
-            eprintln!("skipped: psql not installed (apt-get install postgresql-client)");
+        if !crate::drivers::present(
+            psql_available(),
+            "psql",
+            "apt-get install postgresql-client",
+        ) {
             return;
         }
     };
