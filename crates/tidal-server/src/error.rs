@@ -36,6 +36,16 @@ pub enum ServerError {
     /// A value that does not parse as its column's type.
     #[error("{0}")]
     InvalidText(String),
+    #[error("cursor \"{0}\" does not exist")]
+    UnknownCursor(String),
+    #[error("cursor \"{0}\" is in use by an unfinished FETCH (a suspended portal)")]
+    CursorBusy(String),
+    #[error("cursor \"{0}\" already exists")]
+    DuplicateCursor(String),
+    #[error("DECLARE CURSOR can only be used in transaction blocks (or declare it WITH HOLD)")]
+    CursorOutsideBlock,
+    #[error("too many open cursors (at most {0} per connection); CLOSE some first")]
+    TooManyCursors(usize),
     #[error("canceling statement due to user request")]
     Cancelled,
     #[error("canceling statement due to statement timeout")]
@@ -72,6 +82,11 @@ impl ServerError {
             ServerError::BadParameter { .. } => "22023",
             ServerError::ParameterText { .. } => "22P02",
             ServerError::ParameterBinary { .. } => "22P03",
+            ServerError::UnknownCursor(_) => "34000",
+            ServerError::DuplicateCursor(_) => "42P03",
+            ServerError::CursorBusy(_) => "55006",
+            ServerError::CursorOutsideBlock => "25P01",
+            ServerError::TooManyCursors(_) => "54000",
             ServerError::Cancelled | ServerError::Timeout => "57014",
             ServerError::ShuttingDown => "57P01",
             ServerError::TransactionAborted => "25P02",

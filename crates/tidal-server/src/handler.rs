@@ -43,8 +43,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{QUERY_BYTES_MAX, ServerConfig};
 use crate::copy::{self, CopyCommand, CopyIn};
+use crate::cursor::Cursors;
 use crate::fastpath::{Bound, Fast, FastInsert, FastSelect};
-use crate::sqltext::{self, SessionCommand};
+use crate::sqltext::{self, CursorCommand, SessionCommand};
 use crate::{ServerError, encode};
 
 /// The only role; with no password configured, only loopback clients may use it.
@@ -195,6 +196,8 @@ pub(crate) struct Conn {
     permit: Mutex<Option<OwnedSemaphorePermit>>,
     pid: AtomicI32,
     parser: Arc<Parser>,
+    /// `DECLARE`d cursors (shared with the parser, which describes FETCH).
+    cursors: Arc<Cursors>,
     sasl: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
     /// A `COPY ... FROM STDIN` receiving data.
     copy: Mutex<Option<CopyIn>>,
@@ -246,10 +249,13 @@ impl Conn {
                     .with_scram(scram)
                     .with_pid_secret_key_generator(Arc::new(WeakPidGen(weak.clone())))
             });
+            let cursors = Arc::new(Cursors::default());
             Conn {
                 parser: Arc::new(Parser {
                     shared: shared.clone(),
+                    cursors: cursors.clone(),
                 }),
+                cursors,
                 shared,
                 state: Mutex::new(ConnState {
                     settings: BTreeMap::new(),
@@ -331,6 +337,9 @@ impl Conn {
         }
         if matches!(self.lock().txn, Txn::Failed) {
             return Err(ServerError::TransactionAborted);
+        }
+        if let Some(cmd) = sqltext::cursor_command(sql)? {
+            return self.cursor_command(cmd, formats, described).await;
         }
         if let Some(cmd) = copy::parse(sql)? {
             return self.start_copy(cmd).await;
@@ -421,6 +430,72 @@ impl Conn {
         };
         let rows = row_stream(stream, target, fields.clone(), ctl, guard);
         Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+
+    /// DECLARE / FETCH / MOVE / CLOSE (see `cursor`).
+    async fn cursor_command(
+        &self,
+        cmd: CursorCommand,
+        formats: &Format,
+        described: Option<&SchemaRef>,
+    ) -> Result<Response, ServerError> {
+        let timeout = self.lock().statement_timeout;
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let since = self.cancel.current();
+        match cmd {
+            CursorCommand::Declare { name, hold, query } => {
+                if !hold && matches!(self.lock().txn, Txn::None) {
+                    return Err(ServerError::CursorOutsideBlock);
+                }
+                cursor_query(&query)?;
+                let _running = Running::new(self.shared.clone());
+                let stream = tokio::select! {
+                    r = self.shared.session.sql_stream(&query) => r?,
+                    _ = self.cancel.cancelled(since) => return Err(ServerError::Cancelled),
+                    _ = sleep_until(deadline) => return Err(ServerError::Timeout),
+                };
+                self.cursors.declare(name, hold, stream)?;
+                Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+            }
+            CursorCommand::Fetch { name, count, skip } => {
+                let guard = Running::new(self.shared.clone());
+                let mut stream = self.cursors.fetch(&name, count)?;
+                if skip {
+                    let mut n = 0;
+                    loop {
+                        let next = tokio::select! {
+                            b = stream.next() => b,
+                            _ = self.cancel.cancelled(since) => return Err(ServerError::Cancelled),
+                            _ = sleep_until(deadline) => return Err(ServerError::Timeout),
+                        };
+                        match next {
+                            Some(batch) => n += batch.map_err(ServerError::from_df)?.num_rows(),
+                            None => break,
+                        }
+                    }
+                    return Ok(Response::Execution(Tag::new("MOVE").with_rows(n)));
+                }
+                let target = described.cloned().unwrap_or_else(|| stream.schema());
+                let fields = Arc::new(encode::fields(
+                    &target,
+                    &formats_of(formats, target.fields().len()),
+                )?);
+                let ctl = StreamCtl {
+                    cancel: self.cancel.clone(),
+                    since,
+                    deadline,
+                    failed: self.stream_failed.clone(),
+                };
+                let rows = row_stream(stream, target, fields.clone(), ctl, guard);
+                let mut response = QueryResponse::new(fields, rows);
+                response.set_command_tag("FETCH");
+                Ok(Response::Query(response))
+            }
+            CursorCommand::Close { name } => {
+                self.cursors.close(name.as_deref())?;
+                Ok(Response::Execution(Tag::new("CLOSE CURSOR")))
+            }
+        }
     }
 
     /// Whether a fast path (see `fastpath`) may run a statement now: `None` inside a
@@ -531,6 +606,7 @@ impl Conn {
     /// failed block rolls it back, as in PostgreSQL.
     async fn commit(&self) -> Result<Response, ServerError> {
         let txn = std::mem::take(&mut self.lock().txn);
+        self.cursors.end_of_block();
         match txn {
             Txn::Open(Some(pending)) if !pending.is_empty() => {
                 let _running = Running::new(self.shared.clone());
@@ -642,6 +718,7 @@ impl Conn {
                         .push(warning("25P01", "there is no transaction in progress"));
                 }
                 st.txn = Txn::None;
+                self.cursors.end_of_block();
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
             }
             SessionCommand::Discard => {
@@ -691,6 +768,36 @@ impl Conn {
                 ))
             }
         })
+    }
+}
+
+/// A cursor's query must return rows and change nothing: a SELECT (or WITH, VALUES,
+/// TABLE), RETRIEVE or SHOW SIGNALS/PROFILES.
+fn cursor_query(query: &str) -> Result<(), ServerError> {
+    let first = query
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let reads = match tidal_sql::parse_tidal_statement(query)? {
+        Some(s) => matches!(
+            s,
+            TidalStatement::ShowSignals
+                | TidalStatement::ShowProfiles
+                | TidalStatement::Retrieve(_)
+        ),
+        None => {
+            query.trim_start().starts_with('(')
+                || matches!(first.as_str(), "select" | "with" | "values" | "table")
+        }
+    };
+    if reads {
+        Ok(())
+    } else {
+        Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
+            message: "DECLARE ... CURSOR FOR needs a query (SELECT, VALUES, RETRIEVE)".into(),
+        }))
     }
 }
 
@@ -968,6 +1075,7 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 pub(crate) struct Parser {
     shared: Arc<Shared>,
+    cursors: Arc<Cursors>,
 }
 
 impl Parser {
@@ -985,7 +1093,24 @@ impl Parser {
             .collect();
         let mut schema = None;
         let mut fast = None;
-        if let Some(cmd) = sqltext::session_command(sql)? {
+        if let Some(cmd) = sqltext::cursor_command(sql)? {
+            match cmd {
+                // DECLARE takes its query's parameters; FETCH returns the cursor's columns.
+                CursorCommand::Declare { query, .. } => {
+                    cursor_query(&query)?;
+                    params = Box::pin(self.prepare(&query, given))
+                        .await?
+                        .params
+                        .into_iter()
+                        .map(Some)
+                        .collect();
+                }
+                CursorCommand::Fetch {
+                    name, skip: false, ..
+                } => schema = Some(self.cursors.schema(&name)?),
+                CursorCommand::Fetch { .. } | CursorCommand::Close { .. } => {}
+            }
+        } else if let Some(cmd) = sqltext::session_command(sql)? {
             if let SessionCommand::Show { name } = cmd {
                 schema = Some(Arc::new(Schema::new(vec![Field::new(
                     name,
@@ -1162,7 +1287,18 @@ impl ExtendedQueryHandler for Conn {
                     (None, self.do_describe_portal(client, &portal).await?.fields)
                 }
                 Some(Entry::Empty) => (None, Vec::new()),
-                None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                // A DECLAREd cursor is a portal too (psycopg describes its named
+                // cursors this way); its rows come by FETCH, in text.
+                None => match self.cursors.schema(name) {
+                    Ok(schema) => {
+                        let formats = formats_of(&Format::UnifiedText, schema.fields().len());
+                        (
+                            None,
+                            encode::fields(&schema, &formats).map_err(ServerError::into_pg)?,
+                        )
+                    }
+                    Err(_) => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                },
             },
             other => return Err(PgWireError::InvalidTargetType(other)),
         };

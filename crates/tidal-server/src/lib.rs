@@ -20,6 +20,7 @@
 mod catalog;
 mod config;
 mod copy;
+mod cursor;
 mod encode;
 mod error;
 mod fastpath;

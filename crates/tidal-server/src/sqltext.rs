@@ -410,9 +410,283 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
     }))
 }
 
+/// A cursor statement: `DECLARE`, `FETCH`/`MOVE` (forward only), `CLOSE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CursorCommand {
+    /// `DECLARE name [NO SCROLL] [INSENSITIVE] CURSOR [WITH[OUT] HOLD] FOR query`.
+    Declare {
+        name: String,
+        hold: bool,
+        query: String,
+    },
+    /// `FETCH`/`MOVE [NEXT | FORWARD [n | ALL] | n | ALL] [FROM | IN] name`; `count`
+    /// `None` is ALL. `MOVE` skips the rows instead of returning them.
+    Fetch {
+        name: String,
+        count: Option<u64>,
+        skip: bool,
+    },
+    /// `CLOSE name`, or `CLOSE ALL` (`name` `None`).
+    Close { name: Option<String> },
+}
+
+/// A cursor name: an identifier, folded to lower case unless quoted.
+fn cursor_name(t: Option<&Token>) -> Option<String> {
+    match t? {
+        Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+        Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+        _ => None,
+    }
+}
+
+/// Recognises the cursor statements (see [`CursorCommand`]); `None` for anything else.
+pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !matches!(first.as_str(), "declare" | "fetch" | "move" | "close") {
+        return Ok(None);
+    }
+    let raw = tokenize_raw(sql)?;
+    let words: Vec<&Token> = raw
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let kw = |i: usize| -> String {
+        match words.get(i) {
+            Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_lowercase(),
+            _ => String::new(),
+        }
+    };
+    let syntax = |message: String| ServerError::Sql(tidal_sql::SqlError::Syntax { message });
+    Ok(Some(match first.as_str() {
+        "declare" => {
+            let name = cursor_name(words.get(1).copied())
+                .ok_or_else(|| syntax("DECLARE needs a cursor name".into()))?;
+            let mut i = 2;
+            let mut hold = false;
+            loop {
+                match kw(i).as_str() {
+                    "insensitive" | "asensitive" => i += 1,
+                    "no" if kw(i + 1) == "scroll" => i += 2,
+                    "scroll" | "binary" => {
+                        return Err(ServerError::Unsupported(format!(
+                            "DECLARE ... {} CURSOR is not supported (cursors scan forward and \
+                             return rows in the format each FETCH asks for)",
+                            kw(i).to_ascii_uppercase()
+                        )));
+                    }
+                    "cursor" => {
+                        i += 1;
+                        break;
+                    }
+                    _ => {
+                        return Err(syntax(
+                            "DECLARE name CURSOR FOR query: CURSOR expected".into(),
+                        ));
+                    }
+                }
+            }
+            match (kw(i).as_str(), kw(i + 1).as_str()) {
+                ("with", "hold") => {
+                    hold = true;
+                    i += 2;
+                }
+                ("without", "hold") => i += 2,
+                _ => {}
+            }
+            if kw(i) != "for" {
+                return Err(syntax("DECLARE name CURSOR FOR query: FOR expected".into()));
+            }
+            // The query is the statement's text after FOR, exactly as written.
+            let for_token = words[i];
+            let at = raw
+                .iter()
+                .position(|t| std::ptr::eq(t, for_token))
+                .map_or(raw.len(), |p| p + 1);
+            let query: String = raw[at..].iter().map(render).collect();
+            if query.trim().is_empty() {
+                return Err(syntax("DECLARE ... FOR needs a query".into()));
+            }
+            CursorCommand::Declare {
+                name,
+                hold,
+                query: query.trim().to_string(),
+            }
+        }
+        "fetch" | "move" => {
+            let mut i = 1;
+            let count = match kw(i).as_str() {
+                "next" => {
+                    i += 1;
+                    Some(1)
+                }
+                "all" => {
+                    i += 1;
+                    None
+                }
+                "forward" => {
+                    i += 1;
+                    match (kw(i).as_str(), words.get(i)) {
+                        ("all", _) => {
+                            i += 1;
+                            None
+                        }
+                        (_, Some(Token::Number(n, _))) => {
+                            i += 1;
+                            Some(fetch_count(n)?)
+                        }
+                        _ => Some(1),
+                    }
+                }
+                "prior" | "first" | "last" | "absolute" | "relative" | "backward" => {
+                    return Err(ServerError::Unsupported(
+                        "cursor can only scan forward (FETCH NEXT, FORWARD n, n or ALL)".into(),
+                    ));
+                }
+                _ => match words.get(i) {
+                    Some(Token::Number(n, _)) => {
+                        i += 1;
+                        Some(fetch_count(n)?)
+                    }
+                    Some(Token::Minus) => {
+                        return Err(ServerError::Unsupported(
+                            "cursor can only scan forward (FETCH NEXT, FORWARD n, n or ALL)".into(),
+                        ));
+                    }
+                    _ => Some(1),
+                },
+            };
+            if matches!(kw(i).as_str(), "from" | "in") {
+                i += 1;
+            }
+            let name = cursor_name(words.get(i).copied())
+                .ok_or_else(|| syntax(format!("{} needs a cursor name", first.to_uppercase())))?;
+            if words.len() > i + 1 {
+                return Err(syntax(format!(
+                    "unexpected {} after the cursor name",
+                    words[i + 1]
+                )));
+            }
+            CursorCommand::Fetch {
+                name,
+                count,
+                skip: first == "move",
+            }
+        }
+        _ => {
+            let name = if kw(1) == "all" {
+                None
+            } else {
+                Some(
+                    cursor_name(words.get(1).copied())
+                        .ok_or_else(|| syntax("CLOSE needs a cursor name or ALL".into()))?,
+                )
+            };
+            if words.len() > 2 {
+                return Err(syntax(format!("unexpected {} after CLOSE", words[2])));
+            }
+            CursorCommand::Close { name }
+        }
+    }))
+}
+
+/// A FETCH count: a positive integer (FETCH 0 re-reads the current row, which needs a
+/// scrollable cursor).
+fn fetch_count(n: &str) -> Result<u64, ServerError> {
+    match n.parse::<u64>() {
+        Ok(0) => Err(ServerError::Unsupported(
+            "FETCH 0 (the current row again) needs a scrollable cursor".into(),
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
+            message: format!("FETCH count {n} is not a positive integer"),
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursor_commands() {
+        let c = |s: &str| cursor_command(s).unwrap();
+        assert_eq!(
+            c("DECLARE \"Pages\" NO SCROLL CURSOR WITH HOLD FOR SELECT 'a;''b' FROM t"),
+            Some(CursorCommand::Declare {
+                name: "Pages".into(),
+                hold: true,
+                query: "SELECT 'a;''b' FROM t".into()
+            })
+        );
+        assert_eq!(
+            c("declare Pg cursor for select 1"),
+            Some(CursorCommand::Declare {
+                name: "pg".into(),
+                hold: false,
+                query: "select 1".into()
+            })
+        );
+        let fetch = |name: &str, count, skip| {
+            Some(CursorCommand::Fetch {
+                name: name.into(),
+                count,
+                skip,
+            })
+        };
+        assert_eq!(
+            c("FETCH FORWARD 7 FROM \"pages\""),
+            fetch("pages", Some(7), false)
+        );
+        assert_eq!(c("fetch c"), fetch("c", Some(1), false));
+        assert_eq!(c("FETCH NEXT IN c"), fetch("c", Some(1), false));
+        assert_eq!(c("FETCH ALL c"), fetch("c", None, false));
+        assert_eq!(c("FETCH FORWARD ALL FROM c"), fetch("c", None, false));
+        assert_eq!(c("FETCH 3 c"), fetch("c", Some(3), false));
+        assert_eq!(c("MOVE FORWARD 2 IN c"), fetch("c", Some(2), true));
+        assert_eq!(
+            c("CLOSE c"),
+            Some(CursorCommand::Close {
+                name: Some("c".into())
+            })
+        );
+        assert_eq!(c("close all"), Some(CursorCommand::Close { name: None }));
+        assert_eq!(c("SELECT 1"), None);
+        assert_eq!(c("fetched"), None);
+        for bad in [
+            "FETCH BACKWARD 1 FROM c",
+            "FETCH -1 FROM c",
+            "FETCH 0 FROM c",
+            "FETCH PRIOR FROM c",
+            "DECLARE c SCROLL CURSOR FOR SELECT 1",
+            "DECLARE c BINARY CURSOR FOR SELECT 1",
+        ] {
+            assert_eq!(
+                cursor_command(bad).unwrap_err().sqlstate(),
+                "0A000",
+                "{bad}"
+            );
+        }
+        for bad in [
+            "DECLARE c CURSOR SELECT 1",
+            "DECLARE c CURSOR FOR",
+            "DECLARE CURSOR FOR SELECT 1",
+            "FETCH FROM",
+            "FETCH 2 FROM c d",
+            "CLOSE",
+            "CLOSE a b",
+        ] {
+            assert_eq!(
+                cursor_command(bad).unwrap_err().sqlstate(),
+                "42601",
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn split_respects_strings_and_comments() {

@@ -188,6 +188,15 @@ def main():
         )
         conn.commit()
 
+    # A server-side cursor (DECLARE … CURSOR, then FETCH FORWARD itersize), with a
+    # parameter, read in pieces.
+    with psycopg.connect(URL) as conn:
+        with conn.cursor(name="pages") as c:
+            c.itersize = 7
+            c.execute("SELECT id FROM items WHERE id BETWEEN %s AND 199 ORDER BY id", (100,))
+            eq([r[0] for r in c], list(range(100, 200)), "server-side cursor rows")
+        conn.commit()
+
     print("psycopg: ok")
 
 

@@ -1142,3 +1142,133 @@ async fn prepared_point_reads_match_the_generic_path() {
     assert_eq!(fresh.get::<_, String>(0), "new one");
     server.stop().await;
 }
+
+/// DECLARE / FETCH / MOVE / CLOSE: a result read in pieces, forward only, over both
+/// protocols; cursors close with their block unless WITH HOLD; the errors PostgreSQL
+/// gives for unknown, duplicate and misplaced cursors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_read_a_result_in_pieces() {
+    let server = start().await;
+    let mut c = server.connect_with_schema().await;
+    // More rows than one batch of the scan, so FETCHes cross batch boundaries.
+    let values: Vec<String> = (1..=20_000).map(|i| format!("({i}, 'item {i}')")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO items (id, title) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    let ids = |rows: &[tokio_postgres::Row]| rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>();
+
+    // Outside a block only WITH HOLD cursors exist.
+    let r = c
+        .batch_execute("DECLARE c CURSOR FOR SELECT id FROM items ORDER BY id")
+        .await;
+    assert_eq!(code(&r.unwrap_err()), "25P01");
+
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("DECLARE c NO SCROLL CURSOR FOR SELECT id, title FROM items ORDER BY id")
+        .await
+        .unwrap();
+    // Simple protocol: text rows and the FETCH tag.
+    let msgs = c.simple_query("FETCH 3 FROM c").await.unwrap();
+    assert_eq!(
+        simple(&msgs),
+        vec!["row 1|item 1", "row 2|item 2", "row 3|item 3", "complete 3"]
+    );
+    // Extended protocol: FETCH is described with the cursor's columns (binary here).
+    let rows = c.query("FETCH FORWARD 5 IN c", &[]).await.unwrap();
+    assert_eq!(ids(&rows), vec![4, 5, 6, 7, 8]);
+    assert_eq!(rows[0].get::<_, String>(1), "item 4");
+    assert_eq!(c.execute("MOVE 10000 c", &[]).await.unwrap(), 10_000);
+    let rows = c.query("FETCH NEXT FROM c", &[]).await.unwrap();
+    assert_eq!(ids(&rows), vec![10_009]);
+    let rows = c.query("FETCH ALL FROM c", &[]).await.unwrap();
+    assert_eq!(ids(&rows), (10_010..=20_000).collect::<Vec<_>>());
+    assert!(c.query("FETCH 10 FROM c", &[]).await.unwrap().is_empty());
+    assert_eq!(c.execute("MOVE ALL IN c", &[]).await.unwrap(), 0);
+
+    // Parameters of the query are the DECLARE's; a second cursor beside the first.
+    c.execute(
+        "DECLARE \"Big\" CURSOR FOR SELECT id FROM items WHERE id > $1 ORDER BY id",
+        &[&19_990i64],
+    )
+    .await
+    .unwrap();
+    let rows = c.query("FETCH 4 FROM \"Big\"", &[]).await.unwrap();
+    assert_eq!(ids(&rows), vec![19_991, 19_992, 19_993, 19_994]);
+    // Names are folded unless quoted.
+    assert_eq!(
+        code(&c.query("FETCH 1 FROM big", &[]).await.unwrap_err()),
+        "34000"
+    );
+    c.batch_execute("ROLLBACK").await.unwrap();
+
+    // Errors: unknown, duplicate, not a query, backwards; a failed block refuses FETCH.
+    c.batch_execute("BEGIN; DECLARE d CURSOR FOR SELECT id FROM items")
+        .await
+        .unwrap();
+    for (sql, state) in [
+        ("FETCH 1 FROM nope", "34000"),
+        ("CLOSE nope", "34000"),
+        ("DECLARE d CURSOR FOR SELECT 1", "42P03"),
+        (
+            "DECLARE e CURSOR FOR INSERT INTO items (id) VALUES (99999)",
+            "42601",
+        ),
+        ("FETCH BACKWARD 1 FROM d", "0A000"),
+        ("DECLARE e SCROLL CURSOR FOR SELECT 1", "0A000"),
+    ] {
+        let r = c.batch_execute(sql).await;
+        assert_eq!(code(&r.unwrap_err()), state, "{sql}");
+        assert_eq!(
+            code(&c.batch_execute("FETCH 1 FROM d").await.unwrap_err()),
+            "25P02"
+        );
+        c.batch_execute("ROLLBACK; BEGIN; DECLARE d CURSOR FOR SELECT id FROM items")
+            .await
+            .unwrap();
+    }
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM items WHERE id = 99999", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "DECLARE of a write applied it");
+
+    // COMMIT closes cursors of the block; WITH HOLD ones stay until CLOSE.
+    c.batch_execute(
+        "BEGIN; DECLARE gone CURSOR FOR SELECT 1; \
+         DECLARE kept CURSOR WITH HOLD FOR SELECT id FROM items ORDER BY id; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        code(&c.query("FETCH 1 FROM gone", &[]).await.unwrap_err()),
+        "34000"
+    );
+    assert_eq!(
+        ids(&c.query("FETCH 2 FROM kept", &[]).await.unwrap()),
+        vec![1, 2]
+    );
+
+    // A portal suspended by Execute's row limit holds its cursor: another FETCH of
+    // the same cursor is refused instead of waiting forever.
+    let tx = c.transaction().await.unwrap();
+    let fetch = tx.prepare("FETCH ALL FROM kept").await.unwrap();
+    let portal = tx.bind(&fetch, &[]).await.unwrap();
+    let first = tx.query_portal(&portal, 5).await.unwrap();
+    assert_eq!(ids(&first), vec![3, 4, 5, 6, 7]);
+    let r = tx.query("FETCH 1 FROM kept", &[]).await;
+    assert_eq!(code(&r.unwrap_err()), "55006");
+    drop(portal);
+    drop(tx); // rolls back; a WITH HOLD cursor stays
+    c.batch_execute("CLOSE kept").await.unwrap();
+    assert_eq!(
+        code(&c.query("FETCH 1 FROM kept", &[]).await.unwrap_err()),
+        "34000"
+    );
+    c.batch_execute("CLOSE ALL").await.unwrap();
+    server.stop().await;
+}
