@@ -113,6 +113,24 @@ INSERT 0 2
 ";
     assert_eq!(stdout, expected, "stderr: {}", text(&out.stderr));
 
+    // FETCH_COUNT: psql reads the result through a cursor, two rows per FETCH.
+    let out = psql(
+        url(server.addr),
+        None,
+        &[
+            "-A",
+            "-t",
+            "-v",
+            "FETCH_COUNT=2",
+            "-c",
+            "SELECT id, title FROM items ORDER BY id",
+        ],
+        "",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1|piano\n2|organ\n3|it's\n");
+
     // Unaligned, tuples only, several statements in one -c (one simple query).
     let out = psql(
         url(server.addr),
