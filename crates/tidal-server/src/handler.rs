@@ -353,9 +353,9 @@ impl Conn {
             Some(TidalStatement::ChangeRows(c)) => {
                 Some(Tag::new(if c.delete { "DELETE" } else { "UPDATE" }))
             }
-            Some(TidalStatement::CreateSignal(_)) => Some(Tag::new("CREATE SIGNAL")),
+            Some(TidalStatement::CreateSignal { .. }) => Some(Tag::new("CREATE SIGNAL")),
             Some(TidalStatement::DropSignal { .. }) => Some(Tag::new("DROP SIGNAL")),
-            Some(TidalStatement::CreateTable(_)) => Some(Tag::new("CREATE TABLE")),
+            Some(TidalStatement::CreateTable { .. }) => Some(Tag::new("CREATE TABLE")),
             Some(TidalStatement::DropTable { .. }) => Some(Tag::new("DROP TABLE")),
             Some(TidalStatement::CreateProfile { .. }) => Some(Tag::new("CREATE PROFILE")),
             Some(TidalStatement::DropProfile { .. }) => Some(Tag::new("DROP PROFILE")),

@@ -380,7 +380,7 @@ impl SqlSession {
         use crate::TidalStatement as T;
         let atomic = "validated, then committed as one WAL transaction (durable on return)";
         let (what, source): (String, Option<&str>) = match stmt {
-            T::CreateSignal(def) => (
+            T::CreateSignal { def, .. } => (
                 format!(
                     "CreateSignal: {} ON {} windows=[{}]; schema change, {atomic}",
                     def.name,
@@ -408,7 +408,7 @@ impl SqlSession {
                 None,
             ),
             T::Retrieve(_) => ("Retrieve".to_string(), None),
-            T::CreateTable(def) => (
+            T::CreateTable { def, .. } => (
                 format!(
                     "CreateTable: {} ({} columns); schema change, {atomic}",
                     def.kind.table_name(),

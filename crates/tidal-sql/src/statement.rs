@@ -35,13 +35,23 @@ use crate::profile::Retrieve;
 /// A statement tidalDB handles itself.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TidalStatement {
-    CreateSignal(SignalDef),
+    /// `CREATE SIGNAL [IF NOT EXISTS]`: with IF NOT EXISTS, an existing signal of that
+    /// name is left as it is (whatever its definition), as PostgreSQL does for tables.
+    CreateSignal {
+        def: SignalDef,
+        if_not_exists: bool,
+    },
     DropSignal {
         name: String,
         if_exists: bool,
     },
     ShowSignals,
-    CreateTable(TableDef),
+    /// `CREATE TABLE [IF NOT EXISTS]`: with IF NOT EXISTS, an existing table of that
+    /// kind is left as it is.
+    CreateTable {
+        def: TableDef,
+        if_not_exists: bool,
+    },
     DropTable {
         kind: EntityKind,
         if_exists: bool,
@@ -515,11 +525,10 @@ fn create_table(
         let ty = column_type(&cname, &c.data_type.to_string())?;
         columns.push(tidal_core::ColumnDef::new(&cname, ty));
     }
-    Ok(TidalStatement::CreateTable(TableDef::new(
-        kind,
-        columns,
-        text_fields,
-    )?))
+    Ok(TidalStatement::CreateTable {
+        def: TableDef::new(kind, columns, text_fields)?,
+        if_not_exists: ct.if_not_exists,
+    })
 }
 
 pub(crate) fn is_word(t: &Token, w: &str) -> bool {
@@ -692,6 +701,12 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     }
     p.next_token();
     p.next_token();
+    let if_not_exists = peek_words(p, &["IF", "NOT", "EXISTS"]);
+    if if_not_exists {
+        for _ in 0..3 {
+            p.next_token();
+        }
+    }
     let name = ident(p, "a signal name")?;
     expect_word(p, "ON")?;
     let kind: EntityKind = ident(p, "items, users or creators")?.parse()?;
@@ -725,13 +740,16 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         def = def.with_marks(mark);
     }
     end(p)?;
-    Ok(Some(TidalStatement::CreateSignal(def)))
+    Ok(Some(TidalStatement::CreateSignal { def, if_not_exists }))
 }
 
 /// Runs a parsed statement against the engine; SHOW returns its rows.
 pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>, SqlError> {
     match stmt {
-        TidalStatement::CreateSignal(def) => {
+        TidalStatement::CreateSignal { def, if_not_exists } => {
+            if if_not_exists && engine.schema().signal(&def.name).is_ok() {
+                return Ok(Vec::new());
+            }
             let mut txn = engine.begin();
             txn.schema_change(SchemaChange::CreateSignal(def))?;
             txn.commit()?;
@@ -770,7 +788,10 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
         TidalStatement::InsertSignals { .. }
         | TidalStatement::InsertRows { .. }
         | TidalStatement::ChangeRows(_) => Err(syntax("INSERT runs through SqlSession::sql")),
-        TidalStatement::CreateTable(def) => {
+        TidalStatement::CreateTable { def, if_not_exists } => {
+            if if_not_exists && engine.schema().table(def.kind).is_ok() {
+                return Ok(Vec::new());
+            }
             let mut txn = engine.begin();
             txn.schema_change(SchemaChange::CreateTable(def))?;
             txn.commit()?;
@@ -795,7 +816,12 @@ pub fn add_statement(
     stmt: TidalStatement,
 ) -> Result<(), SqlError> {
     let change = match stmt {
-        TidalStatement::CreateSignal(def) => SchemaChange::CreateSignal(def),
+        TidalStatement::CreateSignal { def, if_not_exists } => {
+            if if_not_exists && txn.schema().signal(&def.name).is_ok() {
+                return Ok(());
+            }
+            SchemaChange::CreateSignal(def)
+        }
         TidalStatement::DropSignal { name, if_exists } => {
             if if_exists && txn.schema().signal(&name).is_err() {
                 return Ok(());
@@ -805,7 +831,12 @@ pub fn add_statement(
                 id: SignalId(0),
             }
         }
-        TidalStatement::CreateTable(def) => SchemaChange::CreateTable(def),
+        TidalStatement::CreateTable { def, if_not_exists } => {
+            if if_not_exists && txn.schema().table(def.kind).is_ok() {
+                return Ok(());
+            }
+            SchemaChange::CreateTable(def)
+        }
         TidalStatement::DropTable { kind, if_exists } => {
             if if_exists && txn.schema().table(kind).is_err() {
                 return Ok(());
@@ -901,14 +932,14 @@ mod tests {
     #[test]
     fn parses_the_contract_forms() {
         let s = parse("CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '14 days' WINDOWS ('24h', '7d', 'all');").unwrap();
-        let Some(TidalStatement::CreateSignal(def)) = s else {
+        let Some(TidalStatement::CreateSignal { def, .. }) = s else {
             panic!("{s:?}")
         };
         assert_eq!(def.name, "like");
         assert_eq!(def.windows_text(), "1d, 7d, all");
         let s =
             parse("create signal Share on ITEMS decay none windows ('all') marks liked").unwrap();
-        let Some(TidalStatement::CreateSignal(def)) = s else {
+        let Some(TidalStatement::CreateSignal { def, .. }) = s else {
             panic!("{s:?}")
         };
         assert_eq!(

@@ -393,6 +393,22 @@ async fn signal_ddl_through_sql() {
         .await
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::InvalidParameter, "{e}");
+    // IF NOT EXISTS leaves the existing signal as it is, definition included.
+    query(
+        &sql,
+        "CREATE SIGNAL IF NOT EXISTS skip ON items DECAY NONE WINDOWS ('7d')",
+    )
+    .await;
+    let text = pretty_format_batches(&query(&sql, "SHOW SIGNALS").await)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| skip | items  | exponential |"), "{text}");
+    query(
+        &sql,
+        "create signal if not exists fresh on items decay none windows ('7d')",
+    )
+    .await;
+    assert!(sql.engine().schema().signal("fresh").is_ok());
     let e = sql
         .sql("CREATE SIGNAL bad ON items DECAY NONE WINDOWS ('91d')")
         .await
@@ -459,6 +475,20 @@ async fn entity_table_ddl_through_sql() {
         ),
         ErrorClass::DuplicateObject
     );
+    // IF NOT EXISTS: the existing table stays as it is.
+    query(
+        &sql,
+        "CREATE TABLE IF NOT EXISTS users (id BIGINT, other TEXT) WITH (kind = 'user')",
+    )
+    .await;
+    assert_eq!(sql.engine().schema().table(EntityKind::User).unwrap(), &def);
+    query(
+        &sql,
+        "CREATE TABLE IF NOT EXISTS creators (id BIGINT, name TEXT) WITH (kind = 'creator')",
+    )
+    .await;
+    assert!(sql.engine().schema().table(EntityKind::Creator).is_ok());
+    query(&sql, "DROP TABLE creators").await;
     assert_eq!(
         class(sql.sql("CREATE TABLE posts (id BIGINT)").await),
         ErrorClass::Syntax
