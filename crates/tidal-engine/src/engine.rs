@@ -377,10 +377,52 @@ pub struct PendingTxn {
     ddl: bool,
 }
 
+/// A point in a [`PendingTxn`] that it can be rolled back to ([`PendingTxn::mark`]):
+/// what SQL's `SAVEPOINT` names, and how a failed statement inside a block is undone.
+#[derive(Debug, Clone)]
+pub struct TxnMark {
+    ops: usize,
+    /// Events in the last op when it is `Op::Signals`: later events are appended to it.
+    last_signals: usize,
+    bytes: usize,
+    rows: usize,
+    schema: Arc<Schema>,
+    ddl: bool,
+}
+
 impl PendingTxn {
     /// Whether any operation was added.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The transaction as it is now, to return to with [`PendingTxn::rollback_to`].
+    pub fn mark(&self) -> TxnMark {
+        TxnMark {
+            ops: self.ops.len(),
+            last_signals: match self.ops.last() {
+                Some(Op::Signals(v)) => v.len(),
+                _ => 0,
+            },
+            bytes: self.bytes,
+            rows: self.rows,
+            schema: self.schema.clone(),
+            ddl: self.ddl,
+        }
+    }
+
+    /// Drops every operation added since `mark`, which must have been taken from this
+    /// transaction (at or before its current state).
+    pub fn rollback_to(&mut self, mark: &TxnMark) {
+        debug_assert!(mark.ops <= self.ops.len(), "a mark from a later state");
+        self.ops.truncate(mark.ops);
+        if let Some(Op::Signals(v)) = self.ops.last_mut() {
+            v.truncate(mark.last_signals);
+        }
+        self.bytes = mark.bytes;
+        self.rows = mark.rows;
+        self.schema = mark.schema.clone();
+        self.ddl = mark.ddl;
     }
 
     /// Whether it changes the schema (resuming it takes the DDL lock, and it commits

@@ -524,6 +524,59 @@ fn suspended_transactions_resume_commit_atomically_or_conflict() {
     engine.resume(empty).unwrap().commit().unwrap();
 }
 
+#[test]
+fn rollback_to_a_mark_drops_exactly_what_came_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut txn = engine.begin();
+    txn.upsert(EntityKind::Item, row(1, "a")).unwrap();
+    txn.signal("view", EntityId(1), None, 1.0, Some(t0()))
+        .unwrap();
+    let mut pending = txn.suspend();
+    let mark = pending.mark();
+    // Events after the mark are appended to the same batch of events as the one
+    // before it; a row and a schema change come after them.
+    let mut txn = engine.resume(pending).unwrap();
+    txn.signal("view", EntityId(1), None, 10.0, Some(t0()))
+        .unwrap();
+    txn.upsert(EntityKind::Item, row(2, "b")).unwrap();
+    let def = SignalDef::new("like", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
+    txn.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    txn.signal("like", EntityId(1), None, 5.0, Some(t0()))
+        .unwrap();
+    pending = txn.suspend();
+    assert!(pending.changes_schema());
+    pending.rollback_to(&mark);
+    assert!(
+        !pending.changes_schema(),
+        "the schema change was rolled back"
+    );
+    let mut txn = engine.resume(pending).unwrap();
+    // The transaction's schema is the one at the mark again.
+    assert!(
+        txn.signal("like", EntityId(1), None, 1.0, Some(t0()))
+            .is_err()
+    );
+    let mut pending = txn.suspend();
+    // Rolling back to the same mark twice is fine.
+    pending.rollback_to(&mark);
+    let out = engine.resume(pending).unwrap().commit().unwrap();
+    assert_eq!((out.rows, out.events_accepted), (1, 1));
+    let view = engine.read();
+    assert_eq!(view.total("view", EntityId(1)).unwrap(), 1.0);
+    assert!(view.get(EntityKind::Item, EntityId(2)).unwrap().is_none());
+    assert!(engine.schema().signal("like").is_err());
+    let pending = engine.begin().suspend();
+    let empty = pending.mark();
+    let mut txn = engine.resume(pending).unwrap();
+    txn.upsert(EntityKind::Item, row(3, "c")).unwrap();
+    let mut pending = txn.suspend();
+    pending.rollback_to(&empty);
+    assert!(pending.is_empty());
+}
+
 // ---- Mark bitmaps (`CREATE SIGNAL … MARKS seen|liked|hidden`) ----
 
 /// Creates `view` and `impression` (both `MARKS seen`), `like` (`MARKS liked`) and

@@ -36,6 +36,14 @@ pub enum ServerError {
     /// A value that does not parse as its column's type.
     #[error("{0}")]
     InvalidText(String),
+    #[error("{0} can only be used in transaction blocks")]
+    NotInBlock(&'static str),
+    #[error("savepoint \"{0}\" does not exist")]
+    NoSuchSavepoint(String),
+    #[error("too many savepoints (at most {0} in one transaction block)")]
+    TooManySavepoints(usize),
+    #[error("prepared statement \"{0}\" does not exist")]
+    UnknownStatement(String),
     #[error("cursor \"{0}\" does not exist")]
     UnknownCursor(String),
     #[error("cursor \"{0}\" is in use by an unfinished FETCH (a suspended portal)")]
@@ -82,6 +90,10 @@ impl ServerError {
             ServerError::BadParameter { .. } => "22023",
             ServerError::ParameterText { .. } => "22P02",
             ServerError::ParameterBinary { .. } => "22P03",
+            ServerError::NotInBlock(_) => "25P01",
+            ServerError::NoSuchSavepoint(_) => "3B001",
+            ServerError::TooManySavepoints(_) => "54000",
+            ServerError::UnknownStatement(_) => "26000",
             ServerError::UnknownCursor(_) => "34000",
             ServerError::DuplicateCursor(_) => "42P03",
             ServerError::CursorBusy(_) => "55006",

@@ -1,6 +1,6 @@
 //! One connection: startup/auth, simple and extended query, cancel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,15 +29,15 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Bind, BindComplete, Describe, Parse, ParseComplete, TARGET_TYPE_BYTE_PORTAL,
-    TARGET_TYPE_BYTE_STATEMENT,
+    Bind, BindComplete, Close, CloseComplete, Describe, Parse, ParseComplete,
+    TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use tidal::datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tidal::datafusion::execution::SendableRecordBatchStream;
-use tidal_engine::PendingTxn;
+use tidal_engine::{PendingTxn, TxnMark};
 use tidal_sql::{SqlSession, TidalStatement};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
@@ -169,6 +169,8 @@ struct ConnState {
     settings: BTreeMap<String, String>,
     statement_timeout: Option<Duration>,
     txn: Txn,
+    /// The block's savepoints, oldest first (a name may repeat; the newest wins).
+    savepoints: Vec<(String, TxnMark)>,
     /// Warnings for the client, sent as NoticeResponses after the statement.
     notices: Vec<ErrorInfo>,
 }
@@ -184,8 +186,10 @@ enum Txn {
     None,
     /// Inside BEGIN: writes accumulate here (taken out while a statement runs).
     Open(Option<PendingTxn>),
-    /// A statement failed inside the block: everything until ROLLBACK/COMMIT is refused.
-    Failed,
+    /// A statement failed inside the block: everything until ROLLBACK/COMMIT (or
+    /// ROLLBACK TO SAVEPOINT) is refused. Holds the block's writes as they were before
+    /// the failed statement (`None` if they were lost), for ROLLBACK TO SAVEPOINT.
+    Failed(Option<PendingTxn>),
 }
 
 /// One client connection.
@@ -198,6 +202,9 @@ pub(crate) struct Conn {
     parser: Arc<Parser>,
     /// `DECLARE`d cursors (shared with the parser, which describes FETCH).
     cursors: Arc<Cursors>,
+    /// Names of the named prepared statements, for `DEALLOCATE ALL` (the portal
+    /// store cannot list them).
+    statement_names: Mutex<BTreeSet<String>>,
     sasl: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
     /// A `COPY ... FROM STDIN` receiving data.
     copy: Mutex<Option<CopyIn>>,
@@ -256,11 +263,13 @@ impl Conn {
                     cursors: cursors.clone(),
                 }),
                 cursors,
+                statement_names: Mutex::new(BTreeSet::new()),
                 shared,
                 state: Mutex::new(ConnState {
                     settings: BTreeMap::new(),
                     statement_timeout: timeout,
                     txn: Txn::None,
+                    savepoints: Vec::new(),
                     notices: Vec::new(),
                 }),
                 cancel: Arc::new(CancelFlag::default()),
@@ -298,17 +307,14 @@ impl Conn {
     ) -> Result<Response, ServerError> {
         let in_block = {
             let mut st = self.lock();
-            if self.stream_failed.swap(false, Ordering::SeqCst) && matches!(st.txn, Txn::Open(_)) {
-                st.txn = Txn::Failed;
+            if self.stream_failed.swap(false, Ordering::SeqCst) {
+                st.txn.fail();
             }
             !matches!(st.txn, Txn::None)
         };
         let r = self.execute_inner(sql, formats, described).await;
         if r.is_err() && in_block {
-            let mut st = self.lock();
-            if !matches!(st.txn, Txn::None) {
-                st.txn = Txn::Failed;
-            }
+            self.lock().txn.fail();
         }
         r
     }
@@ -335,7 +341,7 @@ impl Conn {
             }
             return self.session_command(cmd, formats);
         }
-        if matches!(self.lock().txn, Txn::Failed) {
+        if matches!(self.lock().txn, Txn::Failed(_)) {
             return Err(ServerError::TransactionAborted);
         }
         if let Some(cmd) = sqltext::cursor_command(sql)? {
@@ -374,12 +380,17 @@ impl Conn {
             if let Some(pending) = pending {
                 let pending = pending
                     .ok_or_else(|| ServerError::Internal("transaction already in use".into()))?;
-                // Validated and added to the block's transaction; applied at COMMIT.
-                let (pending, batches) =
-                    self.shared.session.sql_in_transaction(sql, pending).await?;
+                // Validated and added to the block's transaction; applied at COMMIT. A
+                // failed statement gives the block back as it was before it.
+                let (pending, result) =
+                    match self.shared.session.sql_in_transaction(sql, pending).await {
+                        Ok((pending, batches)) => (Some(pending), Ok(batches)),
+                        Err(failed) => (failed.pending, Err(failed.error)),
+                    };
                 if let Txn::Open(slot) = &mut self.lock().txn {
-                    *slot = Some(pending);
+                    *slot = pending;
                 }
+                let batches = result?;
                 return Ok(Response::Execution(counted(tag, stmt.as_ref(), &batches)));
             }
             let batches = match stmt.clone() {
@@ -498,6 +509,35 @@ impl Conn {
         }
     }
 
+    /// `DEALLOCATE name | ALL`: forgets named prepared statements (PostgreSQL's SQL and
+    /// protocol prepared statements are one namespace; psycopg deallocates the ones it
+    /// prepared this way).
+    fn deallocate<S: PortalStore>(
+        &self,
+        store: &S,
+        name: Option<String>,
+    ) -> Result<Response, ServerError> {
+        let mut names = self
+            .statement_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match name {
+            None => {
+                for n in std::mem::take(&mut *names) {
+                    store.rm_statement(&n);
+                }
+                Ok(Response::Execution(Tag::new("DEALLOCATE ALL")))
+            }
+            Some(n) => {
+                if !names.remove(&n) {
+                    return Err(ServerError::UnknownStatement(n));
+                }
+                store.rm_statement(&n);
+                Ok(Response::Execution(Tag::new("DEALLOCATE")))
+            }
+        }
+    }
+
     /// Whether a fast path (see `fastpath`) may run a statement now: `None` inside a
     /// transaction block (the generic path adds to, or refuses in, the block), an error
     /// while shutting down.
@@ -605,7 +645,11 @@ impl Conn {
     /// COMMIT: applies the block's writes as one durable transaction. COMMIT of a
     /// failed block rolls it back, as in PostgreSQL.
     async fn commit(&self) -> Result<Response, ServerError> {
-        let txn = std::mem::take(&mut self.lock().txn);
+        let txn = {
+            let mut st = self.lock();
+            st.savepoints.clear();
+            std::mem::take(&mut st.txn)
+        };
         self.cursors.end_of_block();
         match txn {
             Txn::Open(Some(pending)) if !pending.is_empty() => {
@@ -622,7 +666,7 @@ impl Conn {
                 }
                 Ok(Response::TransactionEnd(Tag::new("COMMIT")))
             }
-            Txn::Failed => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+            Txn::Failed(_) => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
             Txn::None => {
                 self.lock()
                     .notices
@@ -702,6 +746,7 @@ impl Conn {
             SessionCommand::Begin => {
                 if matches!(st.txn, Txn::None) {
                     st.txn = Txn::Open(Some(self.shared.session.begin()));
+                    st.savepoints.clear();
                 } else {
                     st.notices.push(warning(
                         "25001",
@@ -718,8 +763,54 @@ impl Conn {
                         .push(warning("25P01", "there is no transaction in progress"));
                 }
                 st.txn = Txn::None;
+                st.savepoints.clear();
                 self.cursors.end_of_block();
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
+            }
+            SessionCommand::Savepoint(name) => {
+                let mark = match &st.txn {
+                    Txn::None => return Err(ServerError::NotInBlock("SAVEPOINT")),
+                    Txn::Failed(_) => return Err(ServerError::TransactionAborted),
+                    Txn::Open(Some(p)) => p.mark(),
+                    Txn::Open(None) => {
+                        return Err(ServerError::Internal("transaction already in use".into()));
+                    }
+                };
+                if st.savepoints.len() >= SAVEPOINTS_PER_BLOCK_MAX {
+                    return Err(ServerError::TooManySavepoints(SAVEPOINTS_PER_BLOCK_MAX));
+                }
+                st.savepoints.push((name, mark));
+                Response::Execution(Tag::new("SAVEPOINT"))
+            }
+            SessionCommand::Release(name) => {
+                match &st.txn {
+                    Txn::None => return Err(ServerError::NotInBlock("RELEASE SAVEPOINT")),
+                    Txn::Failed(_) => return Err(ServerError::TransactionAborted),
+                    Txn::Open(_) => {}
+                }
+                let at = savepoint_index(&st.savepoints, &name)?;
+                // Releasing a savepoint releases the ones made after it too.
+                st.savepoints.truncate(at);
+                Response::Execution(Tag::new("RELEASE"))
+            }
+            SessionCommand::RollbackTo(name) => {
+                if matches!(st.txn, Txn::None) {
+                    return Err(ServerError::NotInBlock("ROLLBACK TO SAVEPOINT"));
+                }
+                let at = savepoint_index(&st.savepoints, &name)?;
+                let mut pending = match std::mem::take(&mut st.txn) {
+                    Txn::Open(Some(p)) | Txn::Failed(Some(p)) => p,
+                    _ => {
+                        // The writes were lost with the failure: only ROLLBACK is left.
+                        st.txn = Txn::Failed(None);
+                        return Err(ServerError::TransactionAborted);
+                    }
+                };
+                pending.rollback_to(&st.savepoints[at].1);
+                // The savepoint itself stays; later ones go.
+                st.savepoints.truncate(at + 1);
+                st.txn = Txn::Open(Some(pending));
+                Response::Execution(Tag::new("ROLLBACK"))
             }
             SessionCommand::Discard => {
                 st.settings.clear();
@@ -768,6 +859,27 @@ impl Conn {
                 ))
             }
         })
+    }
+}
+
+/// Savepoints one transaction block may hold.
+pub const SAVEPOINTS_PER_BLOCK_MAX: usize = 1024;
+
+/// The newest savepoint called `name`.
+fn savepoint_index(savepoints: &[(String, TxnMark)], name: &str) -> Result<usize, ServerError> {
+    savepoints
+        .iter()
+        .rposition(|(n, _)| n == name)
+        .ok_or_else(|| ServerError::NoSuchSavepoint(name.to_string()))
+}
+
+impl Txn {
+    /// A statement failed: an open block becomes failed, keeping its writes as they
+    /// are now (for ROLLBACK TO SAVEPOINT).
+    fn fail(&mut self) {
+        if let Txn::Open(p) = self {
+            *self = Txn::Failed(p.take());
+        }
     }
 }
 
@@ -1012,7 +1124,11 @@ impl SimpleQueryHandler for Conn {
         let mut out = Vec::with_capacity(statements.len());
         let last = statements.len().saturating_sub(1);
         for (i, sql) in statements.iter().enumerate() {
-            let result = self.execute(sql, &Format::UnifiedText, None).await;
+            let result = match sqltext::deallocate(sql) {
+                Ok(Some(name)) => self.deallocate(client.portal_store(), name),
+                Ok(None) => self.execute(sql, &Format::UnifiedText, None).await,
+                Err(e) => Err(e),
+            };
             self.send_notices(client).await?;
             match result {
                 // Earlier statements' rows are materialised so that the next statement
@@ -1093,7 +1209,9 @@ impl Parser {
             .collect();
         let mut schema = None;
         let mut fast = None;
-        if let Some(cmd) = sqltext::cursor_command(sql)? {
+        if sqltext::deallocate(sql)?.is_some() {
+            // No parameters, no rows.
+        } else if let Some(cmd) = sqltext::cursor_command(sql)? {
             match cmd {
                 // DECLARE takes its query's parameters; FETCH returns the cursor's columns.
                 CursorCommand::Declare { query, .. } => {
@@ -1254,8 +1372,41 @@ impl ExtendedQueryHandler for Conn {
             Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
             None => client.portal_store().put_empty_statement(&name),
         }
+        if name != DEFAULT_NAME {
+            self.statement_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name);
+        }
         client
             .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
+            .await?;
+        Ok(())
+    }
+
+    /// pgwire's default, except that the statement name is also forgotten by
+    /// `DEALLOCATE ALL` bookkeeping and CloseComplete is buffered until Sync or Flush.
+    async fn on_close<C>(&self, client: &mut C, message: Close) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        match message.target_type {
+            TARGET_TYPE_BYTE_STATEMENT => {
+                client.portal_store().rm_statement(name);
+                self.statement_names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+            }
+            TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
+            _ => {}
+        }
+        client
+            .feed(PgWireBackendMessage::CloseComplete(CloseComplete::new()))
             .await?;
         Ok(())
     }
@@ -1386,6 +1537,11 @@ impl ExtendedQueryHandler for Conn {
         if let Some(result) = fast {
             self.send_notices(client).await?;
             return result.map_err(ServerError::into_pg);
+        }
+        if let Some(name) = sqltext::deallocate(&stmt.sql).map_err(ServerError::into_pg)? {
+            return self
+                .deallocate(client.portal_store(), name)
+                .map_err(ServerError::into_pg);
         }
         let mut literals = Vec::with_capacity(portal.parameters.len());
         for (i, value) in portal.parameters.iter().enumerate() {

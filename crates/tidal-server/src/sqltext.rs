@@ -332,8 +332,19 @@ pub enum SessionCommand {
     Begin,
     Commit,
     Rollback,
-    Set { name: String, value: Option<String> },
-    Show { name: String },
+    /// `SAVEPOINT name`.
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo(String),
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    Show {
+        name: String,
+    },
     Discard,
 }
 
@@ -350,10 +361,36 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
         }
     };
     let first = word(0).unwrap_or_default();
+    // The savepoint name after `words[i..]` skipping an optional SAVEPOINT keyword.
+    let savepoint = |mut i: usize| -> Result<String, ServerError> {
+        if word(i).as_deref() == Some("savepoint") && words.len() > i + 1 {
+            i += 1;
+        }
+        let name = identifier(words.get(i))
+            .filter(|_| words.len() == i + 1)
+            .ok_or_else(|| {
+                ServerError::Sql(tidal_sql::SqlError::Syntax {
+                    message: format!("{} needs one savepoint name", first.to_uppercase()),
+                })
+            })?;
+        Ok(name)
+    };
     Ok(Some(match first.as_str() {
         "begin" | "start" => SessionCommand::Begin,
         "commit" | "end" => SessionCommand::Commit,
-        "rollback" | "abort" => SessionCommand::Rollback,
+        "savepoint" => SessionCommand::Savepoint(savepoint(1)?),
+        "release" => SessionCommand::Release(savepoint(1)?),
+        "rollback" | "abort" => {
+            let mut i = 1;
+            if matches!(word(i).as_deref(), Some("work" | "transaction")) {
+                i += 1;
+            }
+            if word(i).as_deref() == Some("to") {
+                SessionCommand::RollbackTo(savepoint(i + 1)?)
+            } else {
+                SessionCommand::Rollback
+            }
+        }
         "discard" => SessionCommand::Discard,
         "reset" => SessionCommand::Set {
             name: word(1).unwrap_or_default(),
@@ -410,6 +447,43 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
     }))
 }
 
+/// `DEALLOCATE [PREPARE] name | ALL`: `Some(Some(name))`, `Some(None)` for ALL, `None`
+/// for any other statement.
+pub fn deallocate(sql: &str) -> Result<Option<Option<String>>, ServerError> {
+    let first = sql.trim_start().get(..10).unwrap_or_default();
+    if !first.eq_ignore_ascii_case("deallocate") {
+        return Ok(None);
+    }
+    let raw = tokenize_raw(sql)?;
+    let words: Vec<&Token> = raw
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let is = |i: usize, w: &str| matches!(words.get(i), Some(Token::Word(x)) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    if !is(0, "deallocate") {
+        return Ok(None);
+    }
+    let at = if is(1, "prepare") && words.len() > 2 {
+        2
+    } else {
+        1
+    };
+    if words.len() != at + 1 {
+        return Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
+            message: "DEALLOCATE [PREPARE] name | ALL".into(),
+        }));
+    }
+    if is(at, "all") {
+        return Ok(Some(None));
+    }
+    match identifier(words.get(at).copied()) {
+        Some(name) => Ok(Some(Some(name))),
+        None => Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
+            message: "DEALLOCATE needs a statement name or ALL".into(),
+        })),
+    }
+}
+
 /// A cursor statement: `DECLARE`, `FETCH`/`MOVE` (forward only), `CLOSE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CursorCommand {
@@ -430,8 +504,8 @@ pub enum CursorCommand {
     Close { name: Option<String> },
 }
 
-/// A cursor name: an identifier, folded to lower case unless quoted.
-fn cursor_name(t: Option<&Token>) -> Option<String> {
+/// A cursor or savepoint name: an identifier, folded to lower case unless quoted.
+fn identifier(t: Option<&Token>) -> Option<String> {
     match t? {
         Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
         Token::Word(w) => Some(w.value.to_ascii_lowercase()),
@@ -464,7 +538,7 @@ pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
     let syntax = |message: String| ServerError::Sql(tidal_sql::SqlError::Syntax { message });
     Ok(Some(match first.as_str() {
         "declare" => {
-            let name = cursor_name(words.get(1).copied())
+            let name = identifier(words.get(1).copied())
                 .ok_or_else(|| syntax("DECLARE needs a cursor name".into()))?;
             let mut i = 2;
             let mut hold = false;
@@ -563,7 +637,7 @@ pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
             if matches!(kw(i).as_str(), "from" | "in") {
                 i += 1;
             }
-            let name = cursor_name(words.get(i).copied())
+            let name = identifier(words.get(i).copied())
                 .ok_or_else(|| syntax(format!("{} needs a cursor name", first.to_uppercase())))?;
             if words.len() > i + 1 {
                 return Err(syntax(format!(
@@ -582,7 +656,7 @@ pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
                 None
             } else {
                 Some(
-                    cursor_name(words.get(1).copied())
+                    identifier(words.get(1).copied())
                         .ok_or_else(|| syntax("CLOSE needs a cursor name or ALL".into()))?,
                 )
             };
@@ -611,6 +685,24 @@ fn fetch_count(n: &str) -> Result<u64, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deallocate_statements() {
+        let d = |s: &str| deallocate(s).unwrap();
+        assert_eq!(d("DEALLOCATE ALL"), Some(None));
+        assert_eq!(d("deallocate prepare all"), Some(None));
+        assert_eq!(d("DEALLOCATE \"_pg3_1\""), Some(Some("_pg3_1".into())));
+        assert_eq!(d("DEALLOCATE S_1"), Some(Some("s_1".into())));
+        assert_eq!(
+            d("DEALLOCATE PREPARE prepare"),
+            Some(Some("prepare".into()))
+        );
+        assert_eq!(d("SELECT 1"), None);
+        assert_eq!(d("deallocated"), None);
+        for bad in ["DEALLOCATE", "DEALLOCATE a b", "DEALLOCATE 1"] {
+            assert_eq!(deallocate(bad).unwrap_err().sqlstate(), "42601", "{bad}");
+        }
+    }
 
     #[test]
     fn cursor_commands() {

@@ -57,7 +57,7 @@ pub use profile::{MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrie
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
 pub use retrieve::RankProfileUdf;
 pub use scoring::{ScoreFn, ScoreUdf};
-pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession};
+pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession, StatementFailed};
 pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use types::{arrow_type, table_schema};

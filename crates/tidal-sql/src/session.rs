@@ -38,6 +38,22 @@ pub struct SqlSession {
     engine: Arc<Engine>,
 }
 
+/// A statement inside a client transaction failed ([`SqlSession::sql_in_transaction`]).
+#[derive(Debug)]
+pub struct StatementFailed {
+    pub error: SqlError,
+    /// The transaction as it was before the statement, so that the block can go on
+    /// after `ROLLBACK TO SAVEPOINT`; `None` when it is lost (the schema changed under
+    /// it).
+    pub pending: Option<PendingTxn>,
+}
+
+impl std::fmt::Display for StatementFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
 impl std::fmt::Debug for SqlSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqlSession").finish_non_exhaustive()
@@ -144,41 +160,58 @@ impl SqlSession {
 
     /// Runs one statement inside a client transaction: a write is validated and added
     /// to `pending` (nothing is applied until [`SqlSession::commit`]) and returns its row
-    /// count; a query runs against committed state and returns its rows. On error the
-    /// transaction is gone (the caller treats it as aborted).
+    /// count; a query runs against committed state and returns its rows. A statement
+    /// that fails adds nothing: the error carries the transaction as it was before the
+    /// statement (see [`StatementFailed`]).
     pub async fn sql_in_transaction(
         &self,
         sql: &str,
         pending: PendingTxn,
-    ) -> Result<(PendingTxn, Vec<RecordBatch>), SqlError> {
+    ) -> Result<(PendingTxn, Vec<RecordBatch>), StatementFailed> {
         use crate::TidalStatement as T;
-        let stmt = match crate::statement::parse(sql)? {
-            None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_)) => {
-                return Ok((pending, self.sql(sql).await?));
+        let failed =
+            |error: SqlError, pending: Option<PendingTxn>| StatementFailed { error, pending };
+        let stmt = match crate::statement::parse(sql) {
+            Ok(None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_))) => {
+                return match self.sql(sql).await {
+                    Ok(rows) => Ok((pending, rows)),
+                    Err(e) => Err(failed(e, Some(pending))),
+                };
             }
-            Some(T::CreateProfile { mut def, replace }) => {
-                self.prepare_profile(&mut def).await?;
-                let mut txn = self.engine.resume(pending)?;
-                crate::statement::add_statement(&mut txn, T::CreateProfile { def, replace })?;
-                return Ok((txn.suspend(), Vec::new()));
+            Ok(Some(T::CreateProfile { mut def, replace })) => {
+                if let Err(e) = self.prepare_profile(&mut def).await {
+                    return Err(failed(e, Some(pending)));
+                }
+                T::CreateProfile { def, replace }
             }
-            Some(stmt) => stmt,
+            Ok(Some(stmt)) => stmt,
+            Err(e) => return Err(failed(e, Some(pending))),
         };
         // Source rows first (async), then the synchronous add under the engine.
         let rows = match &stmt {
             T::InsertSignals {
                 values: Some(b), ..
-            } => vec![b.clone()],
+            } => Ok(vec![b.clone()]),
             T::InsertSignals { source, .. } | T::InsertRows { source, .. } => {
-                self.read_only(source).await?
+                self.read_only(source).await
             }
-            T::ChangeRows(c) => self.read_only(&c.query).await?,
-            _ => Vec::new(),
+            T::ChangeRows(c) => self.read_only(&c.query).await,
+            _ => Ok(Vec::new()),
         };
-        let mut txn = self.engine.resume(pending)?;
-        let n = match &stmt {
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => return Err(failed(e, Some(pending))),
+        };
+        let mark = pending.mark();
+        // A conflict (the schema changed since the block's first write) loses the
+        // block's writes: they were validated against a schema that is gone.
+        let mut txn = self
+            .engine
+            .resume(pending)
+            .map_err(|e| failed(e.into(), None))?;
+        let added = match &stmt {
             T::InsertSignals { columns, .. } => {
-                crate::insert::add_signals(&mut txn, columns, &rows)?
+                crate::insert::add_signals(&mut txn, columns, &rows).map(Some)
             }
             T::InsertRows {
                 kind,
@@ -186,15 +219,27 @@ impl SqlSession {
                 on_conflict,
                 ..
             } => {
-                crate::insert::add_rows(&mut txn, &self.engine, *kind, columns, &rows, on_conflict)?
+                crate::insert::add_rows(&mut txn, &self.engine, *kind, columns, &rows, on_conflict)
+                    .map(Some)
             }
-            T::ChangeRows(c) => crate::insert::add_changes(&mut txn, &self.engine, c, &rows)?,
-            _ => {
-                crate::statement::add_statement(&mut txn, stmt)?;
-                return Ok((txn.suspend(), Vec::new()));
+            T::ChangeRows(c) => {
+                crate::insert::add_changes(&mut txn, &self.engine, c, &rows).map(Some)
             }
+            _ => crate::statement::add_statement(&mut txn, stmt).map(|()| None),
         };
-        Ok((txn.suspend(), vec![crate::insert::count_batch(n)?]))
+        let out = added.and_then(|n| match n {
+            Some(n) => Ok(vec![crate::insert::count_batch(n)?]),
+            None => Ok(Vec::new()),
+        });
+        let mut pending = txn.suspend();
+        match out {
+            Ok(batches) => Ok((pending, batches)),
+            Err(e) => {
+                // Whatever the statement added before it failed is taken back.
+                pending.rollback_to(&mark);
+                Err(failed(e, Some(pending)))
+            }
+        }
     }
 
     /// Rows `lo ≤ id ≤ hi` of the entity table of `kind`, columns `projection` (indexes

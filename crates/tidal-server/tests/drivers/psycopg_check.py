@@ -188,6 +188,36 @@ def main():
         )
         conn.commit()
 
+    # Statements psycopg prepares (prepare_threshold 0: at once) and deallocates when
+    # its cache of prepared_max statements overflows: DEALLOCATE "_pg3_n".
+    with psycopg.connect(URL, autocommit=True, prepare_threshold=0) as conn:
+        conn.prepared_max = 2
+        for i in range(6):
+            got = conn.execute(f"SELECT id FROM items WHERE id = %s AND {i} = {i}", (1,))
+            eq(got.fetchall(), [(1,)], f"prepared statement {i}")
+        eq(conn.execute("SELECT id FROM items WHERE id = %s AND 0 = 0", (1,)).fetchall(),
+           [(1,)], "re-prepared after DEALLOCATE")
+
+    # Nested transaction blocks are savepoints: the inner one fails and is rolled back
+    # alone, the outer one commits.
+    with psycopg.connect(URL) as conn:
+        with conn.transaction():
+            conn.execute("INSERT INTO items (id, title) VALUES (%s, %s)", (600, "outer"))
+            try:
+                with conn.transaction():
+                    conn.execute("INSERT INTO items (id, title) VALUES (%s, %s)", (601, "inner"))
+                    conn.execute("SELECT 1 / 0")
+            except errors.DivisionByZero:
+                pass
+            conn.execute("INSERT INTO items (id, title) VALUES (%s, %s)", (602, "outer"))
+        eq(
+            [r[0] for r in conn.execute(
+                "SELECT id FROM items WHERE id BETWEEN 600 AND 602 ORDER BY id").fetchall()],
+            [600, 602],
+            "savepoint outcomes",
+        )
+        conn.commit()
+
     # A server-side cursor (DECLARE … CURSOR, then FETCH FORWARD itersize), with a
     # parameter, read in pieces.
     with psycopg.connect(URL) as conn:

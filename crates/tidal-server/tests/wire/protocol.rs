@@ -1272,3 +1272,138 @@ async fn cursors_read_a_result_in_pieces() {
     c.batch_execute("CLOSE ALL").await.unwrap();
     server.stop().await;
 }
+
+/// SAVEPOINT / RELEASE / ROLLBACK TO: part of a block undone, including after a failed
+/// statement (which adds nothing, even the rows it had added before failing), nested
+/// savepoints, and PostgreSQL's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_undo_part_of_a_block() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    async fn ids(c: &tokio_postgres::Client) -> Vec<i64> {
+        c.query("SELECT id FROM items ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+    async fn likes(c: &tokio_postgres::Client) -> i64 {
+        c.query_one("SELECT count(*) FROM signals WHERE signal = 'like'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    let fails = |r: Result<(), tokio_postgres::Error>, state: &str| {
+        assert_eq!(code(&r.unwrap_err()), state);
+    };
+
+    c.batch_execute(
+        "BEGIN; INSERT INTO items (id) VALUES (1); SAVEPOINT a; \
+         INSERT INTO items (id) VALUES (2); ROLLBACK TO SAVEPOINT a; \
+         INSERT INTO items (id) VALUES (3); RELEASE SAVEPOINT a; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3]);
+
+    // A failed statement: the block is aborted until ROLLBACK TO, which restores it as
+    // of the savepoint; the failed INSERT's first row (added before its second row
+    // failed) is not applied.
+    c.batch_execute(
+        "BEGIN; INSERT INTO signals (signal, entity_id, user_id) VALUES ('like', 1, 1)",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("SAVEPOINT \"Before\"").await.unwrap();
+    let r = c
+        .execute(
+            "INSERT INTO signals (signal, entity_id, user_id, weight) VALUES \
+             ('like', 1, 2, 1.0), ('like', 1, 3, $1)",
+            &[&f64::NAN],
+        )
+        .await;
+    assert_eq!(code(&r.unwrap_err()), "22023");
+    fails(c.batch_execute("SELECT 1").await, "25P02");
+    fails(c.batch_execute("SAVEPOINT x").await, "25P02");
+    fails(c.batch_execute("ROLLBACK TO before").await, "3B001"); // quoted name
+    fails(c.batch_execute("SELECT 1").await, "25P02"); // still aborted
+    c.batch_execute("ROLLBACK TO \"Before\"").await.unwrap();
+    c.batch_execute("INSERT INTO signals (signal, entity_id, user_id) VALUES ('like', 1, 4)")
+        .await
+        .unwrap();
+    // A failed statement inside a block with a savepoint, outside its rows: the same
+    // for entity rows (23505 against committed rows).
+    fails(
+        c.batch_execute("INSERT INTO items (id) VALUES (1)").await,
+        "23505",
+    );
+    c.batch_execute("ROLLBACK TO \"Before\"; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(likes(&c).await, 1, "only the first INSERT survives");
+
+    // Nested: rolling back to an outer savepoint drops the inner ones; RELEASE of an
+    // outer one releases the inner ones too.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT a; INSERT INTO items (id) VALUES (10); SAVEPOINT b; \
+         INSERT INTO items (id) VALUES (11); ROLLBACK TO a",
+    )
+    .await
+    .unwrap();
+    fails(c.batch_execute("RELEASE b").await, "3B001");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute(
+        "BEGIN; SAVEPOINT a; SAVEPOINT b; INSERT INTO items (id) VALUES (12); \
+         RELEASE a; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 12]);
+    // A name used twice: the newest one counts.
+    c.batch_execute(
+        "BEGIN; SAVEPOINT s; INSERT INTO items (id) VALUES (13); SAVEPOINT s; \
+         INSERT INTO items (id) VALUES (14); ROLLBACK TO s; COMMIT",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 12, 13]);
+
+    for sql in ["SAVEPOINT a", "RELEASE a", "ROLLBACK TO a"] {
+        fails(c.batch_execute(sql).await, "25P01");
+    }
+    fails(c.batch_execute("BEGIN; RELEASE nope").await, "3B001");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    server.stop().await;
+}
+
+/// `DEALLOCATE name | ALL` forgets prepared statements (what psycopg sends for the ones
+/// it prepared; the named form is exercised by the psycopg check, whose statement names
+/// are known).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_forgets_prepared_statements() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    let a = c.prepare("SELECT 1::BIGINT").await.unwrap();
+    let b = c.prepare("SELECT 2::BIGINT").await.unwrap();
+    assert_eq!(c.query_one(&a, &[]).await.unwrap().get::<_, i64>(0), 1);
+    c.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(code(&c.query_one(&a, &[]).await.unwrap_err()), "26000");
+    assert_eq!(code(&c.query_one(&b, &[]).await.unwrap_err()), "26000");
+    assert_eq!(
+        code(&c.batch_execute("DEALLOCATE nope").await.unwrap_err()),
+        "26000"
+    );
+    // Over the extended protocol too.
+    let d = c.prepare("SELECT 3::BIGINT").await.unwrap();
+    c.execute("DEALLOCATE PREPARE ALL", &[]).await.unwrap();
+    assert_eq!(code(&c.query_one(&d, &[]).await.unwrap_err()), "26000");
+    assert_eq!(
+        c.query_one("SELECT 4::BIGINT", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        4
+    );
+    server.stop().await;
+}
