@@ -335,6 +335,7 @@ impl Conn {
             )));
         }
         let sql = &*crate::catalog::rewrite(sql);
+        sqltext::refuse_sql_prepare(sql)?;
         if let Some(cmd) = sqltext::session_command(sql)? {
             if cmd == SessionCommand::Commit {
                 return self.commit().await;
@@ -1209,6 +1210,7 @@ impl Parser {
             .collect();
         let mut schema = None;
         let mut fast = None;
+        sqltext::refuse_sql_prepare(sql)?;
         if sqltext::deallocate(sql)?.is_some() {
             // No parameters, no rows.
         } else if let Some(cmd) = sqltext::cursor_command(sql)? {

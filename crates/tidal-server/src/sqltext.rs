@@ -447,6 +447,26 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
     }))
 }
 
+/// SQL-level `PREPARE name AS …` / `EXECUTE name(…)` are refused (0A000): DataFusion
+/// would keep them in the one session state all connections share, so one client's
+/// statements would be visible to, and replaceable by, every other. Drivers prepare
+/// through the protocol (Parse/Bind/Execute), which is per connection.
+pub fn refuse_sql_prepare(sql: &str) -> Result<(), ServerError> {
+    let first = sql
+        .trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default();
+    if first.eq_ignore_ascii_case("prepare") || first.eq_ignore_ascii_case("execute") {
+        return Err(ServerError::Unsupported(format!(
+            "SQL {} is not supported; prepare statements with the extended protocol \
+             (every driver's prepared statements), which keeps them per connection",
+            first.to_ascii_uppercase()
+        )));
+    }
+    Ok(())
+}
+
 /// `DEALLOCATE [PREPARE] name | ALL`: `Some(Some(name))`, `Some(None)` for ALL, `None`
 /// for any other statement.
 pub fn deallocate(sql: &str) -> Result<Option<Option<String>>, ServerError> {
@@ -685,6 +705,29 @@ fn fetch_count(n: &str) -> Result<u64, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_prepare_is_refused() {
+        for sql in [
+            "PREPARE q AS SELECT 1",
+            " execute q(1)",
+            "Prepare q(int) AS SELECT $1",
+        ] {
+            assert_eq!(
+                refuse_sql_prepare(sql).unwrap_err().sqlstate(),
+                "0A000",
+                "{sql}"
+            );
+        }
+        for sql in [
+            "SELECT 'PREPARE'",
+            "prepared",
+            "executes",
+            "DEALLOCATE PREPARE ALL",
+        ] {
+            assert!(refuse_sql_prepare(sql).is_ok(), "{sql}");
+        }
+    }
 
     #[test]
     fn deallocate_statements() {

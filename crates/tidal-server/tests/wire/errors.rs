@@ -54,6 +54,10 @@ async fn sqlstates_over_the_wire() {
             "INSERT INTO items (id, embedding) VALUES (9, '[1,2]')",
             "22000",
         ),
+        // SQL-level prepared statements would be shared by all connections.
+        ("PREPARE q AS SELECT id FROM items WHERE id = $1", "0A000"),
+        ("EXECUTE q(1)", "0A000"),
+        ("DEALLOCATE q", "26000"),
     ];
     for (sql, expected) in cases {
         let r = c.simple_query(sql).await;
