@@ -387,6 +387,9 @@ pub struct TxnMark {
     bytes: usize,
     rows: usize,
     schema: Arc<Schema>,
+    /// The engine schema version the operations up to the mark were validated against
+    /// (a schema change after the mark rebases the transaction onto a newer one).
+    base_version: u64,
     ddl: bool,
 }
 
@@ -407,6 +410,7 @@ impl PendingTxn {
             bytes: self.bytes,
             rows: self.rows,
             schema: self.schema.clone(),
+            base_version: self.base_version,
             ddl: self.ddl,
         }
     }
@@ -422,6 +426,7 @@ impl PendingTxn {
         self.bytes = mark.bytes;
         self.rows = mark.rows;
         self.schema = mark.schema.clone();
+        self.base_version = mark.base_version;
         self.ddl = mark.ddl;
     }
 

@@ -568,6 +568,30 @@ fn rollback_to_a_mark_drops_exactly_what_came_after() {
     assert_eq!(view.total("view", EntityId(1)).unwrap(), 1.0);
     assert!(view.get(EntityKind::Item, EntityId(2)).unwrap().is_none());
     assert!(engine.schema().signal("like").is_err());
+    // A mark taken before another session's schema change, and a schema change of
+    // ours that rebased onto it, rolled back: the transaction is back on the old
+    // schema, so operations validated against it must conflict, not commit.
+    let pending = engine.begin().suspend();
+    let before = pending.mark();
+    let mut other = engine.begin();
+    other
+        .schema_change(SchemaChange::DropSignal {
+            name: "view".into(),
+            id: SignalId(0),
+        })
+        .unwrap();
+    other.commit().unwrap();
+    let mut txn = engine.resume(pending).unwrap();
+    let def = SignalDef::new("share", EntityKind::Item, DecaySpec::None, [Window::All]).unwrap();
+    txn.schema_change(SchemaChange::CreateSignal(def)).unwrap();
+    let mut pending = txn.suspend();
+    pending.rollback_to(&before);
+    let mut txn = engine.resume(pending).unwrap();
+    txn.signal("view", EntityId(1), None, 1.0, Some(t0()))
+        .unwrap();
+    let err = engine.resume(txn.suspend()).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict { .. }), "{err}");
+
     let pending = engine.begin().suspend();
     let empty = pending.mark();
     let mut txn = engine.resume(pending).unwrap();
