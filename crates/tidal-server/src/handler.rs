@@ -29,9 +29,11 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Bind, BindComplete, Close, CloseComplete, Describe, Parse, ParseComplete,
+    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete,
     TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
+use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tidal::datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -340,6 +342,17 @@ impl Conn {
             if cmd == SessionCommand::Commit {
                 return self.commit().await;
             }
+            // An aborted block accepts only its end (as PostgreSQL): then every
+            // statement that succeeds leaves the block open or ended, which is what the
+            // ReadyForQuery status is derived from (see `wire_status`).
+            if matches!(self.lock().txn, Txn::Failed(_))
+                && !matches!(
+                    cmd,
+                    SessionCommand::Rollback | SessionCommand::RollbackTo(_)
+                )
+            {
+                return Err(ServerError::TransactionAborted);
+            }
             return self.session_command(cmd, formats);
         }
         if matches!(self.lock().txn, Txn::Failed(_)) {
@@ -442,6 +455,28 @@ impl Conn {
         };
         let rows = row_stream(stream, target, fields.clone(), ctl, guard);
         Ok(Response::Query(QueryResponse::new(fields, rows)))
+    }
+
+    /// The transaction status pgwire should start from when it runs a statement: idle
+    /// outside a block, in a block otherwise — also when the block is aborted, because
+    /// there the only statements that succeed end it or roll back to a savepoint
+    /// (which re-opens it), and a failing one moves pgwire's status to "failed"
+    /// itself. So the status in ReadyForQuery follows the block exactly, ROLLBACK TO
+    /// included (pgwire on its own never leaves "failed" except to idle).
+    fn wire_status(&self) -> TransactionStatus {
+        match self.lock().txn {
+            Txn::None => TransactionStatus::Idle,
+            Txn::Open(_) | Txn::Failed(_) => TransactionStatus::Transaction,
+        }
+    }
+
+    /// A protocol step failed outside `execute` (Parse, Bind, Describe, an unknown
+    /// portal…): as for a failed statement, an open block is aborted.
+    fn failing<T>(&self, r: PgWireResult<T>) -> PgWireResult<T> {
+        if r.is_err() {
+            self.lock().txn.fail();
+        }
+        r
     }
 
     /// DECLARE / FETCH / MOVE / CLOSE (see `cursor`).
@@ -1114,6 +1149,19 @@ impl ServerError {
 
 #[async_trait]
 impl SimpleQueryHandler for Conn {
+    /// pgwire's default, started from the block's status (see `Conn::wire_status`).
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.set_transaction_status(self.wire_status());
+        let r = self._on_query(client, query).await;
+        self.failing(r)
+    }
+
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1370,7 +1418,8 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let name = message.name.as_deref().unwrap_or(DEFAULT_NAME).to_owned();
-        match StoredStatement::parse(client, &message, self.query_parser()).await? {
+        let parsed = StoredStatement::parse(client, &message, self.query_parser()).await;
+        match self.failing(parsed)? {
             Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
             None => client.portal_store().put_empty_statement(&name),
         }
@@ -1384,6 +1433,19 @@ impl ExtendedQueryHandler for Conn {
             .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
             .await?;
         Ok(())
+    }
+
+    /// pgwire's default, started from the block's status (see `Conn::wire_status`).
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.set_transaction_status(self.wire_status());
+        let r = self._on_execute(client, message).await;
+        self.failing(r)
     }
 
     /// pgwire's default, except that the statement name is also forgotten by
@@ -1425,53 +1487,57 @@ impl ExtendedQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
-        let (parameters, fields) = match message.target_type {
-            TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
-                Some(Entry::Value(stmt)) => {
-                    let r = self.do_describe_statement(client, &stmt).await?;
-                    (Some(r.parameters), r.fields)
-                }
-                Some(Entry::Empty) => (Some(Vec::new()), Vec::new()),
-                None => return Err(PgWireError::StatementNotFound(name.to_owned())),
-            },
-            TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
-                Some(Entry::Value(portal)) => {
-                    (None, self.do_describe_portal(client, &portal).await?.fields)
-                }
-                Some(Entry::Empty) => (None, Vec::new()),
-                // A DECLAREd cursor is a portal too (psycopg describes its named
-                // cursors this way); its rows come by FETCH, in text.
-                None => match self.cursors.schema(name) {
-                    Ok(schema) => {
-                        let formats = formats_of(&Format::UnifiedText, schema.fields().len());
-                        (
-                            None,
-                            encode::fields(&schema, &formats).map_err(ServerError::into_pg)?,
-                        )
+        let r: PgWireResult<()> = async {
+            let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+            let (parameters, fields) = match message.target_type {
+                TARGET_TYPE_BYTE_STATEMENT => match client.portal_store().get_statement(name) {
+                    Some(Entry::Value(stmt)) => {
+                        let r = self.do_describe_statement(client, &stmt).await?;
+                        (Some(r.parameters), r.fields)
                     }
-                    Err(_) => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                    Some(Entry::Empty) => (Some(Vec::new()), Vec::new()),
+                    None => return Err(PgWireError::StatementNotFound(name.to_owned())),
                 },
-            },
-            other => return Err(PgWireError::InvalidTargetType(other)),
-        };
-        if let Some(types) = parameters {
-            let oids = types.iter().map(|t| t.oid()).collect();
-            client
-                .feed(PgWireBackendMessage::ParameterDescription(
-                    ParameterDescription::new(oids),
+                TARGET_TYPE_BYTE_PORTAL => match client.portal_store().get_portal(name) {
+                    Some(Entry::Value(portal)) => {
+                        (None, self.do_describe_portal(client, &portal).await?.fields)
+                    }
+                    Some(Entry::Empty) => (None, Vec::new()),
+                    // A DECLAREd cursor is a portal too (psycopg describes its named
+                    // cursors this way); its rows come by FETCH, in text.
+                    None => match self.cursors.schema(name) {
+                        Ok(schema) => {
+                            let formats = formats_of(&Format::UnifiedText, schema.fields().len());
+                            (
+                                None,
+                                encode::fields(&schema, &formats).map_err(ServerError::into_pg)?,
+                            )
+                        }
+                        Err(_) => return Err(PgWireError::PortalNotFound(name.to_owned())),
+                    },
+                },
+                other => return Err(PgWireError::InvalidTargetType(other)),
+            };
+            if let Some(types) = parameters {
+                let oids = types.iter().map(|t| t.oid()).collect();
+                client
+                    .feed(PgWireBackendMessage::ParameterDescription(
+                        ParameterDescription::new(oids),
+                    ))
+                    .await?;
+            }
+            let reply = if fields.is_empty() {
+                PgWireBackendMessage::NoData(NoData::new())
+            } else {
+                PgWireBackendMessage::RowDescription(RowDescription::new(
+                    fields.iter().map(Into::into).collect(),
                 ))
-                .await?;
+            };
+            client.feed(reply).await?;
+            Ok(())
         }
-        let reply = if fields.is_empty() {
-            PgWireBackendMessage::NoData(NoData::new())
-        } else {
-            PgWireBackendMessage::RowDescription(RowDescription::new(
-                fields.iter().map(Into::into).collect(),
-            ))
-        };
-        client.feed(reply).await?;
-        Ok(())
+        .await;
+        self.failing(r)
     }
 
     /// pgwire's default, except that BindComplete is buffered until Sync or Flush: a
@@ -1483,32 +1549,36 @@ impl ExtendedQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
-        let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
-        match client.portal_store().get_statement(statement_name) {
-            Some(Entry::Value(statement)) => {
-                let portal = Portal::try_new(&message, statement)?;
-                client.portal_store().put_portal(Arc::new(portal));
-            }
-            Some(Entry::Empty) => {
-                if !message.parameters.is_empty() {
-                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
-                        "ERROR".to_owned(),
-                        "08P01".to_owned(),
-                        format!(
-                            "bind message supplies {} parameters, but prepared statement \"{statement_name}\" requires 0",
-                            message.parameters.len(),
-                        ),
-                    ))));
+        let r: PgWireResult<()> = async {
+            let statement_name = message.statement_name.as_deref().unwrap_or(DEFAULT_NAME);
+            let portal_name = message.portal_name.as_deref().unwrap_or(DEFAULT_NAME);
+            match client.portal_store().get_statement(statement_name) {
+                Some(Entry::Value(statement)) => {
+                    let portal = Portal::try_new(&message, statement)?;
+                    client.portal_store().put_portal(Arc::new(portal));
                 }
-                client.portal_store().put_empty_portal(portal_name);
+                Some(Entry::Empty) => {
+                    if !message.parameters.is_empty() {
+                        return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                            "ERROR".to_owned(),
+                            "08P01".to_owned(),
+                            format!(
+                                "bind message supplies {} parameters, but prepared statement \"{statement_name}\" requires 0",
+                                message.parameters.len(),
+                            ),
+                        ))));
+                    }
+                    client.portal_store().put_empty_portal(portal_name);
+                }
+                None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
             }
-            None => return Err(PgWireError::StatementNotFound(statement_name.to_owned())),
+            client
+                .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
+                .await?;
+            Ok(())
         }
-        client
-            .feed(PgWireBackendMessage::BindComplete(BindComplete::new()))
-            .await?;
-        Ok(())
+        .await;
+        self.failing(r)
     }
 
     async fn do_query<C>(

@@ -218,6 +218,26 @@ def main():
         )
         conn.commit()
 
+    # The transaction status in ReadyForQuery follows the block: aborted after an
+    # error, open again after ROLLBACK TO SAVEPOINT, idle after COMMIT.
+    from psycopg.pq import TransactionStatus as TxStatus
+    with psycopg.connect(URL) as conn:
+        conn.execute("SAVEPOINT a")
+        eq(conn.info.transaction_status, TxStatus.INTRANS, "status in a block")
+        try:
+            conn.execute("SELECT 1 / 0")
+        except errors.DivisionByZero:
+            pass
+        eq(conn.info.transaction_status, TxStatus.INERROR, "status after an error")
+        conn.execute("ROLLBACK TO SAVEPOINT a")
+        eq(conn.info.transaction_status, TxStatus.INTRANS, "status after ROLLBACK TO")
+        conn.execute("INSERT INTO items (id, title) VALUES (%s, %s)", (700, "after"))
+        conn.commit()
+        eq(conn.info.transaction_status, TxStatus.IDLE, "status after COMMIT")
+        eq(conn.execute("SELECT count(*) FROM items WHERE id = 700").fetchone()[0], 1,
+           "write after ROLLBACK TO committed")
+        conn.rollback()
+
     # A server-side cursor (DECLARE … CURSOR, then FETCH FORWARD itersize), with a
     # parameter, read in pieces.
     with psycopg.connect(URL) as conn:

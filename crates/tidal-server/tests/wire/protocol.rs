@@ -1369,6 +1369,25 @@ async fn savepoints_undo_part_of_a_block() {
     .unwrap();
     assert_eq!(ids(&c).await, vec![1, 3, 12, 13]);
 
+    // An error in a protocol step (here Parse) aborts the block like a failed
+    // statement; in an aborted block only its end or ROLLBACK TO is accepted.
+    c.batch_execute("BEGIN; SAVEPOINT p; INSERT INTO items (id) VALUES (20)")
+        .await
+        .unwrap();
+    assert_eq!(code(&c.prepare("SELEC 1").await.unwrap_err()), "42601");
+    for sql in [
+        "SELECT 1",
+        "SHOW search_path",
+        "SET search_path = x",
+        "BEGIN",
+    ] {
+        fails(c.batch_execute(sql).await, "25P02");
+    }
+    c.batch_execute("ROLLBACK TO p; INSERT INTO items (id) VALUES (21); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(ids(&c).await, vec![1, 3, 12, 13, 21]);
+
     for sql in ["SAVEPOINT a", "RELEASE a", "ROLLBACK TO a"] {
         fails(c.batch_execute(sql).await, "25P01");
     }
