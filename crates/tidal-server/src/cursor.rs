@@ -33,13 +33,26 @@ struct Rows {
 struct Cursor {
     schema: SchemaRef,
     hold: bool,
+    /// Declared inside the transaction block that is still open: it goes if the block
+    /// rolls back, even `WITH HOLD` (PostgreSQL keeps a held cursor only when the
+    /// transaction that created it commits).
+    in_block: bool,
+    /// Order of declaration, so `ROLLBACK TO SAVEPOINT` can close the later ones.
+    seq: u64,
     rows: Arc<AsyncMutex<Rows>>,
+}
+
+#[derive(Default)]
+struct Open {
+    cursors: HashMap<String, Cursor>,
+    /// Sequence number of the next declared cursor.
+    next_seq: u64,
 }
 
 /// The cursors of one connection.
 #[derive(Default)]
 pub struct Cursors {
-    open: Mutex<HashMap<String, Cursor>>,
+    open: Mutex<Open>,
 }
 
 impl std::fmt::Debug for Cursors {
@@ -49,34 +62,57 @@ impl std::fmt::Debug for Cursors {
 }
 
 impl Cursors {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cursor>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         // Poisoned only by a panic elsewhere; the map itself is always consistent.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens `name` over a started query.
+    /// Opens `name` over a started query; `in_block` if a transaction block is open.
     pub fn declare(
         &self,
         name: String,
         hold: bool,
+        in_block: bool,
         stream: SendableRecordBatchStream,
     ) -> Result<(), ServerError> {
         let mut open = self.lock();
-        if open.contains_key(&name) {
+        if open.cursors.contains_key(&name) {
             return Err(ServerError::DuplicateCursor(name));
         }
-        if open.len() >= CURSORS_PER_CONNECTION_MAX {
+        if open.cursors.len() >= CURSORS_PER_CONNECTION_MAX {
             return Err(ServerError::TooManyCursors(CURSORS_PER_CONNECTION_MAX));
         }
         let schema = stream.schema();
         let rows = Arc::new(AsyncMutex::new(Rows { stream, rest: None }));
-        open.insert(name, Cursor { schema, hold, rows });
+        let seq = open.next_seq;
+        open.next_seq += 1;
+        open.cursors.insert(
+            name,
+            Cursor {
+                schema,
+                hold,
+                in_block,
+                seq,
+                rows,
+            },
+        );
         Ok(())
+    }
+
+    /// A point to close back to with [`Cursors::close_since`] (`SAVEPOINT`).
+    pub fn position(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// Closes the cursors declared since `position` (`ROLLBACK TO SAVEPOINT`).
+    pub fn close_since(&self, position: u64) {
+        self.lock().cursors.retain(|_, c| c.seq < position);
     }
 
     /// The columns a FETCH from `name` returns.
     pub fn schema(&self, name: &str) -> Result<SchemaRef, ServerError> {
         self.lock()
+            .cursors
             .get(name)
             .map(|c| c.schema.clone())
             .ok_or_else(|| ServerError::UnknownCursor(name.to_string()))
@@ -94,6 +130,7 @@ impl Cursors {
         let (schema, rows) = {
             let open = self.lock();
             let c = open
+                .cursors
                 .get(name)
                 .ok_or_else(|| ServerError::UnknownCursor(name.to_string()))?;
             (c.schema.clone(), c.rows.clone())
@@ -109,18 +146,25 @@ impl Cursors {
     pub fn close(&self, name: Option<&str>) -> Result<(), ServerError> {
         let mut open = self.lock();
         match name {
-            None => open.clear(),
+            None => open.cursors.clear(),
             Some(n) => {
-                open.remove(n)
+                open.cursors
+                    .remove(n)
                     .ok_or_else(|| ServerError::UnknownCursor(n.to_string()))?;
             }
         }
         Ok(())
     }
 
-    /// The transaction block ended: its cursors close, `WITH HOLD` ones stay.
-    pub fn end_of_block(&self) {
-        self.lock().retain(|_, c| c.hold);
+    /// The transaction block ended: its cursors close. `WITH HOLD` cursors stay if it
+    /// `committed` (those declared in it then outlive it); a rollback also closes the
+    /// `WITH HOLD` cursors declared in it.
+    pub fn end_of_block(&self, committed: bool) {
+        self.lock().cursors.retain(|_, c| {
+            let keep = c.hold && (committed || !c.in_block);
+            c.in_block = false;
+            keep
+        });
     }
 }
 

@@ -38,12 +38,16 @@ pub enum ServerError {
     InvalidText(String),
     #[error("{0} can only be used in transaction blocks")]
     NotInBlock(&'static str),
+    #[error("{0} cannot run inside a transaction block")]
+    InBlock(&'static str),
     #[error("savepoint \"{0}\" does not exist")]
     NoSuchSavepoint(String),
     #[error("too many savepoints (at most {0} in one transaction block)")]
     TooManySavepoints(usize),
     #[error("prepared statement \"{0}\" does not exist")]
     UnknownStatement(String),
+    #[error("cursor can only scan forward (FETCH NEXT, n, ALL or FORWARD n | ALL)")]
+    ForwardOnly,
     #[error("cursor \"{0}\" does not exist")]
     UnknownCursor(String),
     #[error("cursor \"{0}\" is in use by an unfinished FETCH (a suspended portal)")]
@@ -91,9 +95,11 @@ impl ServerError {
             ServerError::ParameterText { .. } => "22P02",
             ServerError::ParameterBinary { .. } => "22P03",
             ServerError::NotInBlock(_) => "25P01",
+            ServerError::InBlock(_) => "25001",
             ServerError::NoSuchSavepoint(_) => "3B001",
             ServerError::TooManySavepoints(_) => "54000",
             ServerError::UnknownStatement(_) => "26000",
+            ServerError::ForwardOnly => "55000",
             ServerError::UnknownCursor(_) => "34000",
             ServerError::DuplicateCursor(_) => "42P03",
             ServerError::CursorBusy(_) => "55006",

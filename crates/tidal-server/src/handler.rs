@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use pgwire::api::PgWireConnectionState;
 use pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{
@@ -16,8 +17,10 @@ use pgwire::api::auth::{
 };
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::copy::CopyHandler;
+use pgwire::api::copy::{send_copy_both_response, send_copy_in_response, send_copy_out_response};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::query::{send_execution_response, send_query_response, send_ready_for_query};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::{Entry, PortalStore};
@@ -30,9 +33,9 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::{NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
     Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete,
-    TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+    Sync as SyncMessage, TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
 };
-use pgwire::messages::response::TransactionStatus;
+use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -172,13 +175,22 @@ struct ConnState {
     statement_timeout: Option<Duration>,
     txn: Txn,
     /// The block's savepoints, oldest first (a name may repeat; the newest wins).
-    savepoints: Vec<(String, TxnMark)>,
+    savepoints: Vec<Savepoint>,
     /// Warnings for the client, sent as NoticeResponses after the statement.
     notices: Vec<ErrorInfo>,
 }
 
 fn warning(code: &str, message: &str) -> ErrorInfo {
     ErrorInfo::new("WARNING".into(), code.into(), message.into())
+}
+
+/// `SAVEPOINT name`: where the block's writes and cursors stood.
+#[derive(Debug)]
+struct Savepoint {
+    name: String,
+    mark: TxnMark,
+    /// `Cursors::position` then: ROLLBACK TO closes the cursors declared since.
+    cursors: u64,
 }
 
 /// The client's transaction block.
@@ -457,16 +469,15 @@ impl Conn {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// The transaction status pgwire should start from when it runs a statement: idle
-    /// outside a block, in a block otherwise — also when the block is aborted, because
-    /// there the only statements that succeed end it or roll back to a savepoint
-    /// (which re-opens it), and a failing one moves pgwire's status to "failed"
-    /// itself. So the status in ReadyForQuery follows the block exactly, ROLLBACK TO
-    /// included (pgwire on its own never leaves "failed" except to idle).
+    /// The status ReadyForQuery reports: the block's own state. (pgwire derives one from
+    /// the responses it sends, which cannot leave "failed" except to idle: it would
+    /// report a block re-opened by ROLLBACK TO SAVEPOINT as failed, and a COMMIT that
+    /// failed, which ends the block, as failed too.)
     fn wire_status(&self) -> TransactionStatus {
         match self.lock().txn {
             Txn::None => TransactionStatus::Idle,
-            Txn::Open(_) | Txn::Failed(_) => TransactionStatus::Transaction,
+            Txn::Open(_) => TransactionStatus::Transaction,
+            Txn::Failed(_) => TransactionStatus::Error,
         }
     }
 
@@ -501,7 +512,8 @@ impl Conn {
                     _ = self.cancel.cancelled(since) => return Err(ServerError::Cancelled),
                     _ = sleep_until(deadline) => return Err(ServerError::Timeout),
                 };
-                self.cursors.declare(name, hold, stream)?;
+                let in_block = !matches!(self.lock().txn, Txn::None);
+                self.cursors.declare(name, hold, in_block, stream)?;
                 Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
             }
             CursorCommand::Fetch { name, count, skip } => {
@@ -545,6 +557,30 @@ impl Conn {
         }
     }
 
+    /// After a successful `DISCARD ALL`, its prepared statements go too.
+    fn discard_statements<S: PortalStore>(
+        &self,
+        sql: &str,
+        result: &Result<Response, ServerError>,
+        store: &S,
+    ) {
+        let discard = sql
+            .trim_start()
+            .get(..7)
+            .is_some_and(|w| w.eq_ignore_ascii_case("discard"));
+        if discard && result.is_ok() {
+            let names = std::mem::take(
+                &mut *self
+                    .statement_names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for n in names {
+                store.rm_statement(&n);
+            }
+        }
+    }
+
     /// `DEALLOCATE name | ALL`: forgets named prepared statements (PostgreSQL's SQL and
     /// protocol prepared statements are one namespace; psycopg deallocates the ones it
     /// prepared this way).
@@ -553,6 +589,9 @@ impl Conn {
         store: &S,
         name: Option<String>,
     ) -> Result<Response, ServerError> {
+        if matches!(self.lock().txn, Txn::Failed(_)) {
+            return Err(ServerError::TransactionAborted);
+        }
         let mut names = self
             .statement_names
             .lock()
@@ -686,30 +725,44 @@ impl Conn {
             st.savepoints.clear();
             std::mem::take(&mut st.txn)
         };
-        self.cursors.end_of_block();
         match txn {
             Txn::Open(Some(pending)) if !pending.is_empty() => {
                 let _running = Running::new(self.shared.clone());
-                if pending.changes_schema() {
+                let committed = if pending.changes_schema() {
                     // Resuming takes the DDL lock and the commit holds it: keep both
                     // off the runtime workers.
                     let session = self.shared.session.clone();
                     tokio::task::spawn_blocking(move || session.commit(pending))
                         .await
-                        .map_err(|e| ServerError::Internal(format!("commit task failed: {e}")))??;
+                        .map_err(|e| ServerError::Internal(format!("commit task failed: {e}")))
+                        .and_then(|r| r.map(|_| ()).map_err(ServerError::from))
                 } else {
-                    self.shared.session.commit_async(pending).await?;
-                }
+                    self.shared
+                        .session
+                        .commit_async(pending)
+                        .await
+                        .map(|_| ())
+                        .map_err(ServerError::from)
+                };
+                // A failed COMMIT rolled the block back: its WITH HOLD cursors go too.
+                self.cursors.end_of_block(committed.is_ok());
+                committed?;
                 Ok(Response::TransactionEnd(Tag::new("COMMIT")))
             }
-            Txn::Failed(_) => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
+            Txn::Failed(_) => {
+                self.cursors.end_of_block(false);
+                Ok(Response::TransactionEnd(Tag::new("ROLLBACK")))
+            }
             Txn::None => {
                 self.lock()
                     .notices
                     .push(warning("25P01", "there is no transaction in progress"));
                 Ok(Response::TransactionEnd(Tag::new("COMMIT")))
             }
-            Txn::Open(_) => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
+            Txn::Open(_) => {
+                self.cursors.end_of_block(true);
+                Ok(Response::TransactionEnd(Tag::new("COMMIT")))
+            }
         }
     }
 
@@ -800,7 +853,7 @@ impl Conn {
                 }
                 st.txn = Txn::None;
                 st.savepoints.clear();
-                self.cursors.end_of_block();
+                self.cursors.end_of_block(false);
                 Response::TransactionEnd(Tag::new("ROLLBACK"))
             }
             SessionCommand::Savepoint(name) => {
@@ -815,7 +868,12 @@ impl Conn {
                 if st.savepoints.len() >= SAVEPOINTS_PER_BLOCK_MAX {
                     return Err(ServerError::TooManySavepoints(SAVEPOINTS_PER_BLOCK_MAX));
                 }
-                st.savepoints.push((name, mark));
+                let cursors = self.cursors.position();
+                st.savepoints.push(Savepoint {
+                    name,
+                    mark,
+                    cursors,
+                });
                 Response::Execution(Tag::new("SAVEPOINT"))
             }
             SessionCommand::Release(name) => {
@@ -842,15 +900,23 @@ impl Conn {
                         return Err(ServerError::TransactionAborted);
                     }
                 };
-                pending.rollback_to(&st.savepoints[at].1);
+                pending.rollback_to(&st.savepoints[at].mark);
+                self.cursors.close_since(st.savepoints[at].cursors);
                 // The savepoint itself stays; later ones go.
                 st.savepoints.truncate(at + 1);
                 st.txn = Txn::Open(Some(pending));
                 Response::Execution(Tag::new("ROLLBACK"))
             }
             SessionCommand::Discard => {
+                // What a connection pool runs between clients: nothing of the last
+                // client may reach the next (its prepared statements go too, in
+                // `discard_statements`).
+                if !matches!(st.txn, Txn::None) {
+                    return Err(ServerError::InBlock("DISCARD ALL"));
+                }
                 st.settings.clear();
                 st.statement_timeout = self.shared.config.statement_timeout;
+                self.cursors.close(None)?;
                 Response::Execution(Tag::new("DISCARD ALL"))
             }
             SessionCommand::Set { name, value } => {
@@ -902,10 +968,10 @@ impl Conn {
 pub const SAVEPOINTS_PER_BLOCK_MAX: usize = 1024;
 
 /// The newest savepoint called `name`.
-fn savepoint_index(savepoints: &[(String, TxnMark)], name: &str) -> Result<usize, ServerError> {
+fn savepoint_index(savepoints: &[Savepoint], name: &str) -> Result<usize, ServerError> {
     savepoints
         .iter()
-        .rposition(|(n, _)| n == name)
+        .rposition(|s| s.name == name)
         .ok_or_else(|| ServerError::NoSuchSavepoint(name.to_string()))
 }
 
@@ -1149,7 +1215,9 @@ impl ServerError {
 
 #[async_trait]
 impl SimpleQueryHandler for Conn {
-    /// pgwire's default, started from the block's status (see `Conn::wire_status`).
+    /// pgwire's default, except that ReadyForQuery reports the block's own status (see
+    /// `Conn::wire_status`), and an error of the whole query string (one that is not
+    /// any statement's) is answered like a statement's.
     async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1157,9 +1225,65 @@ impl SimpleQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        // What pgwire reports if sending the results fails half way.
         client.set_transaction_status(self.wire_status());
-        let r = self._on_query(client, query).await;
-        self.failing(r)
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        if query.query.chars().all(|c| c == ';' || c.is_whitespace()) {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        } else {
+            let responses = match SimpleQueryHandler::do_query(self, client, &query.query).await {
+                Ok(r) => r,
+                Err(PgWireError::UserError(info)) => {
+                    self.lock().txn.fail();
+                    vec![Response::Error(info)]
+                }
+                Err(e) => return Err(e),
+            };
+            for r in responses {
+                match r {
+                    Response::EmptyQuery => {
+                        client
+                            .feed(PgWireBackendMessage::EmptyQueryResponse(
+                                EmptyQueryResponse::new(),
+                            ))
+                            .await?;
+                    }
+                    Response::Query(results) => send_query_response(client, results, true).await?,
+                    Response::Execution(tag)
+                    | Response::TransactionStart(tag)
+                    | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+                    Response::Error(e) => {
+                        client
+                            .feed(PgWireBackendMessage::ErrorResponse((*e).into()))
+                            .await?;
+                    }
+                    Response::CopyIn(result) => {
+                        send_copy_in_response(client, result).await?;
+                        client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    }
+                    Response::CopyOut(result) => send_copy_out_response(client, result).await?,
+                    Response::CopyBoth(result) => {
+                        send_copy_both_response(client, result).await?;
+                        client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    }
+                }
+            }
+        }
+        // During COPY FROM STDIN the copy handler answers ReadyForQuery at CopyDone.
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            let status = self.wire_status();
+            client.set_transaction_status(status);
+            send_ready_for_query(client, status).await?;
+        }
+        Ok(())
     }
 
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
@@ -1174,8 +1298,18 @@ impl SimpleQueryHandler for Conn {
         let last = statements.len().saturating_sub(1);
         for (i, sql) in statements.iter().enumerate() {
             let result = match sqltext::deallocate(sql) {
-                Ok(Some(name)) => self.deallocate(client.portal_store(), name),
-                Ok(None) => self.execute(sql, &Format::UnifiedText, None).await,
+                Ok(Some(name)) => {
+                    let r = self.deallocate(client.portal_store(), name);
+                    if r.is_err() {
+                        self.lock().txn.fail();
+                    }
+                    r
+                }
+                Ok(None) => {
+                    let r = self.execute(sql, &Format::UnifiedText, None).await;
+                    self.discard_statements(sql, &r, client.portal_store());
+                    r
+                }
                 Err(e) => Err(e),
             };
             self.send_notices(client).await?;
@@ -1435,7 +1569,7 @@ impl ExtendedQueryHandler for Conn {
         Ok(())
     }
 
-    /// pgwire's default, started from the block's status (see `Conn::wire_status`).
+    /// pgwire's default; an error (an unknown portal…) aborts an open block.
     async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1443,9 +1577,29 @@ impl ExtendedQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        client.set_transaction_status(self.wire_status());
         let r = self._on_execute(client, message).await;
         self.failing(r)
+    }
+
+    /// pgwire's default, except that ReadyForQuery reports the block's own status (see
+    /// `Conn::wire_status`).
+    async fn on_sync<C>(&self, client: &mut C, _message: SyncMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Prepared>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        client.portal_store().rm_portal(DEFAULT_NAME);
+        let status = self.wire_status();
+        client.set_transaction_status(status);
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        client.flush().await?;
+        Ok(())
     }
 
     /// pgwire's default, except that the statement name is also forgotten by
@@ -1632,6 +1786,7 @@ impl ExtendedQueryHandler for Conn {
         let result = self
             .execute(&sql, &portal.result_column_format, stmt.schema.as_ref())
             .await;
+        self.discard_statements(&sql, &result, client.portal_store());
         self.send_notices(client).await?;
         result.map_err(ServerError::into_pg)
     }

@@ -637,20 +637,14 @@ pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
                     }
                 }
                 "prior" | "first" | "last" | "absolute" | "relative" | "backward" => {
-                    return Err(ServerError::Unsupported(
-                        "cursor can only scan forward (FETCH NEXT, FORWARD n, n or ALL)".into(),
-                    ));
+                    return Err(ServerError::ForwardOnly);
                 }
                 _ => match words.get(i) {
                     Some(Token::Number(n, _)) => {
                         i += 1;
                         Some(fetch_count(n)?)
                     }
-                    Some(Token::Minus) => {
-                        return Err(ServerError::Unsupported(
-                            "cursor can only scan forward (FETCH NEXT, FORWARD n, n or ALL)".into(),
-                        ));
-                    }
+                    Some(Token::Minus) => return Err(ServerError::ForwardOnly),
                     _ => Some(1),
                 },
             };
@@ -795,8 +789,16 @@ mod tests {
         for bad in [
             "FETCH BACKWARD 1 FROM c",
             "FETCH -1 FROM c",
-            "FETCH 0 FROM c",
             "FETCH PRIOR FROM c",
+        ] {
+            assert_eq!(
+                cursor_command(bad).unwrap_err().sqlstate(),
+                "55000",
+                "{bad}"
+            );
+        }
+        for bad in [
+            "FETCH 0 FROM c",
             "DECLARE c SCROLL CURSOR FOR SELECT 1",
             "DECLARE c BINARY CURSOR FOR SELECT 1",
         ] {

@@ -1216,7 +1216,7 @@ async fn cursors_read_a_result_in_pieces() {
             "DECLARE e CURSOR FOR INSERT INTO items (id) VALUES (99999)",
             "42601",
         ),
-        ("FETCH BACKWARD 1 FROM d", "0A000"),
+        ("FETCH BACKWARD 1 FROM d", "55000"),
         ("DECLARE e SCROLL CURSOR FOR SELECT 1", "0A000"),
     ] {
         let r = c.batch_execute(sql).await;
@@ -1424,5 +1424,79 @@ async fn deallocate_forgets_prepared_statements() {
             .get::<_, i64>(0),
         4
     );
+    server.stop().await;
+}
+
+/// Cursors follow the block's outcome as in PostgreSQL: a WITH HOLD cursor outlives
+/// its block only if the block commits; ROLLBACK TO SAVEPOINT closes the cursors
+/// declared after the savepoint; DISCARD ALL closes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_follow_the_block_outcome() {
+    let server = start().await;
+    let c = server.connect_with_schema().await;
+    c.batch_execute("INSERT INTO items (id) VALUES (1), (2), (3)")
+        .await
+        .unwrap();
+    let gone = |r: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>| {
+        assert_eq!(code(&r.unwrap_err()), "34000");
+    };
+    // Rolled back (explicitly, by COMMIT of an aborted block, by a failing COMMIT):
+    // the held cursor goes with the block.
+    c.batch_execute("BEGIN; DECLARE h CURSOR WITH HOLD FOR SELECT id FROM items; ROLLBACK")
+        .await
+        .unwrap();
+    gone(c.query("FETCH 1 FROM h", &[]).await);
+    c.batch_execute("BEGIN; DECLARE h CURSOR WITH HOLD FOR SELECT id FROM items")
+        .await
+        .unwrap();
+    assert!(c.batch_execute("SELECT 1 / 0").await.is_err());
+    c.batch_execute("COMMIT").await.unwrap();
+    gone(c.query("FETCH 1 FROM h", &[]).await);
+    c.batch_execute(
+        "BEGIN; INSERT INTO items (id) VALUES (9); DECLARE h CURSOR WITH HOLD FOR SELECT 1",
+    )
+    .await
+    .unwrap();
+    let other = server.connect().await;
+    other
+        .batch_execute("INSERT INTO items (id) VALUES (9)")
+        .await
+        .unwrap();
+    assert_eq!(code(&c.batch_execute("COMMIT").await.unwrap_err()), "23505");
+    gone(c.query("FETCH 1 FROM h", &[]).await);
+    // A held cursor declared before the block, or in a committed one, survives it.
+    c.batch_execute(
+        "DECLARE outer_h CURSOR WITH HOLD FOR SELECT id FROM items ORDER BY id; \
+         BEGIN; DECLARE h CURSOR WITH HOLD FOR SELECT id FROM items ORDER BY id; COMMIT; \
+         BEGIN; ROLLBACK",
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.query("FETCH 1 FROM outer_h", &[]).await.unwrap().len(), 1);
+    assert_eq!(c.query("FETCH 1 FROM h", &[]).await.unwrap().len(), 1);
+
+    // ROLLBACK TO closes the cursors declared after the savepoint, not before.
+    c.batch_execute(
+        "BEGIN; DECLARE a CURSOR FOR SELECT 1; SAVEPOINT s; DECLARE b CURSOR FOR SELECT 2; \
+         ROLLBACK TO s",
+    )
+    .await
+    .unwrap();
+    gone(c.query("FETCH 1 FROM b", &[]).await);
+    c.batch_execute("ROLLBACK TO s").await.unwrap();
+    assert_eq!(c.query("FETCH 1 FROM a", &[]).await.unwrap().len(), 1);
+    c.batch_execute("DECLARE b CURSOR FOR SELECT 2; COMMIT")
+        .await
+        .unwrap();
+
+    // DISCARD ALL: refused in a block; outside, closes every cursor.
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(
+        code(&c.batch_execute("DISCARD ALL").await.unwrap_err()),
+        "25001"
+    );
+    c.batch_execute("ROLLBACK; DISCARD ALL").await.unwrap();
+    gone(c.query("FETCH 1 FROM outer_h", &[]).await);
+    gone(c.query("FETCH 1 FROM h", &[]).await);
     server.stop().await;
 }
