@@ -209,6 +209,48 @@ async fn psql_errors_stop_the_script() {
     server.stop().await;
 }
 
+/// psql's ON_ERROR_ROLLBACK wraps each statement of a block in a savepoint and rolls
+/// back to it when the statement fails, deciding by the transaction status the server
+/// reports: the failed statement is undone, the rest of the block commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_on_error_rollback_uses_savepoints() {
+    require_psql!();
+    let server = start().await;
+    connect(server.addr)
+        .await
+        .batch_execute("CREATE TABLE items (id BIGINT PRIMARY KEY) WITH (kind = 'item')")
+        .await
+        .unwrap();
+    let script = "\\set ON_ERROR_ROLLBACK on
+BEGIN;
+INSERT INTO items (id) VALUES (50);
+SELECT 1 / 0;
+INSERT INTO items (id) VALUES (51);
+COMMIT;
+";
+    let out = psql(url(server.addr), None, &["-v", "ON_ERROR_STOP=0"], script).await;
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("division by zero") || stderr.contains("Divide by zero"),
+        "{stderr}"
+    );
+    let ids: Vec<i64> = connect(server.addr)
+        .await
+        .query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![50, 51],
+        "stdout: {}\nstderr: {stderr}",
+        text(&out.stdout)
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_with_password() {
     require_psql!();
