@@ -24,6 +24,16 @@ pub enum ServerError {
         ty: String,
         reason: String,
     },
+    /// A text-format integer parameter too large for its type (22003).
+    #[error("value out of range for type {ty} in parameter ${index}: {reason}")]
+    ParameterRange {
+        index: usize,
+        ty: String,
+        reason: String,
+    },
+    /// A text-format parameter that is not UTF-8 (22021).
+    #[error("invalid byte sequence for encoding \"UTF8\" in parameter ${index}: {reason}")]
+    ParameterEncoding { index: usize, reason: String },
     /// A binary-format parameter that is not a valid encoding of its type (22P03).
     #[error("invalid binary value for type {ty} in parameter ${index}: {reason}")]
     ParameterBinary {
@@ -94,6 +104,8 @@ impl ServerError {
             ServerError::BadParameter { .. } => "22023",
             ServerError::ParameterText { .. } => "22P02",
             ServerError::ParameterBinary { .. } => "22P03",
+            ServerError::ParameterRange { .. } => "22003",
+            ServerError::ParameterEncoding { .. } => "22021",
             ServerError::NotInBlock(_) => "25P01",
             ServerError::InBlock(_) => "25001",
             ServerError::NoSuchSavepoint(_) => "3B001",

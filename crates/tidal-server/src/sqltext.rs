@@ -36,10 +36,20 @@ fn utf8(value: &[u8]) -> Result<&str, String> {
 pub(crate) fn int_param(ty: &Type, value: &[u8], binary: bool) -> Result<i64, String> {
     if !binary {
         let text = utf8(value)?;
-        return text
+        let v: i64 = text
             .trim()
             .parse()
-            .map_err(|_| format!("{text:?} is not an integer"));
+            .map_err(|_| format!("{text:?} is not an integer"))?;
+        let fits = match *ty {
+            Type::INT2 => i16::try_from(v).is_ok(),
+            Type::INT4 => i32::try_from(v).is_ok(),
+            Type::OID => u32::try_from(v).is_ok(),
+            _ => true,
+        };
+        if !fits {
+            return Err(format!("{v} is out of range for type {}", ty.name()));
+        }
+        return Ok(v);
     }
     Ok(match *ty {
         Type::INT2 => i16::from_be_bytes(arr(fixed(ty, value, 2)?)).into(),
@@ -48,6 +58,12 @@ pub(crate) fn int_param(ty: &Type, value: &[u8], binary: bool) -> Result<i64, St
         Type::INT8 => i64::from_be_bytes(arr(fixed(ty, value, 8)?)),
         _ => return Err(format!("binary {} is not an integer", ty.name())),
     })
+}
+
+/// Whether `text` is written as an integer (`[+-]digits`), whatever its size.
+fn is_integer_text(text: &str) -> bool {
+    let digits = text.trim().trim_start_matches(['+', '-']);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A floating-point parameter (`float4`, `float8`; `numeric` in text only).
@@ -184,11 +200,21 @@ pub fn literal(
         }
     };
     if !binary {
-        let text = utf8(value).map_err(bad)?;
+        let text =
+            utf8(value).map_err(|reason| ServerError::ParameterEncoding { index, reason })?;
         return Ok(match *ty {
-            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => {
-                int_param(ty, value, false).map_err(bad)?.to_string()
-            }
+            Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => match int_param(ty, value, false) {
+                Ok(v) => v.to_string(),
+                // An integer, but too large for the type (PostgreSQL: 22003).
+                Err(reason) if is_integer_text(text) => {
+                    return Err(ServerError::ParameterRange {
+                        index,
+                        ty: ty.name().to_string(),
+                        reason,
+                    });
+                }
+                Err(reason) => return Err(bad(reason)),
+            },
             Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
                 float_literal(float_param(ty, value, false).map_err(bad)?)
             }
@@ -699,6 +725,28 @@ fn fetch_count(n: &str) -> Result<u64, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_errors_have_postgres_sqlstates() {
+        let state = |ty: Type, v: &[u8], binary: bool| {
+            literal(1, &ty, Some(&Bytes::copy_from_slice(v)), binary).map_err(|e| e.sqlstate())
+        };
+        assert_eq!(state(Type::INT4, b"3000000000", false), Err("22003"));
+        assert_eq!(state(Type::INT2, b"40000", false), Err("22003"));
+        assert_eq!(
+            state(Type::INT4, b"-2147483648", false).as_deref(),
+            Ok("-2147483648")
+        );
+        assert_eq!(state(Type::INT8, b"abc", false), Err("22P02"));
+        assert_eq!(
+            state(Type::INT8, b"99999999999999999999", false),
+            Err("22003")
+        );
+        assert_eq!(state(Type::INT8, b"1.5", false), Err("22P02"));
+        assert_eq!(state(Type::TEXT, &[0x66, 0xff], false), Err("22021"));
+        assert_eq!(state(Type::INT8, &[0, 1, 2], true), Err("22P03"));
+        assert_eq!(state(Type::BOOL, b"maybe", false), Err("22P02"));
+    }
 
     #[test]
     fn sql_prepare_is_refused() {
