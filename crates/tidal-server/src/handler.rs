@@ -1633,7 +1633,7 @@ impl ExtendedQueryHandler for Conn {
     /// columns is answered with NoData, as PostgreSQL does (pgwire sends an empty
     /// RowDescription for a statement that has parameters, which pgjdbc reads as "returns
     /// rows" and then reports 0 for every INSERT of a batch); and the answer is buffered
-    /// until Sync or Flush like ParseComplete.
+    /// until Sync or Flush like ParseComplete. An error aborts an open block.
     async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1695,7 +1695,8 @@ impl ExtendedQueryHandler for Conn {
     }
 
     /// pgwire's default, except that BindComplete is buffered until Sync or Flush: a
-    /// prepared statement's round trip then costs one socket write, not two.
+    /// prepared statement's round trip then costs one socket write, not two. An error
+    /// aborts an open block (see `Conn::failing`).
     async fn on_bind<C>(&self, client: &mut C, message: Bind) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
