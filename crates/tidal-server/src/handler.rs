@@ -1276,6 +1276,10 @@ impl SimpleQueryHandler for Conn {
                 }
             }
         }
+        // Portals end with their transaction (see `on_sync`).
+        if matches!(self.lock().txn, Txn::None) {
+            client.portal_store().clear_portals();
+        }
         // During COPY FROM STDIN the copy handler answers ReadyForQuery at CopyDone.
         if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
             client.set_state(PgWireConnectionState::ReadyForQuery);
@@ -1582,7 +1586,10 @@ impl ExtendedQueryHandler for Conn {
     }
 
     /// pgwire's default, except that ReadyForQuery reports the block's own status (see
-    /// `Conn::wire_status`).
+    /// `Conn::wire_status`), and that outside a transaction block every portal goes, as
+    /// in PostgreSQL where portals end with their transaction (pgwire drops only the
+    /// unnamed one): a portal suspended part-way through a FETCH must not keep reading a
+    /// cursor its block's end closed.
     async fn on_sync<C>(&self, client: &mut C, _message: SyncMessage) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -1590,7 +1597,11 @@ impl ExtendedQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        client.portal_store().rm_portal(DEFAULT_NAME);
+        if matches!(self.lock().txn, Txn::None) {
+            client.portal_store().clear_portals();
+        } else {
+            client.portal_store().rm_portal(DEFAULT_NAME);
+        }
         let status = self.wire_status();
         client.set_transaction_status(status);
         client

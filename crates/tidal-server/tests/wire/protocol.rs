@@ -1262,8 +1262,20 @@ async fn cursors_read_a_result_in_pieces() {
     assert_eq!(ids(&first), vec![3, 4, 5, 6, 7]);
     let r = tx.query("FETCH 1 FROM kept", &[]).await;
     assert_eq!(code(&r.unwrap_err()), "55006");
-    drop(portal);
     drop(tx); // rolls back; a WITH HOLD cursor stays
+    // The portal ended with its transaction (as in PostgreSQL), and with it its hold on
+    // the cursor, which reads on from where that FETCH stopped taking rows (PostgreSQL
+    // runs a FETCH to completion, so its ALL would have consumed the rest).
+    let r = c
+        .transaction()
+        .await
+        .unwrap()
+        .query_portal(&portal, 5)
+        .await;
+    assert_eq!(code(&r.unwrap_err()), "26000");
+    let next = ids(&c.query("FETCH 1 FROM kept", &[]).await.unwrap());
+    assert!(next.len() <= 1 && next.iter().all(|&id| id > 7), "{next:?}");
+    drop(portal);
     c.batch_execute("CLOSE kept").await.unwrap();
     assert_eq!(
         code(&c.query("FETCH 1 FROM kept", &[]).await.unwrap_err()),
