@@ -5,6 +5,9 @@
 //! payload = [lsn u64 LE][txn u64 LE][kind u8][body]
 //! ```
 //!
+//! In format-2 segments the kind byte's high bit marks the first frame of a write batch
+//! (what recovery needs to tell a torn last batch from damage to a synced one).
+//!
 //! The inverted copy of the length makes a damaged length field detectable without reading
 //! the payload, so recovery can tell "this frame was cut short by a crash" (the header is
 //! intact but the file ends early) from "a length was flipped on disk" (the two copies
@@ -35,6 +38,9 @@ pub(crate) const COMMIT_FRAME_BYTES: usize =
 
 const KIND_DATA: u8 = 1;
 const KIND_COMMIT: u8 = 2;
+/// Set in the kind byte of the first frame of every write batch (segment format 2), so
+/// recovery can tell a batch that was torn by a crash from damage to a synced one.
+const BATCH_START: u8 = 0x80;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +69,8 @@ pub(crate) struct FrameRef<'a> {
     pub body: &'a [u8],
     /// Size of the whole frame (header and payload) on disk.
     pub frame_bytes: usize,
+    /// The first frame of a write batch (see [`append_txn`]).
+    pub batch_start: bool,
 }
 
 /// Why the bytes at some offset are not a valid frame.
@@ -92,7 +100,14 @@ impl FrameError {
 
 /// Appends one frame to `buf`. The payload is written in place and hashed there, so no
 /// temporary buffer is needed.
-pub(crate) fn append_frame(buf: &mut Vec<u8>, lsn: Lsn, txn: u64, kind: FrameKind, body: &[u8]) {
+pub(crate) fn append_frame(
+    buf: &mut Vec<u8>,
+    lsn: Lsn,
+    txn: u64,
+    kind: FrameKind,
+    body: &[u8],
+    batch_start: bool,
+) {
     let payload_len = PAYLOAD_PREFIX_BYTES + body.len();
     debug_assert!(payload_len <= WAL_RECORD_BYTES_MAX);
     let start = buf.len();
@@ -100,7 +115,11 @@ pub(crate) fn append_frame(buf: &mut Vec<u8>, lsn: Lsn, txn: u64, kind: FrameKin
     buf.resize(start + FRAME_HEADER_BYTES, 0);
     buf.extend_from_slice(&lsn.to_le_bytes());
     buf.extend_from_slice(&txn.to_le_bytes());
-    buf.push(kind.tag());
+    buf.push(if batch_start {
+        kind.tag() | BATCH_START
+    } else {
+        kind.tag()
+    });
     buf.extend_from_slice(body);
     let hash = blake3::hash(&buf[start + FRAME_HEADER_BYTES..]);
     let len = payload_len as u32;
@@ -123,7 +142,8 @@ pub(crate) fn txn_frames(stream_bytes: usize, body_bytes_max: usize) -> (usize, 
 
 /// Appends a whole transaction — its ops stream cut into Data frames of at most
 /// `body_bytes_max` body bytes, then the Commit frame — with consecutive LSNs starting at
-/// `first_lsn`. Returns the LSN of the Commit frame.
+/// `first_lsn`. Returns the LSN of the Commit frame. `batch_start` flags its first frame
+/// as the start of a write batch.
 pub(crate) fn append_txn(
     buf: &mut Vec<u8>,
     first_lsn: Lsn,
@@ -131,14 +151,18 @@ pub(crate) fn append_txn(
     stream: &[u8],
     arrival: Timestamp,
     body_bytes_max: usize,
+    batch_start: bool,
 ) -> Lsn {
     debug_assert!(body_bytes_max > 0 && body_bytes_max <= DATA_BODY_BYTES_MAX);
     let mut lsn = first_lsn;
+    let mut first = batch_start;
     for chunk in stream.chunks(body_bytes_max) {
-        append_frame(buf, lsn, txn, FrameKind::Data, chunk);
+        append_frame(buf, lsn, txn, FrameKind::Data, chunk, first);
+        first = false;
         lsn += 1;
     }
-    append_frame(buf, lsn, txn, FrameKind::Commit, &arrival.0.to_le_bytes());
+    let arrival = arrival.0.to_le_bytes();
+    append_frame(buf, lsn, txn, FrameKind::Commit, &arrival, first);
     lsn
 }
 
@@ -163,7 +187,8 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, FrameError> {
     }
     let lsn = u64::from_le_bytes(le8(&payload[0..8]));
     let txn = u64::from_le_bytes(le8(&payload[8..16]));
-    let kind = match payload[16] {
+    let batch_start = payload[16] & BATCH_START != 0;
+    let kind = match payload[16] & !BATCH_START {
         KIND_DATA => FrameKind::Data,
         KIND_COMMIT => FrameKind::Commit,
         _ => return Err(FrameError::BadPayload("unknown frame kind")),
@@ -186,6 +211,7 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Result<FrameRef<'_>, FrameError> {
         kind,
         body,
         frame_bytes,
+        batch_start,
     })
 }
 
@@ -359,7 +385,7 @@ pub(crate) mod tests {
                 encode_ops(ops, &mut stream);
                 let (frames, bytes) = txn_frames(stream.len(), body_max);
                 let before = buf.len();
-                let commit = append_txn(&mut buf, lsn, i as u64 + 7, &stream, Timestamp(arrival), body_max);
+                let commit = append_txn(&mut buf, lsn, i as u64 + 7, &stream, Timestamp(arrival), body_max, i % 2 == 0);
                 prop_assert_eq!(buf.len() - before, bytes);
                 prop_assert_eq!(commit - lsn + 1, frames as u64);
                 expected.push((commit, i as u64 + 7, Timestamp(arrival), ops.clone()));
@@ -379,7 +405,14 @@ pub(crate) mod tests {
     #[test]
     fn detects_damage() {
         let mut buf = Vec::new();
-        append_frame(&mut buf, 1, 1, FrameKind::Commit, &5i64.to_le_bytes());
+        append_frame(
+            &mut buf,
+            1,
+            1,
+            FrameKind::Commit,
+            &5i64.to_le_bytes(),
+            false,
+        );
         assert_eq!(buf.len(), COMMIT_FRAME_BYTES);
         let f = decode_frame(&buf).unwrap();
         assert_eq!(

@@ -36,8 +36,9 @@
 //!   frames (kind 1); a transaction without ops has no `Data` frame. It ends with a
 //!   `Commit` frame (kind 2) whose body is `[arrival i64 LE]` (µs since the Unix epoch).
 //!   All frames of a transaction share its id and lie in one batch, hence one segment.
+//!   Format 2: the first frame of every write batch has the kind byte's high bit set.
 //! * Segments: files `NNNNNNNNNNNNNNNNNNNN.wal` (first LSN, 20 digits) in the WAL directory,
-//!   starting with a 44-byte header `b"TIDALWAL" [format version u32 = 1] [first lsn u64]
+//!   starting with a 44-byte header `b"TIDALWAL" [format version u32 = 2] [first lsn u64]
 //!   [first txn u64] [previous arrival i64] [check u64]` (all little-endian; `check` is the
 //!   first 8 bytes of BLAKE3 over the 36 bytes before it). `first txn` and `previous
 //!   arrival` carry the counters across segments so they stay monotonic after old segments
@@ -46,13 +47,15 @@
 //!   and the directory after creating it. A `LOCK` file in the directory is held locked
 //!   while a [`Wal`] is open.
 //! * Recovery ([`Wal::open`]) reads every segment in order, verifying checksums and LSN
-//!   continuity. A damaged frame at the very end of the last segment (truncated, or whose
-//!   header or checksum is bad and which is followed only by zero bytes) is a torn tail: the
-//!   file is truncated back to the end of the last committed transaction (so an open
+//!   continuity. A damaged frame in the last segment is a torn tail when it is followed
+//!   only by zero bytes (or runs past the end), or when no frame after it starts a write
+//!   batch (format 2: only the last batch can be partly on disk, its pages in any order):
+//!   the file is truncated back to the end of the last committed transaction (so an open
 //!   transaction without its Commit frame is discarded) and fsynced. Damage anywhere else is
-//!   [`WalError::Corrupt`] — recovery refuses to continue rather than skip data. (A damaged
-//!   *last* frame is indistinguishable from a torn write, so the last transaction can be
-//!   lost to a bit flip there; every other flipped bit is reported.) Each committed
+//!   [`WalError::Corrupt`] — recovery refuses to continue rather than skip data. (Damage
+//!   in the *last batch* is indistinguishable from a torn write, so that batch can be
+//!   lost to a bit flip there; every other flipped bit is reported.) Format-1 segments are
+//!   read with the zeros-only rule. Each committed
 //!   transaction is passed to [`Applier::apply`] in order (the applier skips what it already
 //!   has), and the dedup set is rebuilt from recent arrivals, so dedup holds across restarts.
 //!   (It is rebuilt as of `max(last arrival, clock.now())` at open, and no later batch

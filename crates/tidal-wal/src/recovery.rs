@@ -9,10 +9,12 @@
 //! name, and the LSN / transaction / arrival counters continuing from the previous
 //! segment), every frame's length and checksum, dense LSNs, dense transaction ids, a
 //! transaction's frames sharing its id, arrivals never decreasing, and ops decoding
-//! exactly. A damaged frame is a *torn tail* only in the last segment and only when
-//! nothing but zero bytes follows it (or it runs past the end of the file); then the file
-//! is cut back to the end of the last committed transaction. Anything else is
-//! [`WalError::Corrupt`].
+//! exactly. A damaged frame is a *torn tail* only in the last segment, and only when
+//! nothing but zero bytes follows it (or it runs past the end of the file), or — in
+//! format-2 segments, whose first frame of every write batch is flagged — when no frame
+//! after it starts a batch: only the last batch can be partly on disk (each is synced
+//! before the next is written), with its pages in any order. Then the file is cut back to
+//! the end of the last committed transaction. Anything else is [`WalError::Corrupt`].
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -52,6 +54,19 @@ struct Torn {
 
 /// The reason of a "torn" tail that is only the zeros the writer wrote ahead.
 const PREALLOCATED: &str = "preallocated zeros";
+/// The reason of a torn tail whose later pages reached disk before an earlier one.
+const TORN_BATCH: &str = "damaged frame in the last write batch, later pages of it on disk";
+
+/// Whether a frame that starts a write batch decodes anywhere in `buf` from `from` on
+/// (at any byte offset: the damage may have shifted nothing, but nothing says where the
+/// next whole frame begins). Only run on the rare damaged tail.
+fn batch_starts_after(buf: &[u8], from: usize) -> bool {
+    (from..buf.len().saturating_sub(FRAME_HEADER_BYTES)).any(|at| {
+        buf.get(at..)
+            .and_then(|rest| frame::decode_frame(rest).ok())
+            .is_some_and(|f| f.batch_start)
+    })
+}
 
 /// Scans the log in `dir`, creating the first segment if there is none.
 ///
@@ -126,6 +141,7 @@ pub(crate) fn recover<A: Applier>(
             last_lsn: 0,
             last_arrival: None,
             bytes: SEGMENT_HEADER_BYTES as u64,
+            batch_flags: true,
         });
     }
     scan.applier.batch_done();
@@ -188,12 +204,14 @@ impl<A: Applier> Scan<'_, A> {
         self.next_txn = header.first_txn;
         self.last_arrival = header.prev_arrival;
         let mut next_lsn = header.first_lsn;
+        let batch_flags = segment::format_version(buf) >= 2;
         let mut info = SegmentInfo {
             path: path.to_path_buf(),
             first_lsn: header.first_lsn,
             last_lsn: header.first_lsn.wrapping_sub(1),
             last_arrival: None,
             bytes: buf.len() as u64,
+            batch_flags,
         };
         let mut pos = SEGMENT_HEADER_BYTES;
         // Offset of the first Data frame of a transaction whose Commit is not seen yet.
@@ -229,11 +247,24 @@ impl<A: Applier> Scan<'_, A> {
                             reason: e.reason(),
                         });
                     }
+                    // Valid frames follow the damage. Only the last batch can be partly
+                    // on disk (each is synced before the next is written), in any order
+                    // of its pages: if no frame after the damage starts a batch, the
+                    // damage is in the last batch, which was never acknowledged.
+                    if is_last && batch_flags && !batch_starts_after(buf, pos + 1) {
+                        break Some(Torn {
+                            offset: open.unwrap_or(pos),
+                            reason: TORN_BATCH,
+                        });
+                    }
                     return Err(corrupt(pos, e.reason()));
                 }
             };
             if f.lsn != next_lsn {
                 return Err(corrupt(pos, "LSN out of sequence"));
+            }
+            if f.batch_start && !batch_flags {
+                return Err(corrupt(pos, "batch flag in a format-1 segment"));
             }
             if f.txn != self.next_txn {
                 return Err(corrupt(pos, "transaction id out of sequence"));
@@ -330,6 +361,8 @@ impl<A: Applier> Scan<'_, A> {
             last_lsn: header.first_lsn.wrapping_sub(1),
             last_arrival: None,
             bytes: SEGMENT_HEADER_BYTES as u64,
+            // Rewritten with the current format.
+            batch_flags: true,
         })
     }
 
@@ -578,13 +611,14 @@ mod tests {
                 }
             }
         }
-        // Exactly the flips in the last Commit frame's checksum and payload pass as a torn
-        // tail (a flip in its length fields is caught by the inverted copy).
-        assert_eq!(
-            outcomes[1],
-            crate::frame::COMMIT_FRAME_BYTES - 8,
-            "{outcomes:?}"
-        );
+        // Exactly the flips in the last transaction pass as a torn tail: it is a write
+        // batch of its own, the last one, and no later batch starts after any damage to
+        // it. (Before batch flags only its Commit frame's checksum and payload did.)
+        let mut stream = Vec::new();
+        crate::frame::encode_ops(&txn(70), &mut stream);
+        let (_, last_txn_bytes) =
+            crate::frame::txn_frames(stream.len(), crate::frame::DATA_BODY_BYTES_MAX);
+        assert_eq!(outcomes[1], last_txn_bytes, "{outcomes:?}");
     }
 
     #[test]
@@ -654,6 +688,77 @@ mod tests {
             replay(opts_for(work.path(), &clock)),
             Err(WalError::Corrupt { .. })
         ));
+    }
+
+    /// A log of two write batches: `[txn 1]` and `[txn 2, txn 3, txn 4]` (format 2, the
+    /// first frame of each batch flagged). Returns the segment bytes and where each
+    /// transaction starts and ends.
+    fn two_batches() -> (Vec<u8>, Vec<Range<usize>>) {
+        let header = SegmentHeader {
+            first_lsn: 1,
+            first_txn: 1,
+            prev_arrival: Timestamp::MIN,
+        };
+        let mut buf = header.encode().to_vec();
+        let mut stream = Vec::new();
+        let mut spans = Vec::new();
+        let mut lsn = 1;
+        for t in 1..=4u64 {
+            let start = buf.len();
+            frame::encode_ops(&txn(t * 10), &mut stream);
+            lsn = frame::append_txn(
+                &mut buf,
+                lsn,
+                t,
+                &stream,
+                Timestamp(T0 + t as i64),
+                frame::DATA_BODY_BYTES_MAX,
+                t == 1 || t == 2,
+            ) + 1;
+            spans.push(start..buf.len());
+        }
+        (buf, spans)
+    }
+
+    #[test]
+    fn a_torn_batch_with_later_pages_on_disk_is_cut() {
+        let clock = clock();
+        let work = tempfile::tempdir().unwrap();
+        let name = segment::segment_file_name(1);
+        let (bytes, spans) = two_batches();
+        let run = |damaged: &[u8]| {
+            for p in segments(work.path()) {
+                fs::remove_file(p).unwrap();
+            }
+            fs::write(work.path().join(&name), damaged).unwrap();
+            replay(opts_for(work.path(), &clock))
+        };
+        assert_eq!(run(&bytes).unwrap().len(), 4);
+        // A page in the middle of the last batch never reached disk (zeros; or garbage)
+        // while the one after it did: everything from the damaged transaction on goes.
+        for fill in [0u8, 0xA5] {
+            let mut damaged = bytes.clone();
+            damaged[spans[2].clone()].fill(fill);
+            let got = run(&damaged).unwrap();
+            assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1, 2]);
+            let len = fs::metadata(work.path().join(&name)).unwrap().len();
+            assert_eq!(len, spans[2].start as u64, "cut where the damage starts");
+            // The first page of the last batch lost, the rest on disk.
+            let mut damaged = bytes.clone();
+            damaged[spans[1].start..spans[1].start + 50].fill(fill);
+            let got = run(&damaged).unwrap();
+            assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1]);
+        }
+        // Damage in a batch that a later batch followed: it had been synced and
+        // acknowledged, so this is corruption, not a torn write.
+        let mut damaged = bytes.clone();
+        damaged[spans[0].start + 60] ^= 0x10;
+        assert!(matches!(run(&damaged), Err(WalError::Corrupt { .. })));
+        assert_eq!(
+            fs::metadata(work.path().join(&name)).unwrap().len(),
+            bytes.len() as u64,
+            "a refused log is left as it is"
+        );
     }
 
     #[test]
@@ -878,6 +983,7 @@ mod tests {
                     &stream,
                     Timestamp(arrival),
                     frame::DATA_BODY_BYTES_MAX,
+                    true,
                 ) + 1;
                 txn_id += 1;
             }

@@ -22,8 +22,12 @@ use crate::Lsn;
 
 /// First bytes of every segment.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"TIDALWAL";
-/// Version of the segment and frame format written by this code.
-pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// Version of the segment and frame format written by this code. Version 2 flags the
+/// first frame of every write batch; version 1 (read, and continued, but not created)
+/// has no flags.
+pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// Oldest version still read.
+pub(crate) const SEGMENT_FORMAT_VERSION_MIN: u32 = 1;
 /// Size of the segment header.
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 8 + 4 + 8 + 8 + 8 + 8;
 const SEGMENT_SUFFIX: &str = ".wal";
@@ -65,7 +69,7 @@ impl SegmentHeader {
             return Err("segment header checksum mismatch");
         }
         let version = u32::from_le_bytes(arr(&h[8..12]));
-        if version != SEGMENT_FORMAT_VERSION {
+        if !(SEGMENT_FORMAT_VERSION_MIN..=SEGMENT_FORMAT_VERSION).contains(&version) {
             return Err("unsupported segment format version");
         }
         let header = SegmentHeader {
@@ -81,6 +85,11 @@ impl SegmentHeader {
         }
         Ok(header)
     }
+}
+
+/// The format version of a segment whose header [`SegmentHeader::decode`] accepted.
+pub(crate) fn format_version(buf: &[u8]) -> u32 {
+    buf.get(8..12).map_or(0, |v| u32::from_le_bytes(arr(v)))
 }
 
 fn header_check(bytes: &[u8]) -> [u8; 8] {
@@ -176,6 +185,8 @@ pub(crate) struct SegmentInfo {
     /// Bytes of the log in the file, header included: the file size, except for the
     /// active segment, whose file also holds the zeros the writer wrote ahead.
     pub bytes: u64,
+    /// Whether its frames flag batch starts (format version 2 or later).
+    pub batch_flags: bool,
 }
 
 impl SegmentInfo {

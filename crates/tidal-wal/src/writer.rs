@@ -663,6 +663,10 @@ impl<A: Applier> Writer<A> {
         }
         self.dedup.insert(keys, arrival);
         let txn = self.next_txn;
+        // The batch's first frame says so, where the segment's format has the flag. (A
+        // batch formed while a format-1 segment is active stays unflagged even if it is
+        // written after a rotation: one batch, once per upgrade, under the old rule.)
+        let batch_start = self.buf.is_empty() && self.active.batch_flags;
         let lsn = frame::append_txn(
             &mut self.buf,
             self.next_lsn,
@@ -670,6 +674,7 @@ impl<A: Applier> Writer<A> {
             &stream,
             arrival,
             DATA_BODY_BYTES_MAX,
+            batch_start,
         );
         self.next_lsn = lsn + 1;
         self.next_txn += 1;
@@ -866,6 +871,7 @@ impl<A: Applier> Writer<A> {
             last_lsn: first_lsn - 1,
             last_arrival: None,
             bytes: SEGMENT_HEADER_BYTES as u64,
+            batch_flags: true,
         };
         let old = std::mem::replace(&mut self.active, next);
         tracing::debug!(sealed = %old.path.display(), first_lsn, "WAL segment rotated");
