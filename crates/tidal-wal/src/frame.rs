@@ -98,6 +98,12 @@ impl FrameError {
     }
 }
 
+/// Whether a kind byte is a valid kind with the batch-start flag (a cheap filter before
+/// a frame is decoded and hashed).
+pub(crate) fn is_batch_start_kind(byte: u8) -> bool {
+    byte & BATCH_START != 0 && matches!(byte & !BATCH_START, KIND_DATA | KIND_COMMIT)
+}
+
 /// Appends one frame to `buf`. The payload is written in place and hashed there, so no
 /// temporary buffer is needed.
 pub(crate) fn append_frame(

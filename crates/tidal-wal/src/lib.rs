@@ -48,14 +48,16 @@
 //!   while a [`Wal`] is open.
 //! * Recovery ([`Wal::open`]) reads every segment in order, verifying checksums and LSN
 //!   continuity. A damaged frame in the last segment is a torn tail when it is followed
-//!   only by zero bytes (or runs past the end), or when no frame after it starts a write
-//!   batch (format 2: only the last batch can be partly on disk, its pages in any order):
+//!   only by zero bytes (or runs past the end), or when it looks torn (a sector of it
+//!   reads as the zeros written ahead) and no frame after it starts a write batch (format
+//!   2: only the last batch can be partly on disk, its pages in any order):
 //!   the file is truncated back to the end of the last committed transaction (so an open
 //!   transaction without its Commit frame is discarded) and fsynced. Damage anywhere else is
-//!   [`WalError::Corrupt`] — recovery refuses to continue rather than skip data. (Damage
-//!   in the *last batch* is indistinguishable from a torn write, so that batch can be
-//!   lost to a bit flip there; every other flipped bit is reported.) Format-1 segments are
-//!   read with the zeros-only rule. Each committed
+//!   [`WalError::Corrupt`] — recovery refuses to continue rather than skip data. (A
+//!   damaged *last* frame followed by zeros is indistinguishable from a torn write, so the
+//!   last transaction can be lost to a bit flip there; every other flipped bit is
+//!   reported.) Format-1 segments are read with the zeros-only rule. The last segment is
+//!   fsynced before recovery returns, so what was replayed from the page cache is durable. Each committed
 //!   transaction is passed to [`Applier::apply`] in order (the applier skips what it already
 //!   has), and the dedup set is rebuilt from recent arrivals, so dedup holds across restarts.
 //!   (It is rebuilt as of `max(last arrival, clock.now())` at open, and no later batch

@@ -11,10 +11,12 @@
 //! transaction's frames sharing its id, arrivals never decreasing, and ops decoding
 //! exactly. A damaged frame is a *torn tail* only in the last segment, and only when
 //! nothing but zero bytes follows it (or it runs past the end of the file), or — in
-//! format-2 segments, whose first frame of every write batch is flagged — when no frame
-//! after it starts a batch: only the last batch can be partly on disk (each is synced
-//! before the next is written), with its pages in any order. Then the file is cut back to
-//! the end of the last committed transaction. Anything else is [`WalError::Corrupt`].
+//! format-2 segments, whose first frame of every write batch is flagged — when it looks
+//! torn (a sector of it reads as the zeros written ahead) and no frame after it starts a
+//! batch: only the last batch can be partly on disk (each is synced before the next is
+//! written), with its pages in any order. Then the file is cut back to the end of the
+//! last committed transaction. Anything else is [`WalError::Corrupt`]. The last segment
+//! is fsynced before recovery returns.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -57,15 +59,73 @@ const PREALLOCATED: &str = "preallocated zeros";
 /// The reason of a torn tail whose later pages reached disk before an earlier one.
 const TORN_BATCH: &str = "damaged frame in the last write batch, later pages of it on disk";
 
-/// Whether a frame that starts a write batch decodes anywhere in `buf` from `from` on
-/// (at any byte offset: the damage may have shifted nothing, but nothing says where the
-/// next whole frame begins). Only run on the rare damaged tail.
-fn batch_starts_after(buf: &[u8], from: usize) -> bool {
-    (from..buf.len().saturating_sub(FRAME_HEADER_BYTES)).any(|at| {
-        buf.get(at..)
+/// The unit a torn write shows in. A sector the crash kept this writer from writing
+/// reads as zeros (the writer zero-fills ahead of the log, and a file's new end reads as
+/// zeros), so damage from a torn batch includes an all-zero sector; a flipped bit does not.
+const SECTOR_BYTES: usize = 512;
+/// How far after a damaged frame the next batch's first frame can start: at most one
+/// batch (which may overshoot its byte bound by one transaction) away.
+const TORN_SCAN_BYTES_MAX: usize =
+    crate::WAL_BATCH_BYTES_MAX + crate::WAL_TXN_BYTES_MAX + 2 * FRAME_HEADER_BYTES;
+/// Checksums the scan for a later batch may compute; past that it gives up (and the
+/// damage is reported, not cut), so data that mimics frame headers cannot make recovery
+/// hash for hours.
+const TORN_SCAN_HASHES_MAX: usize = 4096;
+
+/// Whether the damaged frame at `pos` (at most `extent` bytes long) looks like a torn
+/// write: the rest of its first sector from `pos` on is zeros (a legitimate frame's
+/// length fields are never zero, and one flipped bit cannot zero them), or a whole sector
+/// within it is.
+fn looks_torn(buf: &[u8], pos: usize, extent: usize) -> bool {
+    let end = pos.saturating_add(extent).min(buf.len());
+    let head_end = (pos / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    if let Some(head) = buf.get(pos..head_end.min(buf.len()))
+        && head.len() >= 8
+        && all_zero(head)
+    {
+        return true;
+    }
+    let mut k = pos.div_ceil(SECTOR_BYTES);
+    while (k + 1) * SECTOR_BYTES <= end {
+        if buf
+            .get(k * SECTOR_BYTES..(k + 1) * SECTOR_BYTES)
+            .is_some_and(all_zero)
+        {
+            return true;
+        }
+        k += 1;
+    }
+    false
+}
+
+/// Whether a frame that starts a write batch decodes within one batch after `from` (at
+/// any byte offset: nothing says where the next whole frame begins): `Some(true)` if
+/// one does, `Some(false)` if none does, `None` if the scan gave up. Only run on a
+/// damaged tail. Candidates are filtered on their kind byte before being hashed.
+fn batch_starts_after(buf: &[u8], from: usize) -> Option<bool> {
+    let end = buf.len().min(from.saturating_add(TORN_SCAN_BYTES_MAX));
+    let mut hashes = 0usize;
+    for at in from..end.saturating_sub(FRAME_HEADER_BYTES) {
+        let kind = at + FRAME_HEADER_BYTES + 16;
+        let flagged = buf
+            .get(kind)
+            .is_some_and(|&k| frame::is_batch_start_kind(k));
+        if !flagged {
+            continue;
+        }
+        hashes += 1;
+        if hashes > TORN_SCAN_HASHES_MAX {
+            return None;
+        }
+        if buf
+            .get(at..)
             .and_then(|rest| frame::decode_frame(rest).ok())
             .is_some_and(|f| f.batch_start)
-    })
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// Scans the log in `dir`, creating the first segment if there is none.
@@ -145,6 +205,12 @@ pub(crate) fn recover<A: Applier>(
         });
     }
     scan.applier.batch_done();
+    // What was replayed from the last segment may have been read from the page cache
+    // only (the process was killed before the batch's fsync returned): make it durable
+    // before anything built on it — a checkpoint, an acknowledgement — can be.
+    if let Some(last) = segments.last() {
+        File::open(&last.path)?.sync_all()?;
+    }
     let last_lsn = segments.last().map_or(0, |s| s.last_lsn);
     let horizon = scan.last_arrival.max(now);
     let dedup = Dedup::rebuild(
@@ -251,7 +317,15 @@ impl<A: Applier> Scan<'_, A> {
                     // on disk (each is synced before the next is written), in any order
                     // of its pages: if no frame after the damage starts a batch, the
                     // damage is in the last batch, which was never acknowledged.
-                    if is_last && batch_flags && !batch_starts_after(buf, pos + 1) {
+                    let extent = match e {
+                        FrameError::BadChecksum { frame_bytes } => frame_bytes,
+                        _ => SECTOR_BYTES,
+                    };
+                    if is_last
+                        && batch_flags
+                        && looks_torn(buf, pos, extent)
+                        && batch_starts_after(buf, pos + 1) == Some(false)
+                    {
                         break Some(Torn {
                             offset: open.unwrap_or(pos),
                             reason: TORN_BATCH,
@@ -611,14 +685,14 @@ mod tests {
                 }
             }
         }
-        // Exactly the flips in the last transaction pass as a torn tail: it is a write
-        // batch of its own, the last one, and no later batch starts after any damage to
-        // it. (Before batch flags only its Commit frame's checksum and payload did.)
-        let mut stream = Vec::new();
-        crate::frame::encode_ops(&txn(70), &mut stream);
-        let (_, last_txn_bytes) =
-            crate::frame::txn_frames(stream.len(), crate::frame::DATA_BODY_BYTES_MAX);
-        assert_eq!(outcomes[1], last_txn_bytes, "{outcomes:?}");
+        // Exactly the flips in the last Commit frame's checksum and payload pass as a torn
+        // tail (a flip in its length fields is caught by the inverted copy; a flip
+        // elsewhere in the last batch leaves no zero sector, so it is no torn write).
+        assert_eq!(
+            outcomes[1],
+            crate::frame::COMMIT_FRAME_BYTES - 8,
+            "{outcomes:?}"
+        );
     }
 
     #[test]
@@ -705,7 +779,16 @@ mod tests {
         let mut lsn = 1;
         for t in 1..=4u64 {
             let start = buf.len();
-            frame::encode_ops(&txn(t * 10), &mut stream);
+            // Each transaction spans a few sectors.
+            let ops = vec![Op::Upsert {
+                kind: tidal_core::EntityKind::Item,
+                id: tidal_core::EntityId(t),
+                row: vec![
+                    tidal_core::Value::Int(t as i64),
+                    tidal_core::Value::Text("x".repeat(1500)),
+                ],
+            }];
+            frame::encode_ops(&ops, &mut stream);
             lsn = frame::append_txn(
                 &mut buf,
                 lsn,
@@ -734,21 +817,39 @@ mod tests {
             replay(opts_for(work.path(), &clock))
         };
         assert_eq!(run(&bytes).unwrap().len(), 4);
-        // A page in the middle of the last batch never reached disk (zeros; or garbage)
-        // while the one after it did: everything from the damaged transaction on goes.
-        for fill in [0u8, 0xA5] {
-            let mut damaged = bytes.clone();
-            damaged[spans[2].clone()].fill(fill);
-            let got = run(&damaged).unwrap();
-            assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1, 2]);
-            let len = fs::metadata(work.path().join(&name)).unwrap().len();
-            assert_eq!(len, spans[2].start as u64, "cut where the damage starts");
-            // The first page of the last batch lost, the rest on disk.
-            let mut damaged = bytes.clone();
-            damaged[spans[1].start..spans[1].start + 50].fill(fill);
-            let got = run(&damaged).unwrap();
-            assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1]);
-        }
+        // Sectors in the middle of the last batch never reached disk (they read as the
+        // zeros written ahead) while later ones did: everything from the damaged
+        // transaction on goes.
+        let sectors = |r: Range<usize>| {
+            (r.start.div_ceil(SECTOR_BYTES) * SECTOR_BYTES)..(r.end / SECTOR_BYTES * SECTOR_BYTES)
+        };
+        let lost = sectors(spans[2].clone());
+        assert!(!lost.is_empty(), "transaction 3 spans a whole sector");
+        let mut damaged = bytes.clone();
+        damaged[lost.clone()].fill(0);
+        let got = run(&damaged).unwrap();
+        assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1, 2]);
+        let len = fs::metadata(work.path().join(&name)).unwrap().len();
+        assert_eq!(
+            len, spans[2].start as u64,
+            "cut where the damaged transaction starts"
+        );
+        // The first sector of the last batch lost (its header with it), the rest on disk.
+        let first = (spans[1].start / SECTOR_BYTES * SECTOR_BYTES)
+            ..((spans[1].start / SECTOR_BYTES + 1) * SECTOR_BYTES);
+        let mut damaged = bytes.clone();
+        damaged[first.start.max(spans[1].start)..first.end].fill(0);
+        let got = run(&damaged).unwrap();
+        assert_eq!(got.iter().map(|t| t.txn).collect::<Vec<_>>(), vec![1]);
+        // The same bytes garbled instead of zero are not a torn write under this writer
+        // (an unwritten sector reads as zeros): a flipped bit in the last batch, which
+        // was acknowledged, is reported.
+        let mut damaged = bytes.clone();
+        damaged[lost].fill(0xA5);
+        assert!(matches!(run(&damaged), Err(WalError::Corrupt { .. })));
+        let mut damaged = bytes.clone();
+        damaged[spans[3].start + 60] ^= 0x10;
+        assert!(matches!(run(&damaged), Err(WalError::Corrupt { .. })));
         // Damage in a batch that a later batch followed: it had been synced and
         // acknowledged, so this is corruption, not a torn write.
         let mut damaged = bytes.clone();
