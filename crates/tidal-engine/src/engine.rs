@@ -124,6 +124,17 @@ impl Engine {
         wal_opts.segment_bytes_max = config.wal_segment_bytes;
         let wal = Wal::open(wal_opts, registry)?;
         let last_lsn = wal.last_lsn();
+        // Everything derived from the log must be covered by it (see `LogBehindState`).
+        let store_lsn = shared.store.applied_lsn()?;
+        for (what, state_lsn) in [("checkpoint", ckpt_lsn), ("entity store", store_lsn)] {
+            if last_lsn < state_lsn {
+                return Err(EngineError::LogBehindState {
+                    wal_lsn: last_lsn,
+                    state_lsn,
+                    what,
+                });
+            }
+        }
         tracing::info!(
             dir = %dir.display(),
             checkpoint_lsn = ckpt_lsn,

@@ -51,6 +51,18 @@ pub enum EngineError {
     Conflict { what: String },
     #[error("transaction too large: {what}")]
     TooLarge { what: String },
+    /// The log ends before state derived from it: acknowledged transactions are missing
+    /// from the WAL. Opening would let new transactions reuse their LSNs, and those would
+    /// be skipped as already applied.
+    #[error(
+        "the WAL ends at LSN {wal_lsn} but the {what} already holds LSN {state_lsn}: \
+         transactions are missing from the log; refusing to open"
+    )]
+    LogBehindState {
+        wal_lsn: u64,
+        state_lsn: u64,
+        what: &'static str,
+    },
 }
 
 impl EngineError {

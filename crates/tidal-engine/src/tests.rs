@@ -524,6 +524,31 @@ fn suspended_transactions_resume_commit_atomically_or_conflict() {
     engine.resume(empty).unwrap().commit().unwrap();
 }
 
+/// A WAL that ends before the checkpoint or the entity store (transactions lost from
+/// the log) refuses to open: new transactions would reuse the lost LSNs and be skipped
+/// as already applied.
+#[test]
+fn a_log_behind_its_checkpoint_refuses_to_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut txn = engine.begin();
+    txn.upsert(EntityKind::Item, row(1, "a")).unwrap();
+    txn.commit().unwrap();
+    engine.checkpoint().unwrap();
+    engine.shutdown().unwrap();
+    drop(engine);
+    // The log is lost (a new empty one is created at open).
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let mut c = EngineConfig::new(dir.path()).with_clock(Arc::new(clock.clone()));
+    c.checkpoint_wal_bytes = None;
+    let err = Engine::open(c)
+        .err()
+        .expect("opened with a log behind its state");
+    assert!(matches!(err, EngineError::LogBehindState { .. }), "{err}");
+}
+
 #[test]
 fn rollback_to_a_mark_drops_exactly_what_came_after() {
     let dir = tempfile::tempdir().unwrap();
