@@ -80,8 +80,9 @@
 //! assumes that `fdatasync` returning success means the data survives power loss and that a
 //! crash can only damage the unsynced tail of the last segment.
 //!
-//! The committed fixture `tests/fixtures/wal-v1/` is a log written by format version 1;
-//! a unit test reads it back, so a format change cannot go unnoticed.
+//! The committed fixtures `tests/fixtures/wal-v1/` and `wal-v2/` are logs written by
+//! format versions 1 and 2; unit tests read them back, so a format change cannot go
+//! unnoticed and old logs stay readable.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -901,9 +901,11 @@ mod tests {
             .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
     }
 
-    fn fixture_dir() -> PathBuf {
-        manifest_dir().join("tests/fixtures/wal-v1")
+    /// The committed log written by format `version`.
+    fn fixture_dir_for(version: u32) -> PathBuf {
+        manifest_dir().join(format!("tests/fixtures/wal-v{version}"))
     }
+
     const FIXTURE_SEGMENT_BYTES_MAX: u64 = 400;
 
     fn fixture_txns() -> Vec<Vec<Op>> {
@@ -968,7 +970,8 @@ mod tests {
     #[test]
     #[ignore = "rewrites the committed format fixture; only when the format version changes"]
     fn write_format_fixture() {
-        let dir = fixture_dir();
+        // Into the current version's directory: older fixtures stay as they are.
+        let dir = fixture_dir_for(segment::SEGMENT_FORMAT_VERSION);
         let dir = dir.as_path();
         let _ = fs::remove_dir_all(dir);
         let clock = clock();
@@ -985,12 +988,30 @@ mod tests {
 
     #[test]
     fn format_v1_fixture_still_reads() {
+        fixture_reads(1);
+    }
+
+    #[test]
+    fn format_v2_fixture_still_reads() {
+        fixture_reads(2);
+    }
+
+    /// The committed log of format `version` replays to the fixture's transactions.
+    fn fixture_reads(version: u32) {
         let work = tempfile::tempdir().unwrap();
-        let files: Vec<(PathBuf, Vec<u8>)> = segments(&fixture_dir())
+        let files: Vec<(PathBuf, Vec<u8>)> = segments(&fixture_dir_for(version))
             .into_iter()
             .map(|p| (p.clone(), fs::read(p).unwrap()))
             .collect();
         assert_eq!(files.len(), 3, "the fixture spans several segments");
+        for (path, bytes) in &files {
+            assert_eq!(
+                segment::format_version(bytes),
+                version,
+                "{}",
+                path.display()
+            );
+        }
         restore(work.path(), &files);
         let clock = clock();
         let got = replay(options(work.path(), &clock)).unwrap();
