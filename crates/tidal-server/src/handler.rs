@@ -184,6 +184,53 @@ fn warning(code: &str, message: &str) -> ErrorInfo {
     ErrorInfo::new("WARNING".into(), code.into(), message.into())
 }
 
+/// PostgreSQL's NOTICE when `IF [NOT] EXISTS` makes a statement skip its object.
+fn skipping_notice(stmt: &TidalStatement, schema: &tidal_core::Schema) -> Option<ErrorInfo> {
+    let notice =
+        |code: &str, message: String| ErrorInfo::new("NOTICE".into(), code.into(), message);
+    match stmt {
+        TidalStatement::CreateTable {
+            def,
+            if_not_exists: true,
+        } if schema.table(def.kind).is_ok() => Some(notice(
+            "42P07",
+            format!(
+                "relation \"{}\" already exists, skipping",
+                def.kind.table_name()
+            ),
+        )),
+        TidalStatement::CreateSignal {
+            def,
+            if_not_exists: true,
+        } if schema.signal(&def.name).is_ok() => Some(notice(
+            "42710",
+            format!("signal \"{}\" already exists, skipping", def.name),
+        )),
+        TidalStatement::DropTable {
+            kind,
+            if_exists: true,
+        } if schema.table(*kind).is_err() => Some(notice(
+            "00000",
+            format!("table \"{}\" does not exist, skipping", kind.table_name()),
+        )),
+        TidalStatement::DropSignal {
+            name,
+            if_exists: true,
+        } if schema.signal(name).is_err() => Some(notice(
+            "00000",
+            format!("signal \"{name}\" does not exist, skipping"),
+        )),
+        TidalStatement::DropProfile {
+            name,
+            if_exists: true,
+        } if schema.profile(name).is_err() => Some(notice(
+            "00000",
+            format!("profile \"{name}\" does not exist, skipping"),
+        )),
+        _ => None,
+    }
+}
+
 /// `SAVEPOINT name`: where the block's writes and cursors stood.
 #[derive(Debug)]
 struct Savepoint {
@@ -399,6 +446,11 @@ impl Conn {
             | None => None,
         };
         if let Some(tag) = tag {
+            if let Some(stmt) = &stmt
+                && let Some(n) = skipping_notice(stmt, &self.shared.session.engine().schema())
+            {
+                self.lock().notices.push(n);
+            }
             let pending = match &mut self.lock().txn {
                 Txn::Open(p) => Some(p.take()),
                 _ => None,

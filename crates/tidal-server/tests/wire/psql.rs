@@ -377,5 +377,21 @@ async fn psql_shows_warnings_as_notices() {
         stderr.contains("WARNING:  there is already a transaction in progress"),
         "{stderr}"
     );
+    // IF [NOT] EXISTS says what it skipped, as PostgreSQL does.
+    let script = "CREATE TABLE items (id BIGINT PRIMARY KEY) WITH (kind = 'item');
+CREATE TABLE IF NOT EXISTS items (id BIGINT PRIMARY KEY) WITH (kind = 'item');
+DROP SIGNAL IF EXISTS nope;
+";
+    let out = psql(url(server.addr), None, &[], script).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("NOTICE:  relation \"items\" already exists, skipping"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("NOTICE:  signal \"nope\" does not exist, skipping"),
+        "{stderr}"
+    );
     server.stop().await;
 }
