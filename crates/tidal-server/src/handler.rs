@@ -353,6 +353,14 @@ impl Conn {
         (pid, SecretKey::I32(secret))
     }
 
+    /// The named prepared statements (see `statement_names`).
+    fn prepared_names(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        // A poisoned lock only means a panic elsewhere mid-insert of a name.
+        self.statement_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ConnState> {
         // A poisoned lock only means a panic elsewhere mid-update of plain settings.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -616,17 +624,8 @@ impl Conn {
         result: &Result<Response, ServerError>,
         store: &S,
     ) {
-        let discard = sql
-            .trim_start()
-            .get(..7)
-            .is_some_and(|w| w.eq_ignore_ascii_case("discard"));
-        if discard && result.is_ok() {
-            let names = std::mem::take(
-                &mut *self
-                    .statement_names
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
+        if result.is_ok() && sqltext::first_word(sql) == "discard" {
+            let names = std::mem::take(&mut *self.prepared_names());
             for n in names {
                 store.rm_statement(&n);
             }
@@ -644,10 +643,7 @@ impl Conn {
         if matches!(self.lock().txn, Txn::Failed(_)) {
             return Err(ServerError::TransactionAborted);
         }
-        let mut names = self
-            .statement_names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut names = self.prepared_names();
         match name {
             None => {
                 for n in std::mem::take(&mut *names) {
@@ -1040,12 +1036,7 @@ impl Txn {
 /// A cursor's query must return rows and change nothing: a SELECT (or WITH, VALUES,
 /// TABLE), RETRIEVE or SHOW SIGNALS/PROFILES.
 fn cursor_query(query: &str) -> Result<(), ServerError> {
-    let first = query
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let first = sqltext::first_word(query);
     let reads = match tidal_sql::parse_tidal_statement(query)? {
         Some(s) => matches!(
             s,
@@ -1329,13 +1320,13 @@ impl SimpleQueryHandler for Conn {
             }
         }
         // Portals end with their transaction (see `on_sync`).
-        if matches!(self.lock().txn, Txn::None) {
+        let status = self.wire_status();
+        if status == TransactionStatus::Idle {
             client.portal_store().clear_portals();
         }
         // During COPY FROM STDIN the copy handler answers ReadyForQuery at CopyDone.
         if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
             client.set_state(PgWireConnectionState::ReadyForQuery);
-            let status = self.wire_status();
             client.set_transaction_status(status);
             send_ready_for_query(client, status).await?;
         }
@@ -1614,10 +1605,7 @@ impl ExtendedQueryHandler for Conn {
             None => client.portal_store().put_empty_statement(&name),
         }
         if name != DEFAULT_NAME {
-            self.statement_names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name);
+            self.prepared_names().insert(name);
         }
         client
             .feed(PgWireBackendMessage::ParseComplete(ParseComplete::new()))
@@ -1649,12 +1637,12 @@ impl ExtendedQueryHandler for Conn {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if matches!(self.lock().txn, Txn::None) {
+        let status = self.wire_status();
+        if status == TransactionStatus::Idle {
             client.portal_store().clear_portals();
         } else {
             client.portal_store().rm_portal(DEFAULT_NAME);
         }
-        let status = self.wire_status();
         client.set_transaction_status(status);
         client
             .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
@@ -1678,10 +1666,7 @@ impl ExtendedQueryHandler for Conn {
         match message.target_type {
             TARGET_TYPE_BYTE_STATEMENT => {
                 client.portal_store().rm_statement(name);
-                self.statement_names
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(name);
+                self.prepared_names().remove(name);
             }
             TARGET_TYPE_BYTE_PORTAL => client.portal_store().rm_portal(name),
             _ => {}

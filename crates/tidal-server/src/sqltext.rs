@@ -473,17 +473,23 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
     }))
 }
 
+/// The statement's first word, lower-cased (letters only): a cheap look at what kind of
+/// statement it is before tokenizing.
+pub(crate) fn first_word(sql: &str) -> String {
+    sql.trim_start()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// SQL-level `PREPARE name AS …` / `EXECUTE name(…)` are refused (0A000): DataFusion
 /// would keep them in the one session state all connections share, so one client's
 /// statements would be visible to, and replaceable by, every other. Drivers prepare
 /// through the protocol (Parse/Bind/Execute), which is per connection.
 pub fn refuse_sql_prepare(sql: &str) -> Result<(), ServerError> {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or_default();
-    if first.eq_ignore_ascii_case("prepare") || first.eq_ignore_ascii_case("execute") {
+    let first = first_word(sql);
+    if first == "prepare" || first == "execute" {
         return Err(ServerError::Unsupported(format!(
             "SQL {} is not supported; prepare statements with the extended protocol \
              (every driver's prepared statements), which keeps them per connection",
@@ -496,8 +502,7 @@ pub fn refuse_sql_prepare(sql: &str) -> Result<(), ServerError> {
 /// `DEALLOCATE [PREPARE] name | ALL`: `Some(Some(name))`, `Some(None)` for ALL, `None`
 /// for any other statement.
 pub fn deallocate(sql: &str) -> Result<Option<Option<String>>, ServerError> {
-    let first = sql.trim_start().get(..10).unwrap_or_default();
-    if !first.eq_ignore_ascii_case("deallocate") {
+    if first_word(sql) != "deallocate" {
         return Ok(None);
     }
     let raw = tokenize_raw(sql)?;
@@ -561,12 +566,7 @@ fn identifier(t: Option<&Token>) -> Option<String> {
 
 /// Recognises the cursor statements (see [`CursorCommand`]); `None` for anything else.
 pub fn cursor_command(sql: &str) -> Result<Option<CursorCommand>, ServerError> {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let first = first_word(sql);
     if !matches!(first.as_str(), "declare" | "fetch" | "move" | "close") {
         return Ok(None);
     }
