@@ -16,11 +16,15 @@ fn t0() -> Timestamp {
     Timestamp::parse("2026-11-25 10:00:00").unwrap()
 }
 
-fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+fn config(dir: &std::path::Path, clock: &ManualClock) -> EngineConfig {
     let mut c = EngineConfig::new(dir).with_clock(Arc::new(clock.clone()));
     c.checkpoint_wal_bytes = None;
     c.wal_segment_bytes = 16 << 10;
-    Engine::open(c).unwrap()
+    c
+}
+
+fn open(dir: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::open(config(dir, clock)).unwrap()
 }
 
 fn setup(engine: &Engine) {
@@ -541,9 +545,7 @@ fn a_log_behind_its_checkpoint_refuses_to_open() {
     drop(engine);
     // The log is lost (a new empty one is created at open).
     std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
-    let mut c = EngineConfig::new(dir.path()).with_clock(Arc::new(clock.clone()));
-    c.checkpoint_wal_bytes = None;
-    match Engine::open(c) {
+    match Engine::open(config(dir.path(), &clock)) {
         Err(EngineError::LogBehindState { .. }) => {}
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("opened with a log behind its state"),

@@ -136,6 +136,16 @@ impl TestServer {
     }
 }
 
+/// The ids in `items`, in order.
+pub async fn item_ids(c: &Client) -> Vec<i64> {
+    c.query("SELECT id FROM items ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The SQLSTATE of a failed call ("none" if the error has none, e.g. I/O).
 pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()

@@ -160,13 +160,7 @@ async fn failing_multi_row_insert_applies_nothing() {
         )
         .await;
     expect_code(r, "22000");
-    let ids: Vec<i64> = c
-        .query("SELECT id FROM items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = crate::common::item_ids(&c).await;
     assert_eq!(ids, vec![1]);
 
     // Signals: one unknown signal or one NaN weight rejects the whole statement.

@@ -482,13 +482,7 @@ async fn simple_query_runs_statements_in_order() {
         .await
         .unwrap_err();
     assert_eq!(crate::common::code(&err), "42601", "{err:?}");
-    let ids: Vec<i64> = c
-        .query("SELECT id FROM items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = crate::common::item_ids(&c).await;
     assert_eq!(ids, vec![1, 2, 3, 10], "11 must not run after the error");
 
     // A failing SELECT in the middle also stops the rest.
@@ -560,14 +554,7 @@ async fn session_commands_and_catalog_functions() {
     assert_eq!(names, vec!["like".to_string(), "view".into()]);
 
     // Transaction blocks: writes are queued and applied at COMMIT, dropped at ROLLBACK.
-    async fn ids(c: &tokio_postgres::Client) -> Vec<i64> {
-        c.query("SELECT id FROM items ORDER BY id", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    }
+    use crate::common::item_ids as ids;
     c.batch_execute("BEGIN").await.unwrap();
     let n = c
         .execute("INSERT INTO items (id) VALUES ($1)", &[&1i64])
@@ -1292,14 +1279,7 @@ async fn cursors_read_a_result_in_pieces() {
 async fn savepoints_undo_part_of_a_block() {
     let server = start().await;
     let c = server.connect_with_schema().await;
-    async fn ids(c: &tokio_postgres::Client) -> Vec<i64> {
-        c.query("SELECT id FROM items ORDER BY id", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    }
+    use crate::common::item_ids as ids;
     async fn likes(c: &tokio_postgres::Client) -> i64 {
         c.query_one("SELECT count(*) FROM signals WHERE signal = 'like'", &[])
             .await

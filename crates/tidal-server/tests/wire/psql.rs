@@ -197,14 +197,7 @@ async fn psql_errors_stop_the_script() {
     assert_eq!(out.status.code(), Some(1), "psql should stop at the error");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("ERROR:  42703"), "{stderr}");
-    let ids: Vec<i64> = connect(server.addr)
-        .await
-        .query("SELECT id FROM items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = crate::common::item_ids(&connect(server.addr).await).await;
     assert_eq!(ids, vec![1], "psql must not run statements after the error");
     server.stop().await;
 }
@@ -234,14 +227,7 @@ COMMIT;
         stderr.contains("division by zero") || stderr.contains("Divide by zero"),
         "{stderr}"
     );
-    let ids: Vec<i64> = connect(server.addr)
-        .await
-        .query("SELECT id FROM items ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = crate::common::item_ids(&connect(server.addr).await).await;
     assert_eq!(
         ids,
         vec![50, 51],
