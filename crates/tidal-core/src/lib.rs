@@ -36,7 +36,8 @@ pub use event::{FUTURE_SKEW_MICROS_MAX, SignalEvent};
 pub use id::{EntityId, EntityKind};
 pub use profile::{PROFILES_MAX, ProfileDef};
 pub use schema::{
-    ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TableDef,
+    ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TEXT_BOOST_MAX,
+    TEXT_FIELDS_MAX, TableDef, TextAnalyzer,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use value::{Row, Value, decode_row, encode_row};

@@ -291,15 +291,78 @@ impl ColumnDef {
     }
 }
 
+/// Most text fields one table may index.
+pub const TEXT_FIELDS_MAX: usize = 32;
+/// Largest field boost in `text_fields` (`'title^2,body'`).
+pub const TEXT_BOOST_MAX: f32 = 1_000.0;
+
+/// How the text fields of a table are split into terms (`text_analyzer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TextAnalyzer {
+    /// Split on non-alphanumeric characters, drop tokens over 40 bytes, lowercase
+    /// (tantivy's `default`).
+    #[default]
+    Default,
+    /// `Default` plus the English (Porter 2) stemmer (tantivy's `en_stem`).
+    EnStem,
+}
+
+impl TextAnalyzer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TextAnalyzer::Default => "default",
+            TextAnalyzer::EnStem => "en_stem",
+        }
+    }
+    fn tag(self) -> u8 {
+        match self {
+            TextAnalyzer::Default => 0,
+            TextAnalyzer::EnStem => 1,
+        }
+    }
+    fn from_tag(t: u8) -> Option<TextAnalyzer> {
+        match t {
+            0 => Some(TextAnalyzer::Default),
+            1 => Some(TextAnalyzer::EnStem),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for TextAnalyzer {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "default" => Ok(TextAnalyzer::Default),
+            "en_stem" => Ok(TextAnalyzer::EnStem),
+            _ => Err(CoreError::BadColumn {
+                column: "text_analyzer".into(),
+                reason: format!("unknown analyzer {s:?} (expected 'default' or 'en_stem')"),
+            }),
+        }
+    }
+}
+
 /// An entity table: `CREATE TABLE items (...) WITH (kind = 'item')`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TableDef {
     pub kind: EntityKind,
     /// Column 0 is always `id BIGINT`.
     pub columns: Vec<ColumnDef>,
     /// Columns indexed for full-text search (`text_fields`).
     pub text_fields: Vec<String>,
+    /// The query-time boost of each text field (`'title^2,body'`), 1.0 unless given;
+    /// as long as `text_fields`.
+    pub text_boosts: Vec<f32>,
+    pub text_analyzer: TextAnalyzer,
+    /// The schema version this table was created at: tells it from an earlier table of
+    /// the same kind (its text index is named by it). 0 for tables created before it
+    /// was recorded. Set by [`Schema::prepare`].
+    pub generation: u64,
 }
+
+/// Boosts are checked finite and positive, so equality is total.
+impl Eq for TableDef {}
 
 impl TableDef {
     /// Validates and builds a table definition. `id BIGINT` must be present; it is
@@ -375,14 +438,76 @@ impl TableDef {
                 }
             }
         }
+        if text_fields.len() > TEXT_FIELDS_MAX {
+            return Err(CoreError::BadColumn {
+                column: "text_fields".into(),
+                reason: format!("at most {TEXT_FIELDS_MAX} text fields"),
+            });
+        }
+        let mut text_fields = text_fields;
+        for f in text_fields.iter_mut() {
+            let i = columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(f))
+                .unwrap_or(0);
+            f.clone_from(&columns[i].name);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(dup) = text_fields.iter().find(|f| !names.insert(f.as_str())) {
+            return Err(CoreError::BadColumn {
+                column: dup.clone(),
+                reason: "text_fields names this column twice".into(),
+            });
+        }
         let mut columns = columns;
         let id = columns.remove(id_pos);
         columns.insert(0, id);
         Ok(TableDef {
             kind,
             columns,
+            text_boosts: vec![1.0; text_fields.len()],
             text_fields,
+            text_analyzer: TextAnalyzer::Default,
+            generation: 0,
         })
+    }
+
+    /// Sets the text analyzer and the per-field boosts (one per text field).
+    pub fn with_text_options(
+        mut self,
+        analyzer: TextAnalyzer,
+        boosts: Vec<f32>,
+    ) -> Result<TableDef, CoreError> {
+        if boosts.len() != self.text_fields.len() {
+            return Err(CoreError::BadColumn {
+                column: "text_fields".into(),
+                reason: format!(
+                    "{} boosts for {} text fields",
+                    boosts.len(),
+                    self.text_fields.len()
+                ),
+            });
+        }
+        if let Some(b) = boosts
+            .iter()
+            .find(|b| !(b.is_finite() && **b > 0.0 && **b <= TEXT_BOOST_MAX))
+        {
+            return Err(CoreError::BadColumn {
+                column: "text_fields".into(),
+                reason: format!("a field boost must be above 0 and at most {TEXT_BOOST_MAX}, not {b}"),
+            });
+        }
+        self.text_analyzer = analyzer;
+        self.text_boosts = boosts;
+        Ok(self)
+    }
+
+    /// Positions of the text fields among the columns.
+    pub fn text_columns(&self) -> Vec<usize> {
+        self.text_fields
+            .iter()
+            .filter_map(|f| self.column_index(f))
+            .collect()
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {
@@ -392,7 +517,9 @@ impl TableDef {
     }
 
     pub fn encode(&self, e: &mut Encoder) {
-        e.u8(self.kind.tag());
+        // The high bit of the kind byte says the text options and generation follow
+        // (format 2); format-1 definitions (without it) decode with the defaults.
+        e.u8(self.kind.tag() | TABLE_FORMAT2_FLAG);
         e.u32(self.columns.len() as u32);
         for c in &self.columns {
             e.str(&c.name);
@@ -404,10 +531,18 @@ impl TableDef {
         for f in &self.text_fields {
             e.str(f);
         }
+        e.u8(self.text_analyzer.tag());
+        for b in &self.text_boosts {
+            e.f32(*b);
+        }
+        e.u64(self.generation);
     }
 
     pub fn decode(d: &mut Decoder<'_>) -> Result<TableDef, CoreError> {
-        let kind = EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad entity kind"))?;
+        let tag = d.u8()?;
+        let format2 = tag & TABLE_FORMAT2_FLAG != 0;
+        let kind = EntityKind::from_tag(tag & !TABLE_FORMAT2_FLAG)
+            .ok_or(CoreError::Decode("bad entity kind"))?;
         let n = d.u32()? as usize;
         if n > TABLE_COLUMNS_MAX {
             return Err(CoreError::Decode("too many columns"));
@@ -427,13 +562,31 @@ impl TableDef {
         for _ in 0..n {
             text_fields.push(d.str()?.to_string());
         }
-        Ok(TableDef {
+        let mut def = TableDef {
             kind,
             columns,
+            text_boosts: vec![1.0; text_fields.len()],
             text_fields,
-        })
+            text_analyzer: TextAnalyzer::Default,
+            generation: 0,
+        };
+        if format2 {
+            def.text_analyzer =
+                TextAnalyzer::from_tag(d.u8()?).ok_or(CoreError::Decode("bad text analyzer"))?;
+            for b in def.text_boosts.iter_mut() {
+                *b = d.f32()?;
+                if !(b.is_finite() && *b > 0.0) {
+                    return Err(CoreError::Decode("bad text boost"));
+                }
+            }
+            def.generation = d.u64()?;
+        }
+        Ok(def)
     }
 }
+
+/// Marks a format-2 table definition (see [`TableDef::encode`]).
+const TABLE_FORMAT2_FLAG: u8 = 0x80;
 
 /// A schema change, as carried in the WAL. Applying one is deterministic, so replay
 /// rebuilds the same schema (including signal ids).
@@ -616,10 +769,13 @@ impl Schema {
                     id: s.id,
                 })
             }
-            SchemaChange::CreateTable(t) => {
+            SchemaChange::CreateTable(mut t) => {
                 if self.tables.contains_key(&t.kind) {
                     return Err(CoreError::DuplicateTable { kind: t.kind });
                 }
+                // The version this change will give the schema: unique, since schema
+                // changes are serialized and versions only grow.
+                t.generation = self.version + 1;
                 Ok(SchemaChange::CreateTable(t))
             }
             SchemaChange::DropTable { kind } => {

@@ -640,6 +640,9 @@ fn check_schema(engine: &Engine) {
                 col("embedding", ColumnType::Vector(3)),
             ],
             text_fields: vec!["title".into()],
+            text_boosts: vec![1.0],
+            text_analyzer: tidal_core::TextAnalyzer::Default,
+            generation: 0,
         },
         TableDef {
             kind: user,
@@ -650,6 +653,9 @@ fn check_schema(engine: &Engine) {
                 col("premium", ColumnType::Boolean),
             ],
             text_fields: vec![],
+            text_boosts: vec![],
+            text_analyzer: tidal_core::TextAnalyzer::Default,
+            generation: 0,
         },
     ];
     assert_eq!(schema.tables().cloned().collect::<Vec<_>>(), want);
