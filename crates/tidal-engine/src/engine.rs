@@ -20,6 +20,7 @@ use crate::marks::MarksMaterializer;
 use crate::read::ReadView;
 use crate::registry::{LedgerMaterializer, Registry, Shared};
 use crate::store::EntityStore;
+use crate::text::TextMaterializer;
 
 /// The outcome of a committed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,7 @@ impl Engine {
             "ledger",
             crate::marks::MARKS_SECTION,
             crate::registry::HISTORY_SECTION,
+            "text",
         ]);
         for m in &config.materializers {
             if !names.insert(m.name()) {
@@ -114,19 +116,30 @@ impl Engine {
             store,
             ledger: Arc::new(LedgerMaterializer::default()),
             marks: Arc::new(MarksMaterializer::default()),
+            text: Arc::new(TextMaterializer::new(dir.join("text"))),
             history,
             extra: config.materializers.clone(),
         });
         let ckpt = checkpoint::load_latest(&dir.join("checkpoints"))?;
         let ckpt_lsn = ckpt.as_ref().map_or(0, |c| c.lsn);
         let registry = Registry::restore(shared.clone(), ckpt)?;
+        // Text indexes persist themselves: open (or rebuild) them before the log is
+        // replayed into them.
+        let schema = shared.schema.read().clone();
+        shared
+            .text
+            .open_all(&schema, &shared.store, shared.store.applied_lsn()?)?;
         let mut wal_opts = WalOptions::new(dir.join("wal"), config.clock.clone());
         wal_opts.segment_bytes_max = config.wal_segment_bytes;
         let wal = Wal::open(wal_opts, registry)?;
         let last_lsn = wal.last_lsn();
         // Everything derived from the log must be covered by it (see `LogBehindState`).
         let store_lsn = shared.store.applied_lsn()?;
-        for (what, state_lsn) in [("checkpoint", ckpt_lsn), ("entity store", store_lsn)] {
+        for (what, state_lsn) in [
+            ("checkpoint", ckpt_lsn),
+            ("entity store", store_lsn),
+            ("text index", shared.text.max_covered()),
+        ] {
             if last_lsn < state_lsn {
                 return Err(EngineError::LogBehindState {
                     wal_lsn: last_lsn,
@@ -257,6 +270,7 @@ impl Engine {
         if let Some(wal) = wal {
             wal.close()?;
         }
+        self.inner.shared.text.close()?;
         self.inner.shared.store.persist()?;
         ckpt.map(|_| ())
     }
@@ -304,10 +318,15 @@ fn checkpoint_inner(inner: &Inner) -> Result<CheckpointStats, EngineError> {
     // The WAL is the only other copy of unflushed events: retire only what the history
     // files now hold.
     let flushed = inner.shared.history.flush()?;
+    // Text indexes persist themselves; the log they still need stays.
+    let text = inner.shared.text.flush()?;
     let (deleted, wal_bytes) = {
         let wal = inner.wal.read();
         let wal = wal.as_ref().ok_or(EngineError::Closed)?;
-        (wal.retire_through(lsn.min(flushed))?, wal.stats().bytes)
+        (
+            wal.retire_through(lsn.min(flushed).min(text))?,
+            wal.stats().bytes,
+        )
     };
     *state = CheckpointState {
         wal_bytes_at_last: wal_bytes,

@@ -47,6 +47,10 @@ pub enum EngineError {
     DuplicateMaterializer { name: String },
     #[error("event history: {reason}")]
     History { reason: String },
+    #[error(transparent)]
+    Index(#[from] tidal_index::IndexError),
+    #[error("table {table} has no text fields to search (declare them with WITH (text_fields = '...'))")]
+    NoTextFields { table: &'static str },
     #[error("could not serialize access: {what}")]
     Conflict { what: String },
     #[error("transaction too large: {what}")]
@@ -82,7 +86,10 @@ impl EngineError {
             EngineError::RowArity { .. } | EngineError::IdMismatch { .. } => {
                 ErrorClass::DataException
             }
-            EngineError::TooLarge { .. } => ErrorClass::InvalidParameter,
+            EngineError::TooLarge { .. } | EngineError::NoTextFields { .. } => {
+                ErrorClass::InvalidParameter
+            }
+            EngineError::Index(e) if e.is_user_error() => ErrorClass::InvalidParameter,
             EngineError::Conflict { .. } => ErrorClass::Conflict,
             EngineError::Wal(WalError::Poisoned) | EngineError::Closed => ErrorClass::Unavailable,
             EngineError::Wal(WalError::TooLarge { .. }) => ErrorClass::InvalidParameter,

@@ -48,6 +48,7 @@ mod marks;
 mod read;
 mod registry;
 mod store;
+mod text;
 #[cfg(test)]
 mod tests;
 
@@ -63,4 +64,7 @@ pub use registry::Materializer;
 /// The bitmap type of [`ReadView::marked`], so users need no dependency of their own.
 pub use roaring;
 pub use store::StoreSnapshot;
+pub use text::TableText;
+/// The text index types of [`ReadView::text`], so users need no dependency of their own.
+pub use tidal_index;
 pub use tidal_wal::{Lsn, WalStats};

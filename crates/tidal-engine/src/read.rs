@@ -207,6 +207,31 @@ impl ReadView {
         self.shared.marks.contains(&signals, user, entity)
     }
 
+    /// The text index of `kind`'s table (for `SEARCH`). Its snapshots show every write
+    /// acknowledged before they are taken. Fails when the table has no text fields, or
+    /// when it was re-created since this view was taken.
+    pub fn text(&self, kind: EntityKind) -> Result<Arc<crate::TableText>, EngineError> {
+        let table = self.schema.table(kind)?;
+        if table.text_fields.is_empty() {
+            return Err(EngineError::NoTextFields {
+                table: kind.table_name(),
+            });
+        }
+        self.shared
+            .text
+            .table(kind)
+            .filter(|t| t.generation == table.generation)
+            .ok_or_else(|| EngineError::Conflict {
+                what: format!("table {} was re-created during the statement", kind.table_name()),
+            })
+    }
+
+    /// Bytes of text changes queued for the text indexers (their in-memory part
+    /// besides tantivy's indexing arenas).
+    pub fn text_queued_bytes(&self) -> usize {
+        self.shared.text.queued_bytes()
+    }
+
     /// The event history: immutable Parquet files plus the in-memory events not yet
     /// flushed, disjoint, as of this call.
     pub fn history(&self) -> Result<HistorySnapshot, EngineError> {

@@ -16,6 +16,7 @@ use crate::checkpoint::Checkpoint;
 use crate::history::History;
 use crate::marks::MarksMaterializer;
 use crate::store::EntityStore;
+use crate::text::TextMaterializer;
 
 /// A piece of derived state kept in memory and saved in checkpoints.
 ///
@@ -33,6 +34,13 @@ pub trait Materializer: Send + Sync + fmt::Debug {
     fn snapshot(&self) -> Result<Vec<u8>, EngineError>;
     /// Replaces the state with a checkpointed one.
     fn restore(&self, bytes: &[u8]) -> Result<(), EngineError>;
+    /// `None` (the default) for state restored from the checkpoint: it is fed the log
+    /// after the checkpoint. `Some(lsn)` for state that persists itself and covered the
+    /// log up to `lsn` when the engine opened: it is fed every transaction after `lsn`,
+    /// checkpoint or not.
+    fn replay_after(&self) -> Option<Lsn> {
+        None
+    }
 }
 
 /// Checkpoint section holding the history's signal names.
@@ -45,6 +53,7 @@ pub(crate) struct Shared {
     pub store: EntityStore,
     pub ledger: Arc<LedgerMaterializer>,
     pub marks: Arc<MarksMaterializer>,
+    pub text: Arc<TextMaterializer>,
     pub history: History,
     pub extra: Vec<Arc<dyn Materializer>>,
 }
@@ -54,6 +63,7 @@ impl Shared {
         [
             self.ledger.as_ref() as &dyn Materializer,
             self.marks.as_ref() as &dyn Materializer,
+            self.text.as_ref() as &dyn Materializer,
         ]
         .into_iter()
         .chain(self.extra.iter().map(|m| m.as_ref()))
@@ -288,8 +298,12 @@ impl Applier for Registry {
             self.shared.store.apply(txn)?;
         }
         self.shared.history.apply(txn, txn.lsn > self.history_lsn);
-        if in_memory {
-            for m in self.shared.materializers() {
+        for m in self.shared.materializers() {
+            let feed = match m.replay_after() {
+                None => in_memory,
+                Some(after) => txn.lsn > after,
+            };
+            if feed {
                 m.apply(txn, &schema)?;
             }
         }

@@ -156,6 +156,11 @@ impl EntityStore {
         }
     }
 
+    /// About how many rows `kind` has (for progress reports).
+    pub(crate) fn approximate_len(&self, kind: EntityKind) -> usize {
+        self.keyspace(kind).approximate_len()
+    }
+
     pub(crate) fn contains(&self, kind: EntityKind, id: EntityId) -> Result<bool, EngineError> {
         Ok(self.keyspace(kind).contains_key(id.to_key())?)
     }
