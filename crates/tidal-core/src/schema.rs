@@ -494,7 +494,9 @@ impl TableDef {
         {
             return Err(CoreError::BadColumn {
                 column: "text_fields".into(),
-                reason: format!("a field boost must be above 0 and at most {TEXT_BOOST_MAX}, not {b}"),
+                reason: format!(
+                    "a field boost must be above 0 and at most {TEXT_BOOST_MAX}, not {b}"
+                ),
             });
         }
         self.text_analyzer = analyzer;

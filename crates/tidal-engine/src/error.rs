@@ -49,7 +49,9 @@ pub enum EngineError {
     History { reason: String },
     #[error(transparent)]
     Index(#[from] tidal_index::IndexError),
-    #[error("table {table} has no text fields to search (declare them with WITH (text_fields = '...'))")]
+    #[error(
+        "table {table} has no text fields to search (declare them with WITH (text_fields = '...'))"
+    )]
     NoTextFields { table: &'static str },
     #[error("could not serialize access: {what}")]
     Conflict { what: String },

@@ -48,9 +48,9 @@ mod marks;
 mod read;
 mod registry;
 mod store;
-mod text;
 #[cfg(test)]
 mod tests;
+mod text;
 
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
 pub use engine::{CheckpointStats, Engine, PendingTxn, TxnMark, WriteOutcome, WriteTxn};

@@ -222,7 +222,10 @@ impl ReadView {
             .table(kind)
             .filter(|t| t.generation == table.generation)
             .ok_or_else(|| EngineError::Conflict {
-                what: format!("table {} was re-created during the statement", kind.table_name()),
+                what: format!(
+                    "table {} was re-created during the statement",
+                    kind.table_name()
+                ),
             })
     }
 

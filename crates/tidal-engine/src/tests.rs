@@ -1007,7 +1007,8 @@ fn text_index_follows_every_write_and_survives_reopen_and_loss() {
     txn.commit().unwrap();
     assert_eq!(search(&engine, "piano"), [1, 3]);
     let mut txn = engine.begin();
-    txn.upsert(EntityKind::Item, row(1, "organ lesson")).unwrap();
+    txn.upsert(EntityKind::Item, row(1, "organ lesson"))
+        .unwrap();
     txn.delete(EntityKind::Item, EntityId(3)).unwrap();
     txn.commit().unwrap();
     assert_eq!(search(&engine, "piano"), Vec::<u64>::new());

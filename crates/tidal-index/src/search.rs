@@ -122,6 +122,18 @@ impl TextSnapshot {
 
     /// The `k` best matches, relevance descending, ties by smaller id.
     pub fn top_k(&self, q: &ParsedQuery, k: usize) -> Result<Vec<Hit>, IndexError> {
+        self.top_k_where(q, k, &|_| true)
+    }
+
+    /// The best `k` matches whose id passes `keep`, best first (ties by smaller id).
+    /// Rejected matches never enter the heap, so pruning works on the kept ones: a
+    /// selective `keep` costs the matches it has to look at, not a materialized list.
+    pub fn top_k_where(
+        &self,
+        q: &ParsedQuery,
+        k: usize,
+        keep: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<Hit>, IndexError> {
         if k == 0 {
             return Ok(Vec::new());
         }
@@ -143,7 +155,9 @@ impl TextSnapshot {
                         id: ids.first(doc).unwrap_or(0),
                         score,
                     };
-                    if heap.len() < k {
+                    if !keep(hit.id) {
+                        // Rejected: the threshold stays where it was.
+                    } else if heap.len() < k {
                         heap.push(Worst(hit));
                     } else if let Some(w) = heap.peek()
                         && better(&hit, &w.0) == Ordering::Less
@@ -208,7 +222,11 @@ impl TextSnapshot {
     }
 
     /// The alive documents of `ids` in one segment, sorted by doc id.
-    fn docs_of(&self, reader: &SegmentReader, ids: &[u64]) -> Result<Vec<(DocId, u64)>, IndexError> {
+    fn docs_of(
+        &self,
+        reader: &SegmentReader,
+        ids: &[u64],
+    ) -> Result<Vec<(DocId, u64)>, IndexError> {
         let inverted = reader.inverted_index(self.id_field)?;
         let alive = reader.alive_bitset();
         let mut docs = Vec::new();

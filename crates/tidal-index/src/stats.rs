@@ -89,8 +89,7 @@ impl LiveStats {
                 total += u64::from(inverted.doc_freq(term)?);
                 continue;
             };
-            let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)?
-            else {
+            let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::Basic)? else {
                 continue;
             };
             let mut doc = postings.doc();

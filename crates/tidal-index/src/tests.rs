@@ -79,7 +79,13 @@ fn assert_same(got: &[Hit], want: &[Hit], what: &str) {
     for h in got {
         let r = want[&h.id];
         let rel = ((h.score - r) / r.abs().max(1e-12)).abs();
-        assert!(rel <= 1e-5, "{what}: id {} scores {} vs tantivy {}", h.id, h.score, r);
+        assert!(
+            rel <= 1e-5,
+            "{what}: id {} scores {} vs tantivy {}",
+            h.id,
+            h.score,
+            r
+        );
     }
 }
 
@@ -91,21 +97,41 @@ fn assert_top(got: &[Hit], want: &[Hit], k: usize, what: &str) {
     let score: BTreeMap<u64, f32> = want.iter().map(|h| (h.id, h.score)).collect();
     for (i, h) in got.iter().enumerate() {
         let r = score[&h.id];
-        assert!(close(h.score, r), "{what}: id {} scores {} vs {}", h.id, h.score, r);
-        assert!(close(h.score, want[i].score), "{what}: rank {i} is {:?}, tantivy has {:?}", h, want[i]);
+        assert!(
+            close(h.score, r),
+            "{what}: id {} scores {} vs {}",
+            h.id,
+            h.score,
+            r
+        );
+        assert!(
+            close(h.score, want[i].score),
+            "{what}: rank {i} is {:?}, tantivy has {:?}",
+            h,
+            want[i]
+        );
     }
     for w in got.windows(2) {
-        assert!(w[0].score > w[1].score || (w[0].score == w[1].score && w[0].id < w[1].id), "{what}: order {got:?}");
+        assert!(
+            w[0].score > w[1].score || (w[0].score == w[1].score && w[0].id < w[1].id),
+            "{what}: order {got:?}"
+        );
     }
 }
 
-const WORDS: [&str; 8] = ["piano", "guitar", "lesson", "jazz", "live", "piano", "the", "tutorial"];
+const WORDS: [&str; 8] = [
+    "piano", "guitar", "lesson", "jazz", "live", "piano", "the", "tutorial",
+];
 
 fn text() -> impl Strategy<Value = Option<String>> {
     prop::option::weighted(
         0.85,
-        prop::collection::vec(0..WORDS.len(), 1..12)
-            .prop_map(|w| w.into_iter().map(|i| WORDS[i]).collect::<Vec<_>>().join(" ")),
+        prop::collection::vec(0..WORDS.len(), 1..12).prop_map(|w| {
+            w.into_iter()
+                .map(|i| WORDS[i])
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
     )
 }
 
@@ -160,6 +186,9 @@ proptest! {
                 let among = snap.among(&parsed, &some).unwrap();
                 let want_some: Vec<Hit> = want.iter().copied().filter(|h| some.contains(&h.id)).collect();
                 assert_same(&sorted(among), &want_some, q);
+                let even = snap.top_k_where(&parsed, 3, &|id| id % 2 == 0).unwrap();
+                let want_even: Vec<Hit> = want.iter().copied().filter(|h| h.id % 2 == 0).collect();
+                assert_top(&even, &want_even, 3, q);
             }
             Ok(())
         };
@@ -241,7 +270,10 @@ fn bad_and_empty_queries_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let index = TextIndex::create(dir.path(), spec(), 0).unwrap();
     let snap = index.snapshot_blocking().unwrap();
-    assert!(matches!(snap.parse("  "), Err(crate::IndexError::EmptyQuery)));
+    assert!(matches!(
+        snap.parse("  "),
+        Err(crate::IndexError::EmptyQuery)
+    ));
     let e = snap.parse("title:(piano").unwrap_err();
     assert!(e.is_user_error(), "{e}");
     let e = snap.parse("nosuchfield:piano").unwrap_err();
@@ -264,10 +296,15 @@ fn snippets_mark_the_matched_terms() {
         .unwrap();
     let snap = index.snapshot_blocking().unwrap();
     let q = snap.parse("piano scales").unwrap();
-    let s = snap.snippet(&q, "body", body, ("<b>", "</b>"), 200).unwrap();
+    let s = snap
+        .snippet(&q, "body", body, ("<b>", "</b>"), 200)
+        .unwrap();
     assert_eq!(
         s,
         "How to practice <b>piano</b> <b>scales</b> every day, with a metronome"
     );
-    assert!(snap.snippet(&q, "nope", body, ("<b>", "</b>"), 200).is_err());
+    assert!(
+        snap.snippet(&q, "nope", body, ("<b>", "</b>"), 200)
+            .is_err()
+    );
 }

@@ -110,10 +110,18 @@ fn len_field_name(column: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TextOp {
     /// A new row (its id is not in the index).
-    Insert { id: u64, texts: Vec<Option<String>> },
+    Insert {
+        id: u64,
+        texts: Vec<Option<String>>,
+    },
     /// A row written over whatever the id had.
-    Upsert { id: u64, texts: Vec<Option<String>> },
-    Delete { id: u64 },
+    Upsert {
+        id: u64,
+        texts: Vec<Option<String>>,
+    },
+    Delete {
+        id: u64,
+    },
 }
 
 impl TextOp {
@@ -163,7 +171,8 @@ struct Inner {
     space: Condvar,
     visible: Mutex<Visible>,
     /// Per segment and delete generation, the live statistics.
-    segment_stats: Mutex<std::collections::HashMap<(tantivy::index::SegmentId, Option<u64>), SegmentStats>>,
+    segment_stats:
+        Mutex<std::collections::HashMap<(tantivy::index::SegmentId, Option<u64>), SegmentStats>>,
 }
 
 /// The text index of one table. See the module docs.
@@ -357,6 +366,12 @@ impl TextIndex {
         rx.await.map_err(|_| IndexError::Closed)?
     }
 
+    /// The newest visible snapshot, without waiting for queued changes (for work that
+    /// needs the index's analyzer and statistics, not its freshest rows).
+    pub fn current(&self) -> Arc<TextSnapshot> {
+        self.inner.visible.lock().snapshot.clone()
+    }
+
     /// [`TextIndex::snapshot`] for callers that are not async.
     pub fn snapshot_blocking(&self) -> Result<Arc<TextSnapshot>, IndexError> {
         futures::executor::block_on(self.snapshot())
@@ -539,7 +554,8 @@ impl Inner {
                     }
                     let wait = first_uncommitted
                         .map_or(interval, |t| interval.saturating_sub(t.elapsed()));
-                    self.work.wait_for(&mut q, wait.max(Duration::from_millis(1)));
+                    self.work
+                        .wait_for(&mut q, wait.max(Duration::from_millis(1)));
                 }
                 let ops = std::mem::take(&mut q.ops);
                 q.bytes = 0;
@@ -606,7 +622,11 @@ impl Inner {
         Ok(())
     }
 
-    fn commit(&self, writer: &mut IndexWriter<TantivyDocument>, covered: u64) -> Result<(), IndexError> {
+    fn commit(
+        &self,
+        writer: &mut IndexWriter<TantivyDocument>,
+        covered: u64,
+    ) -> Result<(), IndexError> {
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&format!("{PAYLOAD_PREFIX}{covered}"));
         prepared.commit()?;
@@ -616,8 +636,10 @@ impl Inner {
         v.lsn = covered;
         v.durable_lsn = covered;
         v.snapshot = snapshot.clone();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            v.waiters.drain(..).partition(|(target, _)| *target <= covered);
+        let (ready, waiting): (Vec<_>, Vec<_>) = v
+            .waiters
+            .drain(..)
+            .partition(|(target, _)| *target <= covered);
         v.waiters = waiting;
         drop(v);
         for (_, tx) in ready {

@@ -85,8 +85,10 @@ pub enum ServerError {
 }
 
 impl From<DataFusionError> for ServerError {
+    /// Our own errors that travelled through DataFusion are unwrapped, so the client
+    /// reads their message without DataFusion's "External error: " prefix.
     fn from(e: DataFusionError) -> Self {
-        ServerError::Sql(SqlError::DataFusion(e))
+        ServerError::Sql(SqlError::from(e))
     }
 }
 

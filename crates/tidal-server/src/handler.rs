@@ -449,7 +449,8 @@ impl Conn {
             Some(
                 TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
-                | TidalStatement::Retrieve(_),
+                | TidalStatement::Retrieve(_)
+                | TidalStatement::Search(_),
             )
             | None => None,
         };
@@ -1043,6 +1044,7 @@ fn cursor_query(query: &str) -> Result<(), ServerError> {
             TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
                 | TidalStatement::Retrieve(_)
+                | TidalStatement::Search(_)
         ),
         None => {
             query.trim_start().starts_with('(')
@@ -1053,7 +1055,8 @@ fn cursor_query(query: &str) -> Result<(), ServerError> {
         Ok(())
     } else {
         Err(ServerError::Sql(tidal_sql::SqlError::Syntax {
-            message: "DECLARE ... CURSOR FOR needs a query (SELECT, VALUES, RETRIEVE)".into(),
+            message: "DECLARE ... CURSOR FOR needs a query (SELECT, VALUES, RETRIEVE, SEARCH)"
+                .into(),
         }))
     }
 }
@@ -1467,12 +1470,15 @@ impl Parser {
                     false,
                 )])));
             }
+        } else if tidal_sql::explains_tidal_statement(sql)? {
+            schema = Some(tidal_sql::explain_schema());
         } else {
             match tidal_sql::parse_tidal_statement(sql)? {
                 Some(
                     stmt @ (TidalStatement::ShowSignals
                     | TidalStatement::ShowProfiles
-                    | TidalStatement::Retrieve(_)),
+                    | TidalStatement::Retrieve(_)
+                    | TidalStatement::Search(_)),
                 ) => {
                     schema = Some(self.shared.session.describe_tidal(&stmt).await?);
                 }

@@ -41,6 +41,25 @@ impl From<DataFusionError> for SqlError {
                 }
                 ours => ours,
             },
+            // An error raised inside a record-batch stream crosses Arrow's error type on
+            // its way out (`External` becomes `ArrowError::ExternalError`).
+            DataFusionError::ArrowError(a, bt) => match *a {
+                datafusion::arrow::error::ArrowError::ExternalError(inner) => {
+                    match inner.downcast::<SqlError>() {
+                        Ok(ours) => *ours,
+                        Err(other) => match other.downcast::<DataFusionError>() {
+                            Ok(df) => SqlError::from(*df),
+                            Err(other) => SqlError::DataFusion(DataFusionError::ArrowError(
+                                Box::new(datafusion::arrow::error::ArrowError::ExternalError(
+                                    other,
+                                )),
+                                bt,
+                            )),
+                        },
+                    }
+                }
+                a => SqlError::DataFusion(DataFusionError::ArrowError(Box::new(a), bt)),
+            },
             other => SqlError::DataFusion(other),
         }
     }

@@ -39,6 +39,7 @@ mod provider;
 mod rank;
 mod retrieve;
 mod scoring;
+mod search;
 mod session;
 mod state;
 mod statement;
@@ -57,7 +58,14 @@ pub use profile::{MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrie
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
 pub use retrieve::RankProfileUdf;
 pub use scoring::{ScoreFn, ScoreUdf};
-pub use session::{CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession, StatementFailed};
+pub use search::{
+    Fusion, RRF_K, SEARCH_AMONG_IDS_MAX, SEARCH_QUERY_BYTES_MAX, SNIPPET_CHARS_DEFAULT, Search,
+    SearchFunction, SnippetUdf,
+};
+pub use session::{
+    CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession, StatementFailed, explain_schema,
+    explains_tidal_statement,
+};
 pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use types::{arrow_type, table_schema};

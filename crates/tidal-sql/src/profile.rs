@@ -175,32 +175,124 @@ pub(crate) fn parse_create_profile(
     Ok((def, replace))
 }
 
-/// `RETRIEVE` after its first word.
-pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
+/// The entity table a RETRIEVE/SEARCH names.
+pub(crate) fn entity_table(p: &mut Parser<'_>) -> Result<EntityKind, SqlError> {
     let table = ident(p, "items, users or creators")?;
-    let kind = EntityKind::ALL
+    Ok(EntityKind::ALL
         .into_iter()
         .find(|k| k.table_name() == table)
         .ok_or_else(|| CoreError::UnknownTableName {
             name: table.clone(),
-        })?;
+        })?)
+}
+
+/// The user id after `FOR USER`.
+pub(crate) fn user_id(p: &mut Parser<'_>) -> Result<i64, SqlError> {
+    let negative = p.peek_token_ref().token == Token::Minus;
+    if negative {
+        p.next_token();
+    }
+    let n = match p.peek_token_ref().token.clone() {
+        Token::Number(n, _) => {
+            p.next_token();
+            n.parse::<i64>()
+                .map_err(|_| syntax(format!("FOR USER needs a BIGINT user id, not {n}")))?
+        }
+        _ => return Err(syntax(format!("expected a user id, found {}", found(p)))),
+    };
+    Ok(if negative { -n } else { n })
+}
+
+/// The terms after `FILTER`: `unseen`, `seen`, `liked`, `not liked`, … separated by
+/// commas or AND.
+pub(crate) fn filter_terms(p: &mut Parser<'_>) -> Result<Vec<MarkFilter>, SqlError> {
+    let mut filters = Vec::new();
+    loop {
+        let not = is_word(&p.peek_token_ref().token, "NOT");
+        if not {
+            p.next_token();
+        }
+        let word = ident(p, "unseen, seen, liked or hidden")?;
+        let f = match (word.as_str(), not) {
+            ("unseen", false) => MarkFilter {
+                mark: Mark::Seen,
+                want: false,
+            },
+            ("unliked", false) => MarkFilter {
+                mark: Mark::Liked,
+                want: false,
+            },
+            (w, not) => MarkFilter {
+                mark: w.parse()?,
+                want: !not,
+            },
+        };
+        filters.push(f);
+        if p.peek_token_ref().token == Token::Comma || is_word(&p.peek_token_ref().token, "AND") {
+            p.next_token();
+            continue;
+        }
+        return Ok(filters);
+    }
+}
+
+/// The number after `LIMIT`, at most [`RETRIEVE_LIMIT_MAX`].
+pub(crate) fn limit(p: &mut Parser<'_>, what: &'static str) -> Result<usize, SqlError> {
+    let n = u32_token(p, "the LIMIT")?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= RETRIEVE_LIMIT_MAX)
+        .ok_or_else(|| SqlError::BadArgument {
+            function: what,
+            reason: format!("LIMIT {n} is above the maximum of {RETRIEVE_LIMIT_MAX}"),
+        })
+}
+
+/// The next clause word if it is one of `words` (unquoted, upper-cased), consumed;
+/// a clause given twice is an error.
+pub(crate) fn next_clause(
+    p: &mut Parser<'_>,
+    words: &[&str],
+    seen: &mut BTreeSet<String>,
+) -> Result<Option<String>, SqlError> {
+    let tok = p.peek_token_ref().token.clone();
+    let Token::Word(w) = &tok else {
+        return Ok(None);
+    };
+    if w.quote_style.is_some() {
+        return Ok(None);
+    }
+    let clause = w.value.to_ascii_uppercase();
+    if !words.contains(&clause.as_str()) {
+        return Ok(None);
+    }
+    p.next_token();
+    if !seen.insert(clause.clone()) {
+        return Err(syntax(format!("{clause} is given twice")));
+    }
+    Ok(Some(clause))
+}
+
+pub(crate) fn where_clause(p: &mut Parser<'_>) -> Result<String, SqlError> {
+    Ok(expr_text(p, "WHERE")?.to_string())
+}
+
+pub(crate) fn diversity(p: &mut Parser<'_>) -> Result<u32, SqlError> {
+    max_per_creator(p)
+}
+
+pub(crate) fn at_clause(p: &mut Parser<'_>) -> Result<Timestamp, SqlError> {
+    Ok(Timestamp::parse(&string(p, "the AT timestamp")?)?)
+}
+
+/// `RETRIEVE` after its first word.
+pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
+    let kind = entity_table(p)?;
     let mut user = None;
     if peek_words(p, &["FOR", "USER"]) {
         p.next_token();
         p.next_token();
-        let negative = p.peek_token_ref().token == Token::Minus;
-        if negative {
-            p.next_token();
-        }
-        let n = match p.peek_token_ref().token.clone() {
-            Token::Number(n, _) => {
-                p.next_token();
-                n.parse::<i64>()
-                    .map_err(|_| syntax(format!("FOR USER needs a BIGINT user id, not {n}")))?
-            }
-            _ => return Err(syntax(format!("expected a user id, found {}", found(p)))),
-        };
-        user = Some(if negative { -n } else { n });
+        user = Some(user_id(p)?);
     }
     expect_word(p, "USING")?;
     expect_word(p, "PROFILE")?;
@@ -216,63 +308,17 @@ pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
         at: None,
     };
     let mut seen = BTreeSet::new();
-    loop {
-        let tok = p.peek_token_ref().token.clone();
-        let Token::Word(w) = &tok else { break };
-        if w.quote_style.is_some() {
-            break;
-        }
-        let clause = w.value.to_ascii_uppercase();
-        if !["WHERE", "FILTER", "DIVERSITY", "LIMIT", "AT"].contains(&clause.as_str()) {
-            break;
-        }
-        p.next_token();
-        if !seen.insert(clause.clone()) {
-            return Err(syntax(format!("{clause} is given twice")));
-        }
+    while let Some(clause) = next_clause(
+        p,
+        &["WHERE", "FILTER", "DIVERSITY", "LIMIT", "AT"],
+        &mut seen,
+    )? {
         match clause.as_str() {
-            "WHERE" => r.predicate = Some(expr_text(p, "WHERE")?.to_string()),
-            "FILTER" => loop {
-                let not = is_word(&p.peek_token_ref().token, "NOT");
-                if not {
-                    p.next_token();
-                }
-                let word = ident(p, "unseen, seen, liked or hidden")?;
-                let f = match (word.as_str(), not) {
-                    ("unseen", false) => MarkFilter {
-                        mark: Mark::Seen,
-                        want: false,
-                    },
-                    ("unliked", false) => MarkFilter {
-                        mark: Mark::Liked,
-                        want: false,
-                    },
-                    (w, not) => MarkFilter {
-                        mark: w.parse()?,
-                        want: !not,
-                    },
-                };
-                r.filters.push(f);
-                if p.peek_token_ref().token == Token::Comma
-                    || is_word(&p.peek_token_ref().token, "AND")
-                {
-                    p.next_token();
-                    continue;
-                }
-                break;
-            },
+            "WHERE" => r.predicate = Some(where_clause(p)?),
+            "FILTER" => r.filters = filter_terms(p)?,
             "DIVERSITY" => r.max_per_creator = Some(max_per_creator(p)?),
-            "LIMIT" => {
-                let n = u32_token(p, "the LIMIT")?;
-                r.limit = usize::try_from(n)
-                    .ok()
-                    .filter(|n| *n <= RETRIEVE_LIMIT_MAX)
-                    .ok_or_else(|| SqlError::BadArgument {
-                        function: "RETRIEVE",
-                        reason: format!("LIMIT {n} is above the maximum of {RETRIEVE_LIMIT_MAX}"),
-                    })?;
-            }
-            "AT" => r.at = Some(Timestamp::parse(&string(p, "the AT timestamp")?)?),
+            "LIMIT" => r.limit = limit(p, "RETRIEVE")?,
+            "AT" => r.at = Some(at_clause(p)?),
             _ => unreachable!("clause words are checked above"),
         }
     }

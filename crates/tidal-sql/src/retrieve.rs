@@ -109,45 +109,84 @@ pub(crate) async fn plan_retrieve(
     }
     let mut plan = ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
     if let Some(user) = r.user {
-        for f in &r.filters {
-            if !schema
-                .signals()
-                .any(|s| s.kind == r.kind && s.marks == Some(f.mark))
-            {
-                return Err(bad_arg(
-                    "RETRIEVE",
-                    format!(
-                        "FILTER {} needs a signal on {} declared with MARKS {}",
-                        f.text(),
-                        r.kind.table_name(),
-                        f.mark.as_str()
-                    ),
-                )
-                .into());
-            }
-            let set = match EntityId::from_i64(user) {
-                Some(u) => view.marked(u, f.mark),
-                None => RoaringTreemap::new(),
-            };
-            let udf = ScalarUDF::new_from_impl(MarkSetUdf {
-                label: format!("user {user} {}", f.mark.as_str()),
-                set: Arc::new(set),
-                signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
-            });
-            let member = udf.call(vec![col("id")]);
-            let keep = if f.want { member } else { !member };
-            plan = LogicalPlanBuilder::from(plan).filter(keep)?.build()?;
-        }
+        plan = mark_filters(plan, &view, r.kind, user, &r.filters, "RETRIEVE")?;
     }
     let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
-    let plan = FetchNode::plan(plan, view, table)?;
+    let plan = FetchNode::plan(plan, view, table, &[])?;
     Ok(DataFrame::new(state, plan))
+}
+
+/// The user's marks of `filters` (checked to exist on `kind`) as bitmaps captured now.
+pub(crate) fn mark_sets(
+    view: &ReadView,
+    kind: EntityKind,
+    user: i64,
+    filters: &[crate::MarkFilter],
+    what: &'static str,
+) -> Result<Vec<(crate::MarkFilter, Arc<RoaringTreemap>)>, SqlError> {
+    let schema = view.schema();
+    let mut out = Vec::with_capacity(filters.len());
+    for f in filters {
+        if !schema
+            .signals()
+            .any(|s| s.kind == kind && s.marks == Some(f.mark))
+        {
+            return Err(bad_arg(
+                what,
+                format!(
+                    "FILTER {} needs a signal on {} declared with MARKS {}",
+                    f.text(),
+                    kind.table_name(),
+                    f.mark.as_str()
+                ),
+            )
+            .into());
+        }
+        let set = match EntityId::from_i64(user) {
+            Some(u) => view.marked(u, f.mark),
+            None => RoaringTreemap::new(),
+        };
+        out.push((*f, Arc::new(set)));
+    }
+    Ok(out)
+}
+
+/// `plan` filtered by the user's marks (one bitmap membership test per FILTER term).
+pub(crate) fn mark_filters(
+    mut plan: LogicalPlan,
+    view: &ReadView,
+    kind: EntityKind,
+    user: i64,
+    filters: &[crate::MarkFilter],
+    what: &'static str,
+) -> Result<LogicalPlan, SqlError> {
+    for (f, set) in mark_sets(view, kind, user, filters, what)? {
+        let member = id_set_filter(
+            "marked_by",
+            &format!("user {user} {}", f.mark.as_str()),
+            set,
+        );
+        let keep = if f.want { member } else { !member };
+        plan = LogicalPlanBuilder::from(plan).filter(keep)?.build()?;
+    }
+    Ok(plan)
+}
+
+/// `<function>[<label>](id)`: whether the row's id is in `set` (captured at planning).
+/// The label is part of the function's name so that EXPLAIN shows which set it is.
+pub(crate) fn id_set_filter(function: &str, label: &str, set: Arc<RoaringTreemap>) -> Expr {
+    let udf = ScalarUDF::new_from_impl(MarkSetUdf {
+        label: format!("{function}[{label}]"),
+        set,
+        signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+    });
+    udf.call(vec![col("id")])
 }
 
 /// Points every entity-table scan of `plan` at the cached rows in ledger order: the
 /// candidates' signal reads then walk the ledger's dense columns in order. RETRIEVE's
 /// output order comes from its rank alone, so the scan order is free to choose.
-fn ledger_ordered_scans(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
+pub(crate) fn ledger_ordered_scans(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
     let plan = plan.transform_up(|p| {
         let LogicalPlan::TableScan(mut scan) = p else {
             return Ok(Transformed::no(p));
@@ -167,7 +206,7 @@ fn ledger_ordered_scans(plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
     Ok(plan.data)
 }
 
-fn chrono_utc(at: tidal_core::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn chrono_utc(at: tidal_core::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::<chrono::Utc>::from_timestamp_micros(at.0)
 }
 
@@ -193,17 +232,13 @@ impl Hash for MarkSetUdf {
 
 impl ScalarUDFImpl for MarkSetUdf {
     fn name(&self) -> &str {
-        "marked_by"
+        &self.label
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn return_type(&self, _: &[DataType]) -> Result<DataType> {
         Ok(DataType::Boolean)
-    }
-    fn display_name(&self, args: &[Expr]) -> Result<String> {
-        let a: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Ok(format!("marked_by({}, {})", self.label, a.join(", ")))
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let ids = args.args[0].to_array(args.number_rows)?;
@@ -225,12 +260,19 @@ pub(crate) struct FetchNode {
     input: LogicalPlan,
     view: ReadView,
     table: TableDef,
+    /// Columns of the ranked input carried after `score` (SEARCH's `relevance`).
+    extra: Vec<Field>,
     schema: DFSchemaRef,
 }
 
 impl FetchNode {
-    fn plan(input: LogicalPlan, view: ReadView, table: TableDef) -> Result<LogicalPlan> {
-        let arrow = fetch_schema(&table);
+    pub(crate) fn plan(
+        input: LogicalPlan,
+        view: ReadView,
+        table: TableDef,
+        extra: &[Field],
+    ) -> Result<LogicalPlan> {
+        let arrow = fetch_schema(&table, extra);
         // Qualified, so that an entity column named like an output column (`score`,
         // `rank`) stays apart from it: `retrieve.score` and `items.score`.
         let fields = arrow
@@ -238,7 +280,7 @@ impl FetchNode {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let q = if i < 3 {
+                let q = if i < 3 + extra.len() {
                     "retrieve"
                 } else {
                     table.kind.table_name()
@@ -252,20 +294,22 @@ impl FetchNode {
                 input,
                 view,
                 table,
+                extra: extra.to_vec(),
                 schema,
             }),
         }))
     }
 }
 
-/// `rank, id, score`, then the table's columns other than id.
-fn fetch_schema(table: &TableDef) -> SchemaRef {
+/// `rank, id, score`, the `extra` columns, then the table's columns other than id.
+fn fetch_schema(table: &TableDef, extra: &[Field]) -> SchemaRef {
     let full = table_schema(table);
     let mut fields = vec![
         Field::new("rank", DataType::Int64, false),
         Field::new("id", DataType::Int64, false),
         Field::new("score", DataType::Float64, true),
     ];
+    fields.extend(extra.iter().cloned());
     fields.extend(
         full.fields()
             .iter()
@@ -348,6 +392,7 @@ impl ExtensionPlanner for FetchPlanner {
             physical_inputs[0].clone(),
             n.view.clone(),
             n.table.clone(),
+            n.extra.clone(),
         ))))
     }
 }
@@ -358,13 +403,19 @@ pub(crate) struct FetchExec {
     input: Arc<dyn ExecutionPlan>,
     view: ReadView,
     table: TableDef,
+    extra: Vec<Field>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
 }
 
 impl FetchExec {
-    fn new(input: Arc<dyn ExecutionPlan>, view: ReadView, table: TableDef) -> FetchExec {
-        let schema = fetch_schema(&table);
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        view: ReadView,
+        table: TableDef,
+        extra: Vec<Field>,
+    ) -> FetchExec {
+        let schema = fetch_schema(&table, &extra);
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
             Partitioning::UnknownPartitioning(input.output_partitioning().partition_count()),
@@ -375,6 +426,7 @@ impl FetchExec {
             input,
             view,
             table,
+            extra,
             schema,
             props,
         }
@@ -416,6 +468,7 @@ impl ExecutionPlan for FetchExec {
             children.swap_remove(0),
             self.view.clone(),
             self.table.clone(),
+            self.extra.clone(),
         )))
     }
     fn execute(
@@ -427,7 +480,8 @@ impl ExecutionPlan for FetchExec {
         let view = self.view.clone();
         let table = self.table.clone();
         let schema = self.schema.clone();
-        let out = input.map(move |batch| fetch_rows(&view, &table, &schema, &batch?));
+        let extra: Vec<String> = self.extra.iter().map(|f| f.name().clone()).collect();
+        let out = input.map(move |batch| fetch_rows(&view, &table, &extra, &schema, &batch?));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             out,
@@ -438,6 +492,7 @@ impl ExecutionPlan for FetchExec {
 fn fetch_rows(
     view: &ReadView,
     table: &TableDef,
+    extra: &[String],
     schema: &SchemaRef,
     batch: &RecordBatch,
 ) -> Result<RecordBatch> {
@@ -455,7 +510,9 @@ fn fetch_rows(
     let others: Vec<usize> = (0..table.columns.len())
         .filter(|&i| table.columns[i].name != "id")
         .collect();
-    let others_schema = Arc::new(ArrowSchema::new(schema.fields()[3..].to_vec()));
+    let others_schema = Arc::new(ArrowSchema::new(
+        schema.fields()[3 + extra.len()..].to_vec(),
+    ));
     let mut builder = BatchBuilder::new(table, &others, others_schema, ids_arr.len());
     let mut keep = Vec::with_capacity(ids_arr.len());
     for (i, id) in ids_arr.iter().enumerate() {
@@ -473,6 +530,9 @@ fn fetch_rows(
     let take = datafusion::arrow::array::UInt32Array::from(keep);
     let pick = |a: &ArrayRef| datafusion::arrow::compute::take(a, &take, None);
     let mut columns = vec![pick(&rank)?, pick(&ids)?, pick(&score)?];
+    for name in extra {
+        columns.push(pick(&column(name)?)?);
+    }
     columns.extend(rest.columns().iter().cloned());
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

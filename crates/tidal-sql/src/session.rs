@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::StringArray;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::SendableRecordBatchStream;
@@ -100,6 +100,13 @@ impl SqlSession {
         {
             ctx.register_udf(udf);
         }
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::SnippetUdf::new(
+            engine.clone(),
+        )));
+        ctx.register_udtf(
+            "search",
+            Arc::new(crate::SearchFunction::new(engine.clone())),
+        );
         ctx.register_udf(ScalarUDF::new_from_impl(crate::RankProfileUdf::new(
             engine.clone(),
             ctx.state_weak_ref(),
@@ -172,7 +179,7 @@ impl SqlSession {
         let failed =
             |error: SqlError, pending: Option<PendingTxn>| StatementFailed { error, pending };
         let stmt = match crate::statement::parse(sql) {
-            Ok(None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_))) => {
+            Ok(None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_))) => {
                 return match self.sql(sql).await {
                     Ok(rows) => Ok((pending, rows)),
                     Err(e) => Err(failed(e, Some(pending))),
@@ -314,6 +321,13 @@ impl SqlSession {
                     .as_arrow()
                     .clone(),
             )),
+            T::Search(s) => Ok(Arc::new(
+                crate::search::plan_search(self, s)
+                    .await?
+                    .schema()
+                    .as_arrow()
+                    .clone(),
+            )),
             T::ShowSignals | T::ShowProfiles => {
                 let batches = crate::statement::execute(&self.engine, stmt.clone())?;
                 batches
@@ -340,6 +354,10 @@ impl SqlSession {
             if let crate::TidalStatement::Retrieve(r) = &stmt {
                 // EXPLAIN RETRIEVE is DataFusion's EXPLAIN of the plan it compiles to.
                 let frame = crate::retrieve::plan_retrieve(self, r).await?;
+                return Ok(Output::Query(frame.explain(false, analyze)?));
+            }
+            if let crate::TidalStatement::Search(s) = &stmt {
+                let frame = crate::search::plan_search(self, s).await?;
                 return Ok(Output::Query(frame.explain(false, analyze)?));
             }
             return Ok(Output::Done(vec![
@@ -402,6 +420,9 @@ impl SqlSession {
             crate::TidalStatement::Retrieve(r) => Ok(Output::Query(
                 crate::retrieve::plan_retrieve(self, &r).await?,
             )),
+            crate::TidalStatement::Search(s) => {
+                Ok(Output::Query(crate::search::plan_search(self, &s).await?))
+            }
             crate::TidalStatement::CreateProfile { mut def, replace } => {
                 self.prepare_profile(&mut def).await?;
                 Ok(Output::Done(crate::statement::execute(
@@ -453,6 +474,7 @@ impl SqlSession {
                 None,
             ),
             T::Retrieve(_) => ("Retrieve".to_string(), None),
+            T::Search(_) => ("Search".to_string(), None),
             T::CreateTable { def, .. } => (
                 format!(
                     "CreateTable: {} ({} columns); schema change, {atomic}",
@@ -502,7 +524,10 @@ impl SqlSession {
                 Some(c.query.as_str()),
             ),
         };
-        let is_write = !matches!(stmt, T::ShowSignals | T::ShowProfiles | T::Retrieve(_));
+        let is_write = !matches!(
+            stmt,
+            T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_)
+        );
         if analyze && is_write {
             return Err(SqlError::Syntax {
                 message: "EXPLAIN ANALYZE would apply this write; use EXPLAIN without ANALYZE"
@@ -538,6 +563,23 @@ impl SqlSession {
         )
         .map_err(|e| SqlError::DataFusion(e.into()))
     }
+}
+
+/// Whether `sql` is `EXPLAIN` of a tidalDB statement (RETRIEVE, SEARCH, CREATE SIGNAL…),
+/// which DataFusion's parser cannot describe: its result has [`explain_schema`].
+pub fn explains_tidal_statement(sql: &str) -> Result<bool, SqlError> {
+    match explain_prefix(sql) {
+        Some((_, rest)) => Ok(crate::statement::parse(rest)?.is_some()),
+        None => Ok(false),
+    }
+}
+
+/// The columns of every EXPLAIN: DataFusion's `(plan_type, plan)`.
+pub fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]))
 }
 
 /// `EXPLAIN [ANALYZE] [VERBOSE] <rest>` → (analyze, rest).

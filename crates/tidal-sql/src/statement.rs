@@ -86,6 +86,8 @@ pub enum TidalStatement {
     },
     ShowProfiles,
     Retrieve(Retrieve),
+    /// `SEARCH items QUERY '...' ...` (SQL.md §6).
+    Search(crate::search::Search),
 }
 
 /// `UPDATE`/`DELETE` on an entity table, compiled to a query that finds the rows (and,
@@ -476,6 +478,8 @@ fn create_table(
     };
     let mut kind = None;
     let mut text_fields = Vec::new();
+    let mut boosts = Vec::new();
+    let mut analyzer = tidal_core::TextAnalyzer::Default;
     let options = match &ct.table_options {
         CreateTableOptions::With(o) | CreateTableOptions::Options(o) => o.as_slice(),
         _ => &[],
@@ -489,15 +493,12 @@ fn create_table(
         match key.value.to_ascii_lowercase().as_str() {
             "kind" => kind = Some(v.parse::<EntityKind>()?),
             "text_fields" => {
-                text_fields = v
-                    .split(',')
-                    .map(|f| f.trim().to_ascii_lowercase())
-                    .filter(|f| !f.is_empty())
-                    .collect()
+                (text_fields, boosts) = text_field_list(v)?;
             }
+            "text_analyzer" => analyzer = v.parse()?,
             other => {
                 return Err(syntax(format!(
-                    "unknown table option {other:?} (expected kind, text_fields)"
+                    "unknown table option {other:?} (expected kind, text_fields, text_analyzer)"
                 )));
             }
         }
@@ -525,10 +526,35 @@ fn create_table(
         let ty = column_type(&cname, &c.data_type.to_string())?;
         columns.push(tidal_core::ColumnDef::new(&cname, ty));
     }
+    if text_fields.is_empty() && analyzer != tidal_core::TextAnalyzer::Default {
+        return Err(syntax("text_analyzer needs text_fields"));
+    }
     Ok(TidalStatement::CreateTable {
-        def: TableDef::new(kind, columns, text_fields)?,
+        def: TableDef::new(kind, columns, text_fields)?.with_text_options(analyzer, boosts)?,
         if_not_exists: ct.if_not_exists,
     })
+}
+
+/// `'title^2, body'` → the field names (lower case) and their boosts (1 unless given).
+fn text_field_list(v: &str) -> Result<(Vec<String>, Vec<f32>), SqlError> {
+    let mut names = Vec::new();
+    let mut boosts = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (name, boost) = match part.split_once('^') {
+            Some((n, b)) => {
+                let b: f32 = b.trim().parse().map_err(|_| {
+                    syntax(format!(
+                        "text_fields: {part:?} needs a number after ^ (title^2)"
+                    ))
+                })?;
+                (n.trim(), b)
+            }
+            None => (part, 1.0),
+        };
+        names.push(name.to_ascii_lowercase());
+        boosts.push(boost);
+    }
+    Ok((names, boosts))
 }
 
 pub(crate) fn is_word(t: &Token, w: &str) -> bool {
@@ -658,6 +684,12 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
             return Ok(Some(TidalStatement::CreateProfile { def, replace }));
         }
     }
+    if peek_words(p, &["SEARCH"]) {
+        p.next_token();
+        return Ok(Some(TidalStatement::Search(crate::search::parse_search(
+            p,
+        )?)));
+    }
     if peek_words(p, &["RETRIEVE"]) {
         p.next_token();
         return Ok(Some(TidalStatement::Retrieve(
@@ -784,7 +816,9 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             txn.commit()?;
             Ok(Vec::new())
         }
-        TidalStatement::Retrieve(_) => Err(syntax("RETRIEVE runs through SqlSession::sql")),
+        TidalStatement::Retrieve(_) | TidalStatement::Search(_) => {
+            Err(syntax("RETRIEVE and SEARCH run through SqlSession::sql"))
+        }
         TidalStatement::InsertSignals { .. }
         | TidalStatement::InsertRows { .. }
         | TidalStatement::ChangeRows(_) => Err(syntax("INSERT runs through SqlSession::sql")),

@@ -16,4 +16,5 @@ mod errors;
 mod limits;
 mod protocol;
 mod psql;
+mod search;
 mod slt;

@@ -1,0 +1,763 @@
+//! Text search (SQL.md §6): the `SEARCH` statement, the `search(table, query)` table
+//! function and `snippet(table, id, field, query)`.
+//!
+//! ```text
+//! SEARCH items QUERY 'piano tutorial'
+//!     [USING PROFILE name] [FOR USER id] [WHERE pred] [FILTER unseen | liked | …]
+//!     [DIVERSITY max_per_creator n] [FUSION rrf | FUSION linear (a, b)] [LIMIT n] [AT 'ts']
+//! ```
+//!
+//! The query runs on a snapshot of the table's text index that shows every write
+//! acknowledged before the statement; its matches become the candidate set of a plan
+//! shaped like RETRIEVE's:
+//!
+//! ```text
+//! Fetch      rank, id, score, relevance, <entity columns>
+//!   Rank     limit, max_per_creator
+//!     Projection score = relevance | 1/(60+rank_rel) + 1/(60+rank_profile) | a·rel + b·profile
+//!       [Window  row_number() over relevance, over profile_score]     (rrf only)
+//!         Filter marked_by[user 7 seen](id)                          (FILTER terms)
+//!           Projection id, [creator_id], text_relevance(id), [profile score]
+//!             Filter text_match[items 'q': how (n rows)](id) AND <WHERE> AND <GATE>
+//!               TableScan items
+//! ```
+//!
+//! Which matches are computed depends on the statement. Without a profile or diversity
+//! the score is the relevance, so the index's own top-k (block-max pruning) among the
+//! rows passing WHERE and FILTER is the answer: WHERE is evaluated first as an id set
+//! and tested, with the marks, inside the collector. With a profile or diversity every
+//! candidate is needed; when WHERE or a positive mark filter (`FILTER liked`) bounds
+//! them to at most [`SEARCH_AMONG_IDS_MAX`] rows only those rows are scored (by seeking
+//! to each), otherwise every match is.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableFunctionImpl, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ExprFunctionExt, LogicalPlanBuilder, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, TypeSignature, Volatility, col, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+use tidal_core::{EntityId, EntityKind, Timestamp};
+use tidal_engine::roaring::RoaringTreemap;
+use tidal_engine::tidal_index::{Hit, TEXT_REFRESH_WAIT_MS_MAX, TextSnapshot};
+use tidal_engine::{Engine, ReadView};
+
+use crate::error::{bad_arg, engine_err};
+use crate::profile::{
+    MarkFilter, RETRIEVE_LIMIT_DEFAULT, at_clause, bind_profile, diversity, entity_table,
+    filter_terms, limit, next_clause, require_creator, user_id, where_clause,
+};
+use crate::statement::{end, expect_word, found, ident, string, syntax};
+use crate::{SqlError, SqlSession};
+
+/// RRF's rank constant (SQL.md §6).
+pub const RRF_K: f64 = 60.0;
+/// A positive mark filter with at most this many marked rows scores only those rows;
+/// above it, every match is scored and the filter applied after.
+pub const SEARCH_AMONG_IDS_MAX: u64 = 100_000;
+/// Longest query string.
+pub const SEARCH_QUERY_BYTES_MAX: usize = 16 << 10;
+/// Longest snippet `snippet()` returns, in characters.
+pub const SNIPPET_CHARS_DEFAULT: usize = 150;
+
+/// How a profile's score and the text relevance are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// `1/(60 + relevance_rank) + 1/(60 + profile_rank)` (the default with a profile).
+    Rrf,
+    /// `a·relevance + b·profile_score`.
+    Linear(f64, f64),
+}
+
+/// A parsed `SEARCH`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    pub kind: EntityKind,
+    pub query: String,
+    pub profile: Option<String>,
+    pub user: Option<i64>,
+    /// The WHERE predicate as SQL text.
+    pub predicate: Option<String>,
+    pub filters: Vec<MarkFilter>,
+    pub max_per_creator: Option<u32>,
+    pub fusion: Option<Fusion>,
+    pub limit: usize,
+    pub at: Option<Timestamp>,
+}
+
+fn number(p: &mut Parser<'_>, what: &str) -> Result<f64, SqlError> {
+    let negative = p.peek_token_ref().token == Token::Minus;
+    if negative {
+        p.next_token();
+    }
+    match p.peek_token_ref().token.clone() {
+        Token::Number(n, _) => {
+            p.next_token();
+            let v: f64 = n
+                .parse()
+                .map_err(|_| syntax(format!("{what} must be a number, not {n}")))?;
+            Ok(if negative { -v } else { v })
+        }
+        _ => Err(syntax(format!("expected {what}, found {}", found(p)))),
+    }
+}
+
+/// `SEARCH` after its first word.
+pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
+    let kind = entity_table(p)?;
+    expect_word(p, "QUERY")?;
+    let query = string(p, "the search query")?;
+    if query.len() > SEARCH_QUERY_BYTES_MAX {
+        return Err(SqlError::BadArgument {
+            function: "SEARCH",
+            reason: format!("the query is longer than {SEARCH_QUERY_BYTES_MAX} bytes"),
+        });
+    }
+    let mut s = Search {
+        kind,
+        query,
+        profile: None,
+        user: None,
+        predicate: None,
+        filters: Vec::new(),
+        max_per_creator: None,
+        fusion: None,
+        limit: RETRIEVE_LIMIT_DEFAULT,
+        at: None,
+    };
+    let clauses = [
+        "USING",
+        "FOR",
+        "WHERE",
+        "FILTER",
+        "DIVERSITY",
+        "FUSION",
+        "LIMIT",
+        "AT",
+    ];
+    let mut seen = BTreeSet::new();
+    while let Some(clause) = next_clause(p, &clauses, &mut seen)? {
+        match clause.as_str() {
+            "USING" => {
+                expect_word(p, "PROFILE")?;
+                s.profile = Some(ident(p, "a profile name")?);
+            }
+            "FOR" => {
+                expect_word(p, "USER")?;
+                s.user = Some(user_id(p)?);
+            }
+            "WHERE" => s.predicate = Some(where_clause(p)?),
+            "FILTER" => s.filters = filter_terms(p)?,
+            "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
+            "FUSION" => {
+                let how = ident(p, "rrf or linear")?;
+                s.fusion = Some(match how.as_str() {
+                    "rrf" => Fusion::Rrf,
+                    "linear" => {
+                        p.expect_token(&Token::LParen)
+                            .map_err(|e| syntax(e.to_string()))?;
+                        let a = number(p, "the relevance weight")?;
+                        p.expect_token(&Token::Comma)
+                            .map_err(|e| syntax(e.to_string()))?;
+                        let b = number(p, "the profile weight")?;
+                        p.expect_token(&Token::RParen)
+                            .map_err(|e| syntax(e.to_string()))?;
+                        if !(a.is_finite() && b.is_finite()) {
+                            return Err(SqlError::BadArgument {
+                                function: "SEARCH",
+                                reason: "FUSION linear weights must be finite".into(),
+                            });
+                        }
+                        Fusion::Linear(a, b)
+                    }
+                    other => {
+                        return Err(syntax(format!(
+                            "expected FUSION rrf or FUSION linear (a, b), found {other}"
+                        )));
+                    }
+                });
+            }
+            "LIMIT" => s.limit = limit(p, "SEARCH")?,
+            "AT" => s.at = Some(at_clause(p)?),
+            _ => unreachable!("clause words are checked above"),
+        }
+    }
+    end(p)?;
+    if !s.filters.is_empty() && s.user.is_none() {
+        return Err(syntax(
+            "FILTER unseen|liked|hidden needs FOR USER id (marks are per user)",
+        ));
+    }
+    if s.fusion.is_some() && s.profile.is_none() {
+        return Err(syntax(
+            "FUSION combines relevance with a profile's score: it needs USING PROFILE",
+        ));
+    }
+    Ok(s)
+}
+
+/// The text snapshot of `kind`'s table that shows every write acknowledged before the
+/// call (waiting, at most [`TEXT_REFRESH_WAIT_MS_MAX`], for the commit that shows them).
+pub(crate) async fn fresh_snapshot(
+    view: &ReadView,
+    kind: EntityKind,
+) -> Result<Arc<TextSnapshot>, SqlError> {
+    let text = view.text(kind)?;
+    let wait = Duration::from_millis(TEXT_REFRESH_WAIT_MS_MAX);
+    match tokio::time::timeout(wait, text.index.snapshot()).await {
+        Ok(r) => Ok(r.map_err(tidal_engine::EngineError::from)?),
+        Err(_) => Err(SqlError::BadArgument {
+            function: "SEARCH",
+            reason: format!(
+                "the text index of {} did not catch up with the writes before this \
+                 statement within {TEXT_REFRESH_WAIT_MS_MAX} ms",
+                kind.table_name()
+            ),
+        }),
+    }
+}
+
+fn index_err(e: tidal_engine::tidal_index::IndexError) -> SqlError {
+    SqlError::Engine(e.into())
+}
+
+/// The matches a statement needs, and how they were found (for EXPLAIN).
+struct Matches {
+    hits: Vec<Hit>,
+    how: String,
+}
+
+/// Runs the query for `s`: see the module docs for which matches are computed.
+/// `passing` is the set of rows that pass the statement's WHERE, when it has one.
+fn matches(
+    snap: &TextSnapshot,
+    s: &Search,
+    marks: &[(MarkFilter, Arc<RoaringTreemap>)],
+    passing: Option<&RoaringTreemap>,
+) -> Result<Matches, SqlError> {
+    let q = snap.parse(&s.query).map_err(index_err)?;
+    if s.profile.is_none() && s.max_per_creator.is_none() {
+        // score = relevance and no diversity: the index's own top-k among the rows that
+        // pass WHERE and FILTER is the answer, found with pruning.
+        if passing.is_none() && marks.is_empty() {
+            let hits = snap.top_k(&q, s.limit).map_err(index_err)?;
+            return Ok(Matches {
+                how: format!("top {} of the index (pruned)", s.limit),
+                hits,
+            });
+        }
+        let keep = |id: u64| {
+            passing.is_none_or(|p| p.contains(id))
+                && marks.iter().all(|(f, set)| set.contains(id) == f.want)
+        };
+        let hits = snap.top_k_where(&q, s.limit, &keep).map_err(index_err)?;
+        return Ok(Matches {
+            how: format!(
+                "top {} of the index among the rows passing {} (pruned)",
+                s.limit,
+                match (passing.is_some(), marks.is_empty()) {
+                    (true, true) => "WHERE",
+                    (true, false) => "WHERE and FILTER",
+                    _ => "FILTER",
+                }
+            ),
+            hits,
+        });
+    }
+    // Every candidate is needed (ranks for RRF, the profile's order, diversity's fill):
+    // score only the smallest known superset of the candidates when it is small.
+    let mut smallest: Option<(String, &RoaringTreemap)> =
+        passing.map(|p| ("rows passing WHERE".to_string(), p));
+    for (f, set) in marks.iter().filter(|(f, _)| f.want) {
+        if smallest.as_ref().is_none_or(|(_, s)| set.len() < s.len()) {
+            smallest = Some((format!("rows {} by the user", f.mark.as_str()), set));
+        }
+    }
+    if let Some((what, set)) = smallest
+        && set.len() <= SEARCH_AMONG_IDS_MAX
+    {
+        let ids: Vec<u64> = set.iter().collect();
+        let hits = snap.among(&q, &ids).map_err(index_err)?;
+        return Ok(Matches {
+            how: format!("only the {} {what}", ids.len()),
+            hits,
+        });
+    }
+    let hits = snap.all(&q).map_err(index_err)?;
+    Ok(Matches {
+        how: "every match".into(),
+        hits,
+    })
+}
+
+/// The ids of `kind`'s rows that pass `predicate`, evaluated with the statement's state
+/// (its instant, for signal functions in the predicate).
+async fn passing_ids(
+    state: &datafusion::execution::SessionState,
+    kind: EntityKind,
+    predicate: &str,
+) -> Result<RoaringTreemap, SqlError> {
+    let sql = format!("SELECT id FROM {} WHERE ({predicate})", kind.table_name());
+    let plan = state.create_logical_plan(&sql).await?;
+    let batches = DataFrame::new(state.clone(), plan).collect().await?;
+    let mut ids = RoaringTreemap::new();
+    for b in &batches {
+        let col = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("SEARCH: ids are not BIGINT".into()))?;
+        ids.extend(col.iter().flatten().filter_map(|id| u64::try_from(id).ok()));
+    }
+    Ok(ids)
+}
+
+/// Builds the plan of a SEARCH (the DataFrame's state carries the statement instant).
+pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<DataFrame, SqlError> {
+    let engine = session.engine();
+    let view = engine.read();
+    let schema = view.schema().clone();
+    let table = schema.table(s.kind)?.clone();
+    let profile = match &s.profile {
+        Some(name) => {
+            let def = schema.profile(name)?;
+            if def.kind != s.kind {
+                return Err(bad_arg(
+                    "SEARCH",
+                    format!(
+                        "profile {} is defined on {}, not on {}",
+                        def.name,
+                        def.kind.table_name(),
+                        s.kind.table_name()
+                    ),
+                )
+                .into());
+            }
+            Some((def.clone(), bind_profile(def, &schema, None)?))
+        }
+        None => None,
+    };
+    let max_per_creator = s
+        .max_per_creator
+        .or(profile.as_ref().and_then(|(d, _)| d.max_per_creator));
+    if max_per_creator.is_some() {
+        require_creator(s.kind, &schema)?;
+    }
+    let marks = match s.user {
+        Some(user) => crate::retrieve::mark_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
+        None => Vec::new(),
+    };
+    let mut state = session.context().state();
+    if let Some(at) = s.at {
+        state.execution_props_mut().query_execution_start_time = Some(
+            crate::retrieve::chrono_utc(at)
+                .ok_or_else(|| bad_arg("SEARCH", "AT is out of range"))?,
+        );
+    }
+    let passing = match &s.predicate {
+        Some(p) => Some(passing_ids(&state, s.kind, p).await?),
+        None => None,
+    };
+    let snap = fresh_snapshot(&view, s.kind).await?;
+    let found = matches(&snap, s, &marks, passing.as_ref())?;
+    let mut ids = RoaringTreemap::new();
+    let mut relevance = HashMap::with_capacity(found.hits.len());
+    for h in &found.hits {
+        ids.insert(h.id);
+        relevance.insert(h.id, f64::from(h.score));
+    }
+    let label = format!(
+        "{} {:?}: {} ({} rows)",
+        s.kind.table_name(),
+        s.query,
+        found.how,
+        found.hits.len()
+    );
+
+    let mut conds = Vec::new();
+    if let Some((_, bound)) = &profile
+        && let Some(keep) = &bound.keep
+    {
+        conds.push(keep.clone());
+    }
+    if let Some(p) = &s.predicate {
+        conds.push(format!("({p})"));
+    }
+    let sql = format!(
+        "SELECT id{}{} FROM {}{}",
+        if max_per_creator.is_some() {
+            ", creator_id"
+        } else {
+            ""
+        },
+        match &profile {
+            Some((_, bound)) => format!(", {} AS profile_score", bound.score),
+            None => String::new(),
+        },
+        s.kind.table_name(),
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        }
+    );
+    let plan = crate::retrieve::ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
+    // The match filter goes under the projection (DataFusion pushes it into the scan's
+    // filter), so profile scores are computed for matching rows only.
+    let matched = crate::retrieve::id_set_filter("text_match", &label, Arc::new(ids));
+    let mut plan = LogicalPlanBuilder::from(plan).filter(matched)?.build()?;
+    if let Some(user) = s.user {
+        plan = crate::retrieve::mark_filters(plan, &view, s.kind, user, &s.filters, "SEARCH")?;
+    }
+    let rel = ScalarUDF::new_from_impl(RelevanceUdf {
+        label: format!("{} {:?}", s.kind.table_name(), s.query),
+        scores: Arc::new(relevance),
+        signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
+    })
+    .call(vec![col("id")]);
+    let mut keep = vec![col("id")];
+    if max_per_creator.is_some() {
+        keep.push(col("creator_id"));
+    }
+    let mut with_rel = keep.clone();
+    with_rel.push(rel.alias("relevance"));
+    if profile.is_some() {
+        with_rel.push(col("profile_score"));
+    }
+    let mut plan = LogicalPlanBuilder::from(plan).project(with_rel)?;
+    let score = match (&profile, s.fusion.unwrap_or(Fusion::Rrf)) {
+        (None, _) => col("relevance"),
+        (Some(_), Fusion::Linear(a, b)) => {
+            lit(a) * col("relevance") + lit(b) * col("profile_score")
+        }
+        (Some(_), Fusion::Rrf) => {
+            let rank_of = |by: &str| -> Result<Expr, SqlError> {
+                Ok(row_number()
+                    .order_by(vec![
+                        col(by).sort(false, false),
+                        col("id").sort(true, false),
+                    ])
+                    .build()?)
+            };
+            // One window node per ordering: DataFusion plans a window node's functions
+            // over a single sort.
+            plan = plan
+                .window(vec![rank_of("relevance")?.alias("relevance_rank")])?
+                .window(vec![rank_of("profile_score")?.alias("profile_rank")])?;
+            let part = |c: &str| {
+                lit(1.0)
+                    / (lit(RRF_K)
+                        + Expr::Cast(datafusion::logical_expr::Cast::new(
+                            Box::new(col(c)),
+                            DataType::Float64,
+                        )))
+            };
+            part("relevance_rank") + part("profile_rank")
+        }
+    };
+    let mut out = keep;
+    out.push(score.alias("score"));
+    out.push(col("relevance"));
+    let plan = plan.project(out)?.build()?;
+    let plan = crate::rank::rank_plan(plan, s.limit, max_per_creator)?;
+    let plan = crate::retrieve::FetchNode::plan(
+        plan,
+        view,
+        table,
+        &[Field::new("relevance", DataType::Float64, true)],
+    )?;
+    Ok(DataFrame::new(state, plan))
+}
+
+/// `text_relevance(id)`: the BM25 relevance of the row's id for the statement's query
+/// (captured at planning); NULL for a row that does not match.
+#[derive(Debug)]
+struct RelevanceUdf {
+    label: String,
+    scores: Arc<HashMap<u64, f64>>,
+    signature: Signature,
+}
+
+impl PartialEq for RelevanceUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && Arc::ptr_eq(&self.scores, &other.scores)
+    }
+}
+impl Eq for RelevanceUdf {}
+impl Hash for RelevanceUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.label.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for RelevanceUdf {
+    fn name(&self) -> &str {
+        "text_relevance"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = ids.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+            DataFusionError::Internal("text_relevance: ids are not BIGINT".into())
+        })?;
+        let out: Float64Array = ids
+            .iter()
+            .map(|id| {
+                id.and_then(|id| u64::try_from(id).ok())
+                    .and_then(|id| self.scores.get(&id).copied())
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+fn literal_str(e: &Expr, what: &str, function: &'static str) -> Result<String> {
+    match e {
+        Expr::Literal(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+            _,
+        ) => Ok(s.clone()),
+        _ => Err(bad_arg(function, format!("{what} must be a quoted string"))),
+    }
+}
+
+fn table_kind(name: &str, function: &'static str) -> Result<EntityKind> {
+    EntityKind::ALL
+        .into_iter()
+        .find(|k| k.table_name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            bad_arg(
+                function,
+                format!("{name:?} is not an entity table (items, users or creators)"),
+            )
+        })
+}
+
+/// `search(table, query)`: every row matching the query, `(id, relevance)`.
+#[derive(Debug)]
+pub struct SearchFunction {
+    engine: Arc<Engine>,
+}
+
+impl SearchFunction {
+    pub fn new(engine: Arc<Engine>) -> SearchFunction {
+        SearchFunction { engine }
+    }
+}
+
+impl TableFunctionImpl for SearchFunction {
+    fn call_with_args(
+        &self,
+        args: datafusion::catalog::TableFunctionArgs,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        if exprs.len() != 2 {
+            return Err(bad_arg(
+                "search",
+                "takes 2 arguments: search('items', 'query text')",
+            ));
+        }
+        let kind = table_kind(&literal_str(&exprs[0], "the table", "search")?, "search")?;
+        let query = literal_str(&exprs[1], "the query", "search")?;
+        // Errors that need no index (no such table, no text fields) surface here.
+        self.engine.read().text(kind).map_err(engine_err)?;
+        Ok(Arc::new(SearchTable {
+            engine: self.engine.clone(),
+            kind,
+            query,
+            schema: Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("relevance", DataType::Float64, false),
+            ])),
+        }))
+    }
+}
+
+/// The rows of one `search(table, query)` call.
+#[derive(Debug)]
+struct SearchTable {
+    engine: Arc<Engine>,
+    kind: EntityKind,
+    query: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for SearchTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let view = self.engine.read();
+        let snap = fresh_snapshot(&view, self.kind)
+            .await
+            .map_err(SqlError::into_df)?;
+        let q = snap
+            .parse(&self.query)
+            .map_err(|e| index_err(e).into_df())?;
+        let mut hits = snap.all(&q).map_err(|e| index_err(e).into_df())?;
+        hits.sort_unstable_by_key(|h| h.id);
+        let ids: Int64Array = hits.iter().map(|h| h.id as i64).collect();
+        let rel: Float64Array = hits.iter().map(|h| f64::from(h.score)).collect();
+        let batch = RecordBatch::try_new(self.schema.clone(), vec![Arc::new(ids), Arc::new(rel)])?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// `snippet(table, id, field, query [, max_chars])`: the part of the row's `field` that
+/// best matches `query`, the matched terms between `<b>` and `</b>` (as PostgreSQL's
+/// `ts_headline`); empty when the field does not match, NULL for a missing row or a
+/// NULL field.
+#[derive(Debug)]
+pub struct SnippetUdf {
+    engine: Arc<Engine>,
+    signature: Signature,
+}
+
+impl SnippetUdf {
+    pub fn new(engine: Arc<Engine>) -> SnippetUdf {
+        let s = |n| TypeSignature::Any(n);
+        SnippetUdf {
+            engine,
+            signature: Signature::one_of(vec![s(4), s(5)], Volatility::Stable),
+        }
+    }
+}
+
+impl PartialEq for SnippetUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+impl Eq for SnippetUdf {}
+impl Hash for SnippetUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.engine).hash(state);
+    }
+}
+
+fn scalar_str(v: &ColumnarValue, what: &str) -> Result<String> {
+    match v {
+        ColumnarValue::Scalar(
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)),
+        ) => Ok(s.clone()),
+        _ => Err(bad_arg(
+            "snippet",
+            format!("{what} must be a constant string: snippet('items', id, 'body', 'query')"),
+        )),
+    }
+}
+
+impl ScalarUDFImpl for SnippetUdf {
+    fn name(&self) -> &str {
+        "snippet"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if !(args[1].is_integer() || args[1] == DataType::Null) {
+            return Err(bad_arg(
+                "snippet",
+                format!("the id must be a BIGINT, not {}", args[1]),
+            ));
+        }
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let kind = table_kind(&scalar_str(&args.args[0], "the table")?, "snippet")?;
+        let field = scalar_str(&args.args[2], "the field")?;
+        let query = scalar_str(&args.args[3], "the query")?;
+        let max_chars = match args.args.get(4) {
+            None => SNIPPET_CHARS_DEFAULT,
+            Some(ColumnarValue::Scalar(v)) => match v.cast_to(&DataType::Int64)? {
+                ScalarValue::Int64(Some(m)) if (1..=100_000).contains(&m) => m as usize,
+                _ => return Err(bad_arg("snippet", "max_chars must be 1 to 100000")),
+            },
+            Some(_) => return Err(bad_arg("snippet", "max_chars must be a constant")),
+        };
+        let view = self.engine.read();
+        let table = view.schema().table(kind).map_err(engine_err)?.clone();
+        let column = table
+            .text_fields
+            .iter()
+            .find(|f| f.eq_ignore_ascii_case(&field))
+            .and_then(|f| table.column_index(f))
+            .ok_or_else(|| {
+                bad_arg(
+                    "snippet",
+                    format!(
+                        "{field:?} is not a text field of {} (text fields: {})",
+                        kind.table_name(),
+                        table.text_fields.join(", ")
+                    ),
+                )
+            })?;
+        // Only term statistics and the analyzer come from the index; the text is read
+        // from the row, so the current snapshot (without waiting) is enough.
+        let text = view.text(kind).map_err(engine_err)?;
+        let snap = text.index.current();
+        let q = snap.parse(&query).map_err(|e| index_err(e).into_df())?;
+        let ids = args.args[1].to_array(n)?;
+        let ids = datafusion::arrow::compute::cast(&ids, &DataType::Int64)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| DataFusionError::Internal("snippet: ids are not BIGINT".into()))?;
+        let mut out = Vec::with_capacity(n);
+        for id in ids.iter() {
+            let row = match id.and_then(EntityId::from_i64) {
+                Some(id) => view.get(kind, id).map_err(engine_err)?,
+                None => None,
+            };
+            let value = match row.as_ref().and_then(|r| r.get(column)) {
+                Some(tidal_core::Value::Text(t)) => Some(
+                    snap.snippet(&q, &field, t, ("<b>", "</b>"), max_chars)
+                        .map_err(|e| index_err(e).into_df())?,
+                ),
+                _ => None,
+            };
+            out.push(value);
+        }
+        Ok(ColumnarValue::Array(Arc::new(StringArray::from(out))))
+    }
+}
