@@ -148,13 +148,16 @@ struct Queue {
     stop: bool,
 }
 
+/// A reader waiting for the commit that covers an LSN.
+type Waiter = (u64, oneshot::Sender<Result<Arc<TextSnapshot>, IndexError>>);
+
 struct Visible {
     /// Text changes through this LSN are searchable in `snapshot`.
     lsn: u64,
     /// The last commit (durable), as LSN covered.
     durable_lsn: u64,
     snapshot: Arc<TextSnapshot>,
-    waiters: Vec<(u64, oneshot::Sender<Result<Arc<TextSnapshot>, IndexError>>)>,
+    waiters: Vec<Waiter>,
     failed: Option<String>,
 }
 
