@@ -356,6 +356,28 @@ impl IdBounds {
         self.lo > self.hi || self.points.as_ref().is_some_and(|p| p.is_empty())
     }
 
+    /// The finite id set these bounds allow, if they restrict ids to one.
+    fn exact_points(&self) -> Option<BTreeSet<u64>> {
+        let p = self.points.as_ref()?;
+        Some(
+            p.iter()
+                .copied()
+                .filter(|v| (self.lo..=self.hi).contains(v))
+                .collect(),
+        )
+    }
+
+    /// The smallest id range holding every id these bounds allow (`lo > hi` if none).
+    fn hull(&self) -> (u64, u64) {
+        match self.exact_points() {
+            Some(p) => match (p.first(), p.last()) {
+                (Some(&a), Some(&b)) => (a, b),
+                _ => (1, 0),
+            },
+            None => (self.lo, self.hi),
+        }
+    }
+
     fn restrict_points(&mut self, pts: BTreeSet<u64>) {
         self.points = Some(match self.points.take() {
             Some(old) => old.intersection(&pts).copied().collect(),
@@ -366,6 +388,32 @@ impl IdBounds {
     /// Narrows the bounds with one filter; returns whether the filter was understood.
     fn apply(&mut self, e: &Expr) -> bool {
         match e {
+            // DataFusion rewrites a short `id IN (…)` as `id = a OR id = b …`. The bounds
+            // only need to cover the rows (the filter is re-checked above the scan): the
+            // union of two point sets, else the hull of the two ranges.
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Or,
+                right,
+            }) => {
+                let (mut l, mut r) = (IdBounds::all(), IdBounds::all());
+                if !(l.apply(left) && r.apply(right)) {
+                    return false;
+                }
+                match (l.exact_points(), r.exact_points()) {
+                    (Some(a), Some(b)) => self.restrict_points(a.union(&b).copied().collect()),
+                    _ => {
+                        let (lo, hi) = (l.hull().0.min(r.hull().0), l.hull().1.max(r.hull().1));
+                        if lo > hi {
+                            self.restrict_points(BTreeSet::new());
+                        } else {
+                            self.lo = self.lo.max(lo);
+                            self.hi = self.hi.min(hi);
+                        }
+                    }
+                }
+                true
+            }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
                 let (op, v) = match (is_id(left), is_id(right), lit_i64(left), lit_i64(right)) {
                     (true, _, _, Some(v)) => (*op, v),
@@ -793,5 +841,28 @@ mod tests {
         assert!(bounds(&[col("id").eq(lit(1i64)), col("id").eq(lit(2i64))]).is_empty());
         assert!(!IdBounds::all().apply(&col("title").eq(lit("x"))));
         assert!(!IdBounds::all().apply(&col("id").in_list(vec![lit(1i64)], true)));
+    }
+
+    #[test]
+    fn id_disjunctions_narrow_to_a_superset() {
+        // `id IN (1, 2, 3)` as DataFusion's simplifier leaves it.
+        let or = col("id")
+            .eq(lit(1i64))
+            .or(col("id").eq(lit(2i64)))
+            .or(col("id").eq(lit(3i64)));
+        assert_eq!(bounds(&[or]).points, Some(BTreeSet::from([1, 2, 3])));
+        // Points and a range: the hull.
+        let b = bounds(&[col("id")
+            .eq(lit(5i64))
+            .or(col("id").between(lit(10i64), lit(12i64)))]);
+        assert_eq!((b.lo, b.hi, b.points), (5, 12, None));
+        // A point outside its own range drops out of the union.
+        let b = bounds(&[
+            col("id").gt(lit(0i64)),
+            col("id").eq(lit(0i64)).or(col("id").eq(lit(7i64))),
+        ]);
+        assert_eq!(b.exact_points(), Some(BTreeSet::from([7])));
+        // Anything not about ids makes the disjunction unusable.
+        assert!(!IdBounds::all().apply(&col("id").eq(lit(1i64)).or(col("title").eq(lit("x")))));
     }
 }

@@ -71,6 +71,9 @@ pub const RRF_K: f64 = 60.0;
 /// A positive mark filter with at most this many marked rows scores only those rows;
 /// above it, every match is scored and the filter applied after.
 pub const SEARCH_AMONG_IDS_MAX: u64 = 100_000;
+/// With at most this many matches the candidate scan reads only the matching rows
+/// (point reads); with more it scans the table (served from the scan cache).
+pub const SEARCH_POINT_READS_MAX: usize = 1_024;
 /// Longest query string.
 pub const SEARCH_QUERY_BYTES_MAX: usize = 16 << 10;
 /// Longest snippet `snippet()` returns, in characters.
@@ -420,7 +423,18 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     let plan = crate::retrieve::ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
     // The match filter goes under the projection (DataFusion pushes it into the scan's
     // filter), so profile scores are computed for matching rows only.
-    let matched = crate::retrieve::id_set_filter("text_match", &label, Arc::new(ids));
+    let mut matched = crate::retrieve::id_set_filter("text_match", &label, Arc::new(ids));
+    if found.hits.len() <= SEARCH_POINT_READS_MAX {
+        // Few matches: `id IN (…)` is pushed into the scan, which then reads just those
+        // rows instead of the whole table.
+        let list = found
+            .hits
+            .iter()
+            .filter_map(|h| i64::try_from(h.id).ok())
+            .map(lit)
+            .collect();
+        matched = col("id").in_list(list, false).and(matched);
+    }
     let mut plan = LogicalPlanBuilder::from(plan).filter(matched)?.build()?;
     if let Some(user) = s.user {
         plan = crate::retrieve::mark_filters(plan, &view, s.kind, user, &s.filters, "SEARCH")?;
