@@ -173,6 +173,7 @@ fn sql_state(e: &SqlError) -> &'static str {
                     _ => "22000",
                 };
             }
+            DataFusionError::NotImplemented(_) => return "0A000",
             // Execution errors are about the data or the query (bad cast, bad
             // argument at run time), not about the server.
             DataFusionError::Execution(_) => return "22000",

@@ -1,6 +1,7 @@
 //! SQL for tidalDB on Apache DataFusion: the `tidal` catalog with the entity tables
 //! (`items`, `users`, `creators`) read from consistent snapshots of the engine's store,
-//! and the signal functions of SQL.md §4 as vectorized scalar UDFs.
+//! the signal functions of SQL.md §4 as vectorized scalar UDFs, profiles and RETRIEVE
+//! (§5), and text search (§6: `SEARCH`, `search(table, query)`, `snippet()`).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -28,7 +29,26 @@
 //! ```
 //!
 //! Limits: all queries of a session share a [`QUERY_MEMORY_BYTES_MAX`] memory pool.
-//! Statements that write or change the schema are not available through SQL yet.
+//!
+//! Text search through the same session:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::sync::Arc;
+//! # use tidal_engine::{Engine, EngineConfig};
+//! # use tidal_sql::SqlSession;
+//! # let dir = tempfile::tempdir()?;
+//! # let engine = Arc::new(Engine::open(EngineConfig::new(dir.path()))?);
+//! let sql = SqlSession::new(engine.clone())?;
+//! sql.sql("CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT) \
+//!          WITH (kind = 'item', text_fields = 'title')").await?;
+//! sql.sql("INSERT INTO items VALUES (1, 'piano tutorial'), (2, 'guitar')").await?;
+//! // Searchable as soon as the INSERT returned.
+//! let hits = sql.sql("SELECT id FROM search('items', 'piano')").await?;
+//! assert_eq!(hits.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+//! # Ok(()) }
+//! ```
 
 mod coop;
 mod error;

@@ -175,9 +175,11 @@ pub(crate) fn mark_filters(
 /// `<function>[<label>](id)`: whether the row's id is in `set` (captured at planning).
 /// The label is part of the function's name so that EXPLAIN shows which set it is.
 pub(crate) fn id_set_filter(function: &str, label: &str, set: Arc<RoaringTreemap>) -> Expr {
+    let dense = DenseIds::of(&set);
     let udf = ScalarUDF::new_from_impl(MarkSetUdf {
         label: format!("{function}[{label}]"),
         set,
+        dense,
         signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
     });
     udf.call(vec![col("id")])
@@ -215,7 +217,39 @@ pub(crate) fn chrono_utc(at: tidal_core::Timestamp) -> Option<chrono::DateTime<c
 struct MarkSetUdf {
     label: String,
     set: Arc<RoaringTreemap>,
+    /// The same set as a plain bitmap when its ids are small enough: a membership test
+    /// per scanned row is then one load and a shift (a candidate scan tests every row of
+    /// the table).
+    dense: Option<DenseIds>,
     signature: Signature,
+}
+
+/// Largest id a [`DenseIds`] bitmap covers (8 MiB of bits).
+const DENSE_IDS_MAX: u64 = 1 << 26;
+
+#[derive(Debug)]
+struct DenseIds {
+    words: Vec<u64>,
+}
+
+impl DenseIds {
+    fn of(set: &RoaringTreemap) -> Option<DenseIds> {
+        let max = set.max()?;
+        if max > DENSE_IDS_MAX {
+            return None;
+        }
+        let mut words = vec![0u64; (max / 64 + 1) as usize];
+        for id in set.iter() {
+            words[(id / 64) as usize] |= 1 << (id % 64);
+        }
+        Some(DenseIds { words })
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.words
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
 }
 
 impl PartialEq for MarkSetUdf {
@@ -246,10 +280,15 @@ impl ScalarUDFImpl for MarkSetUdf {
             .as_any()
             .downcast_ref::<Int64Array>()
             .ok_or_else(|| DataFusionError::Internal("marked_by: ids are not BIGINT".into()))?;
-        let out: BooleanArray = ids
-            .iter()
-            .map(|id| id.map(|id| u64::try_from(id).is_ok_and(|u| self.set.contains(u))))
-            .collect();
+        let values = ids.values();
+        let member = |i: usize| {
+            u64::try_from(values[i]).is_ok_and(|u| match &self.dense {
+                Some(d) => d.contains(u),
+                None => self.set.contains(u),
+            })
+        };
+        let bits = datafusion::arrow::buffer::BooleanBuffer::collect_bool(values.len(), member);
+        let out = BooleanArray::new(bits, ids.nulls().cloned());
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -302,7 +341,7 @@ impl FetchNode {
 }
 
 /// `rank, id, score`, the `extra` columns, then the table's columns other than id.
-fn fetch_schema(table: &TableDef, extra: &[Field]) -> SchemaRef {
+pub(crate) fn fetch_schema(table: &TableDef, extra: &[Field]) -> SchemaRef {
     let full = table_schema(table);
     let mut fields = vec![
         Field::new("rank", DataType::Int64, false),
@@ -489,7 +528,7 @@ impl ExecutionPlan for FetchExec {
     }
 }
 
-fn fetch_rows(
+pub(crate) fn fetch_rows(
     view: &ReadView,
     table: &TableDef,
     extra: &[String],

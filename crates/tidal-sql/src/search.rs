@@ -331,6 +331,141 @@ async fn passing_ids(
     Ok(ids)
 }
 
+/// The result columns of `s`: `rank, id, score, relevance`, then the entity's columns.
+pub(crate) fn search_schema(session: &SqlSession, s: &Search) -> Result<SchemaRef, SqlError> {
+    let view = session.engine().read();
+    let table = view.schema().table(s.kind)?.clone();
+    view.text(s.kind)?;
+    Ok(crate::retrieve::fetch_schema(&table, &[relevance_field()]))
+}
+
+fn relevance_field() -> Field {
+    Field::new("relevance", DataType::Float64, true)
+}
+
+/// The session state a SEARCH plans with: the statement's instant fixed by AT.
+fn statement_state(
+    session: &SqlSession,
+    s: &Search,
+) -> Result<datafusion::execution::SessionState, SqlError> {
+    let mut state = session.context().state();
+    if let Some(at) = s.at {
+        state.execution_props_mut().query_execution_start_time = Some(
+            crate::retrieve::chrono_utc(at)
+                .ok_or_else(|| bad_arg("SEARCH", "AT is out of range"))?,
+        );
+    }
+    Ok(state)
+}
+
+/// A SEARCH whose score is the relevance (no profile, no diversity) needs no DataFusion
+/// plan: the index's top-k among the rows passing WHERE and FILTER is its answer.
+fn is_direct(s: &Search) -> bool {
+    s.profile.is_none() && s.max_per_creator.is_none()
+}
+
+/// The matches of a direct SEARCH (see [`is_direct`]).
+async fn direct_matches(session: &SqlSession, s: &Search) -> Result<Matches, SqlError> {
+    let view = session.engine().read();
+    let marks = match s.user {
+        Some(user) => crate::retrieve::mark_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
+        None => Vec::new(),
+    };
+    let passing = match &s.predicate {
+        Some(p) => Some(passing_ids(&statement_state(session, s)?, s.kind, p).await?),
+        None => None,
+    };
+    let snap = fresh_snapshot(&view, s.kind).await?;
+    matches(&snap, s, &marks, passing.as_ref())
+}
+
+/// Runs a direct SEARCH (see [`is_direct`]): the top-k, then point reads of those rows,
+/// so its cost is the index's search plus a few reads, not query planning. `None` for
+/// every other SEARCH.
+pub(crate) async fn run_search_direct(
+    session: &SqlSession,
+    s: &Search,
+) -> Result<Option<RecordBatch>, SqlError> {
+    if !is_direct(s) {
+        return Ok(None);
+    }
+    let found = direct_matches(session, s).await?;
+    // Read the rows from a view taken after the index snapshot, so every row the
+    // snapshot found is there (unless a later DELETE removed it: then it is left out).
+    let view = session.engine().read();
+    let table = view.schema().table(s.kind)?.clone();
+    let n = found.hits.len();
+    let relevance = || {
+        Arc::new(Float64Array::from_iter_values(
+            found.hits.iter().map(|h| f64::from(h.score)),
+        ))
+    };
+    let input = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("rank", DataType::Int64, false),
+            Field::new("id", DataType::Int64, false),
+            Field::new("score", DataType::Float64, true),
+            relevance_field(),
+        ])),
+        vec![
+            Arc::new(Int64Array::from_iter_values(1..=n as i64)),
+            Arc::new(Int64Array::from_iter_values(
+                found.hits.iter().map(|h| h.id as i64),
+            )),
+            relevance(),
+            relevance(),
+        ],
+    )
+    .map_err(DataFusionError::from)?;
+    let schema = crate::retrieve::fetch_schema(&table, &[relevance_field()]);
+    let batch =
+        crate::retrieve::fetch_rows(&view, &table, &["relevance".to_string()], &schema, &input)?;
+    Ok(Some(batch))
+}
+
+/// How [`run_search_direct`] answers `s`, for EXPLAIN (with ANALYZE it also runs it and
+/// says how long that took). `None` for a SEARCH that is planned.
+pub(crate) async fn explain_search_direct(
+    session: &SqlSession,
+    s: &Search,
+    analyze: bool,
+) -> Result<Option<RecordBatch>, SqlError> {
+    if !is_direct(s) {
+        return Ok(None);
+    }
+    let ran = if analyze {
+        let t = std::time::Instant::now();
+        let rows = run_search_direct(session, s)
+            .await?
+            .map_or(0, |b| b.num_rows());
+        format!("\n  (ran: {rows} rows in {} µs)", t.elapsed().as_micros())
+    } else {
+        String::new()
+    };
+    let found = direct_matches(session, s).await?;
+    let plan = format!(
+        "SearchTopK: {} {:?}: {} ({} rows){}\n  Fetch: point reads of the ranked ids{ran}",
+        s.kind.table_name(),
+        s.query,
+        found.how,
+        found.hits.len(),
+        match &s.predicate {
+            Some(p) => format!("\n  WHERE evaluated first as an id set: {p}"),
+            None => String::new(),
+        }
+    );
+    Ok(Some(
+        RecordBatch::try_new(
+            crate::session::explain_schema(),
+            vec![
+                Arc::new(StringArray::from(vec!["direct_plan"])),
+                Arc::new(StringArray::from(vec![plan])),
+            ],
+        )
+        .map_err(DataFusionError::from)?,
+    ))
+}
+
 /// Builds the plan of a SEARCH (the DataFrame's state carries the statement instant).
 pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<DataFrame, SqlError> {
     let engine = session.engine();
@@ -366,13 +501,7 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         Some(user) => crate::retrieve::mark_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
         None => Vec::new(),
     };
-    let mut state = session.context().state();
-    if let Some(at) = s.at {
-        state.execution_props_mut().query_execution_start_time = Some(
-            crate::retrieve::chrono_utc(at)
-                .ok_or_else(|| bad_arg("SEARCH", "AT is out of range"))?,
-        );
-    }
+    let state = statement_state(session, s)?;
     let passing = match &s.predicate {
         Some(p) => Some(passing_ids(&state, s.kind, p).await?),
         None => None,
@@ -490,12 +619,7 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     out.push(col("relevance"));
     let plan = plan.project(out)?.build()?;
     let plan = crate::rank::rank_plan(plan, s.limit, max_per_creator)?;
-    let plan = crate::retrieve::FetchNode::plan(
-        plan,
-        view,
-        table,
-        &[Field::new("relevance", DataType::Float64, true)],
-    )?;
+    let plan = crate::retrieve::FetchNode::plan(plan, view, table, &[relevance_field()])?;
     Ok(DataFrame::new(state, plan))
 }
 

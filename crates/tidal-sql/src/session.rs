@@ -321,13 +321,7 @@ impl SqlSession {
                     .as_arrow()
                     .clone(),
             )),
-            T::Search(s) => Ok(Arc::new(
-                crate::search::plan_search(self, s)
-                    .await?
-                    .schema()
-                    .as_arrow()
-                    .clone(),
-            )),
+            T::Search(s) => crate::search::search_schema(self, s),
             T::ShowSignals | T::ShowProfiles => {
                 let batches = crate::statement::execute(&self.engine, stmt.clone())?;
                 batches
@@ -357,6 +351,9 @@ impl SqlSession {
                 return Ok(Output::Query(frame.explain(false, analyze)?));
             }
             if let crate::TidalStatement::Search(s) = &stmt {
+                if let Some(b) = crate::search::explain_search_direct(self, s, analyze).await? {
+                    return Ok(Output::Done(vec![b]));
+                }
                 let frame = crate::search::plan_search(self, s).await?;
                 return Ok(Output::Query(frame.explain(false, analyze)?));
             }
@@ -421,6 +418,9 @@ impl SqlSession {
                 crate::retrieve::plan_retrieve(self, &r).await?,
             )),
             crate::TidalStatement::Search(s) => {
+                if let Some(b) = crate::search::run_search_direct(self, &s).await? {
+                    return Ok(Output::Done(vec![b]));
+                }
                 Ok(Output::Query(crate::search::plan_search(self, &s).await?))
             }
             crate::TidalStatement::CreateProfile { mut def, replace } => {

@@ -58,6 +58,10 @@ async fn sqlstates_over_the_wire() {
         ("PREPARE q AS SELECT id FROM items WHERE id = $1", "0A000"),
         ("EXECUTE q(1)", "0A000"),
         ("DEALLOCATE q", "26000"),
+        // A table's text fields are fixed at CREATE; there is no ALTER TABLE.
+        ("ALTER TABLE items ADD COLUMN summary TEXT", "0A000"),
+        ("SELECT * FROM search('items', 'piano')", "22023"),
+        ("SEARCH items QUERY 'piano' FUSION rrf", "42601"),
     ];
     for (sql, expected) in cases {
         let r = c.simple_query(sql).await;

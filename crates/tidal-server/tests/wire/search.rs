@@ -122,7 +122,7 @@ async fn explain_search_says_how_the_matches_were_found() {
     .unwrap();
     let plan = text_of(&c, "EXPLAIN SEARCH items QUERY 'alpha' LIMIT 2").await;
     assert!(
-        plan.contains(r#"text_match[items "alpha": top 2 of the index (pruned) (2 rows)]"#),
+        plan.contains(r#"SearchTopK: items "alpha": top 2 of the index (pruned) (2 rows)"#),
         "{plan}"
     );
     let plan = text_of(
