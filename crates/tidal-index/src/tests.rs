@@ -308,3 +308,35 @@ fn snippets_mark_the_matched_terms() {
             .is_err()
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+    /// The indexer's token count equals what both analyzers produce, for any text
+    /// (punctuation, multi-byte letters and digits, tokens around the 40-byte limit).
+    #[test]
+    fn token_counts_equal_the_analyzers(
+        parts in prop::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9]{1,45}",
+                "[ \\t\\n.,;:!?'()-]{1,3}",
+                "[éßİΩж漢字ا٣]{1,25}",
+                "\\PC{1,12}",
+            ],
+            0..30,
+        )
+    ) {
+        use tantivy::tokenizer::TokenStream;
+        let text: String = parts.concat();
+        let index = tantivy::Index::create_in_ram(tantivy::schema::Schema::builder().build());
+        for name in ["default", "en_stem"] {
+            let mut analyzer = index.tokenizers().get(name).unwrap();
+            let mut stream = analyzer.token_stream(&text);
+            let mut n = 0u64;
+            while stream.advance() {
+                n += 1;
+            }
+            prop_assert_eq!(crate::text::count_tokens(&text), n, "{} over {:?}", name, text);
+        }
+    }
+}

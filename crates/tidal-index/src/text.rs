@@ -32,7 +32,6 @@ use tantivy::query::{AllQuery, QueryParser};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, Schema, TextFieldIndexing, TextOptions,
 };
-use tantivy::tokenizer::{MAX_TOKEN_LEN, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use tidal_core::TextAnalyzer as Analyzer;
 
@@ -485,15 +484,6 @@ fn placeholder_snapshot() -> Result<TextSnapshot, IndexError> {
 }
 
 impl Inner {
-    fn analyzer(&self) -> Result<TextAnalyzer, IndexError> {
-        self.index
-            .tokenizers()
-            .get(self.spec.tokenizer())
-            .ok_or_else(|| IndexError::Failed {
-                reason: format!("tokenizer {} is not registered", self.spec.tokenizer()),
-            })
-    }
-
     fn build_snapshot(&self, lsn: u64) -> Result<Arc<TextSnapshot>, IndexError> {
         let searcher = self.reader.searcher();
         let len_names: Vec<String> = self
@@ -540,10 +530,6 @@ impl Inner {
 
     /// The indexer thread: drains the queue into tantivy and commits when asked or due.
     fn run(self: Arc<Self>, mut writer: IndexWriter<TantivyDocument>) {
-        let mut analyzer = match self.analyzer() {
-            Ok(a) => a,
-            Err(e) => return self.fail(e.to_string()),
-        };
         let mut uncommitted = 0usize;
         let mut first_uncommitted: Option<Instant> = None;
         let interval = Duration::from_millis(TEXT_COMMIT_INTERVAL_MS);
@@ -569,7 +555,7 @@ impl Inner {
             if !ops.is_empty() {
                 first_uncommitted.get_or_insert_with(Instant::now);
                 uncommitted += ops.len();
-                if let Err(e) = self.index_ops(&writer, &mut analyzer, ops) {
+                if let Err(e) = self.index_ops(&writer, ops) {
                     return self.fail(e.to_string());
                 }
             }
@@ -593,7 +579,6 @@ impl Inner {
     fn index_ops(
         &self,
         writer: &IndexWriter<TantivyDocument>,
-        analyzer: &mut TextAnalyzer,
         ops: Vec<TextOp>,
     ) -> Result<(), IndexError> {
         for op in ops {
@@ -618,7 +603,7 @@ impl Inner {
                     continue;
                 };
                 doc.add_text(*field, text);
-                doc.add_u64(self.len_fields[i], count_tokens(analyzer, text));
+                doc.add_u64(self.len_fields[i], count_tokens(text));
             }
             writer.add_document(doc)?;
         }
@@ -665,15 +650,27 @@ impl Inner {
     }
 }
 
+/// Tokens longer than this many bytes are dropped by both analyzers (tantivy's
+/// `RemoveLongFilter::limit(40)` in `default` and `en_stem`).
+const ANALYZER_TOKEN_BYTES_LIMIT: usize = 40;
+
 /// The number of tokens tantivy records for `text` (its field length before
-/// quantization): the analyzer's tokens, less those tantivy drops as too long.
-fn count_tokens(analyzer: &mut TextAnalyzer, text: &str) -> u64 {
+/// quantization) under the `default` and `en_stem` analyzers: maximal runs of
+/// alphanumeric characters (tantivy's `SimpleTokenizer`) shorter than
+/// [`ANALYZER_TOKEN_BYTES_LIMIT`] bytes; lowercasing and stemming never drop a token.
+/// Counting without running the analyzer saves the indexer a second tokenization of
+/// every text (tantivy tokenizes it to index it). `token_counts_equal_the_analyzers`
+/// checks this against the analyzers themselves.
+pub(crate) fn count_tokens(text: &str) -> u64 {
     let mut n = 0u64;
-    let mut stream = analyzer.token_stream(text);
-    while let Some(token) = stream.next() {
-        if token.text.len() <= MAX_TOKEN_LEN {
-            n += 1;
+    let mut run = 0usize;
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            run += c.len_utf8();
+        } else {
+            n += u64::from(run > 0 && run < ANALYZER_TOKEN_BYTES_LIMIT);
+            run = 0;
         }
     }
-    n
+    n + u64::from(run > 0 && run < ANALYZER_TOKEN_BYTES_LIMIT)
 }
