@@ -65,6 +65,7 @@ mod state;
 mod statement;
 mod types;
 mod udf;
+mod vector;
 
 #[cfg(test)]
 mod ranking_tests;

@@ -75,6 +75,8 @@ impl SqlSession {
     ) -> Result<SqlSession, SqlError> {
         let config = SessionConfig::new()
             .with_information_schema(true)
+            // PostgreSQL's grammar (clients speak it; pgvector's `<->` needs it).
+            .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
         let runtime = RuntimeEnvBuilder::new()
@@ -87,10 +89,23 @@ impl SqlSession {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_query_planner(Arc::new(planner))
+            .with_type_planner(Arc::new(crate::vector::VectorTypes))
             .build();
         let ctx = SessionContext::new_with_state(state);
         // Long joins must yield so timeouts, cancels and dropped streams take effect.
         crate::coop::install(&ctx);
+        // pgvector's operators, casts and functions (vector.rs). After `install`, which
+        // rebuilds the state from its function list: DataFusion's own `inner_product`
+        // (an array function, also registered as `dot_product`) must not come back
+        // over ours.
+        ctx.add_analyzer_rule(Arc::new(crate::vector::VectorCasts::default()));
+        datafusion::execution::FunctionRegistry::register_expr_planner(
+            &mut *ctx.state_ref().write(),
+            Arc::new(crate::vector::VectorOperators),
+        )?;
+        for udf in crate::vector::vector_udfs() {
+            ctx.register_udf(udf);
+        }
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
