@@ -71,6 +71,8 @@ mod vector;
 mod ranking_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod vector_tests;
 
 pub use error::SqlError;
 pub use history::SignalsTable;
