@@ -1473,7 +1473,13 @@ impl Parser {
         } else if tidal_sql::explains_tidal_statement(sql)? {
             schema = Some(tidal_sql::explain_schema());
         } else {
-            match tidal_sql::parse_tidal_statement(sql)? {
+            // RETRIEVE / SEARCH parameters stand where the statement takes literals; the
+            // statement is described with stand-ins and bound textually at Execute.
+            let described = match sqltext::first_word(sql).as_str() {
+                "retrieve" | "search" => sqltext::clause_parameters(sql, &mut params)?,
+                _ => None,
+            };
+            match tidal_sql::parse_tidal_statement(described.as_deref().unwrap_or(sql))? {
                 Some(
                     stmt @ (TidalStatement::ShowSignals
                     | TidalStatement::ShowProfiles

@@ -177,6 +177,61 @@ pub fn bind(sql: &str, literals: &[String]) -> Result<String, ServerError> {
     Ok(out)
 }
 
+/// For a tidalDB statement (RETRIEVE, SEARCH) with parameters where its clauses take
+/// literals — `QUERY $1` (text), `LIMIT $2` and `FOR USER $3` (bigint), `AT $4` (a
+/// timestamp as text) — sets those parameters' types (where the client gave none) and
+/// returns the statement with every `$n` replaced by a placeholder literal of its type,
+/// which parses like the bound statement will (for Describe, before values exist).
+/// `None` when the statement has no parameters.
+pub fn clause_parameters(
+    sql: &str,
+    params: &mut [Option<Type>],
+) -> Result<Option<String>, ServerError> {
+    let tokens = tokenize_raw(sql)?;
+    let mut previous = String::new();
+    let mut any = false;
+    for t in &tokens {
+        match t {
+            Token::Whitespace(_) => continue,
+            Token::Placeholder(p) => {
+                any = true;
+                let ty = match previous.as_str() {
+                    "QUERY" | "AT" => Some(Type::TEXT),
+                    "LIMIT" | "USER" => Some(Type::INT8),
+                    _ => None,
+                };
+                if let (Some(ty), Some(n)) = (
+                    ty,
+                    p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()),
+                ) && let Some(slot) = params.get_mut(n.wrapping_sub(1))
+                    && slot.is_none()
+                {
+                    *slot = Some(ty);
+                }
+            }
+            _ => {}
+        }
+        previous = match t {
+            Token::Word(w) => w.value.to_ascii_uppercase(),
+            _ => String::new(),
+        };
+    }
+    if !any {
+        return Ok(None);
+    }
+    let literals: Vec<String> = params
+        .iter()
+        .map(|t| match t {
+            Some(t) if *t == Type::INT8 || *t == Type::INT4 || *t == Type::INT2 => "1".into(),
+            Some(t) if *t == Type::FLOAT8 || *t == Type::FLOAT4 => "1.0".into(),
+            Some(t) if *t == Type::BOOL => "true".into(),
+            Some(t) if *t == Type::TIMESTAMP => "'2000-01-01 00:00:00'".into(),
+            _ => "'x'".into(),
+        })
+        .collect();
+    bind(sql, &literals).map(Some)
+}
+
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -903,6 +958,35 @@ mod tests {
             bind("SELECT 'it''s', $1", &lits).unwrap(),
             "SELECT 'it''s', 'o''k'"
         );
+    }
+
+    #[test]
+    fn clause_parameters_type_and_stand_in_for_tidal_literals() {
+        let mut params = vec![None, None, None, Some(Type::INT4)];
+        let sql = "SEARCH items QUERY $1 FOR USER $2 WHERE category = $4 LIMIT $3";
+        let described = clause_parameters(sql, &mut params).unwrap().unwrap();
+        assert_eq!(
+            params,
+            vec![
+                Some(Type::TEXT),
+                Some(Type::INT8),
+                Some(Type::INT8),
+                Some(Type::INT4)
+            ]
+        );
+        assert_eq!(
+            described,
+            "SEARCH items QUERY 'x' FOR USER 1 WHERE category = 1 LIMIT 1"
+        );
+        assert!(
+            clause_parameters("SEARCH items QUERY 'q'", &mut [])
+                .unwrap()
+                .is_none()
+        );
+        // A given type is kept.
+        let mut params = vec![Some(Type::VARCHAR)];
+        clause_parameters("SEARCH items QUERY $1", &mut params).unwrap();
+        assert_eq!(params, vec![Some(Type::VARCHAR)]);
     }
 
     #[test]

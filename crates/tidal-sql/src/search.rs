@@ -719,7 +719,12 @@ impl TableFunctionImpl for SearchFunction {
             ));
         }
         let kind = table_kind(&literal_str(&exprs[0], "the table", "search")?, "search")?;
-        let query = literal_str(&exprs[1], "the query", "search")?;
+        // A `$n` query is only planned to describe the statement (the wire server
+        // binds parameters into the text before it runs).
+        let query = match &exprs[1] {
+            Expr::Placeholder(_) => None,
+            e => Some(literal_str(e, "the query", "search")?),
+        };
         // Errors that need no index (no such table, no text fields) surface here.
         self.engine.read().text(kind).map_err(engine_err)?;
         Ok(Arc::new(SearchTable {
@@ -739,7 +744,8 @@ impl TableFunctionImpl for SearchFunction {
 struct SearchTable {
     engine: Arc<Engine>,
     kind: EntityKind,
-    query: String,
+    /// `None` for an unbound parameter (described, never scanned).
+    query: Option<String>,
     schema: SchemaRef,
 }
 
@@ -758,13 +764,15 @@ impl TableProvider for SearchTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let query = self
+            .query
+            .as_deref()
+            .ok_or_else(|| bad_arg("search", "the query parameter has no value"))?;
         let view = self.engine.read();
         let snap = fresh_snapshot(&view, self.kind)
             .await
             .map_err(SqlError::into_df)?;
-        let q = snap
-            .parse(&self.query)
-            .map_err(|e| index_err(e).into_df())?;
+        let q = snap.parse(query).map_err(|e| index_err(e).into_df())?;
         let mut hits = snap.all(&q).map_err(|e| index_err(e).into_df())?;
         hits.sort_unstable_by_key(|h| h.id);
         let ids: Int64Array = hits.iter().map(|h| h.id as i64).collect();

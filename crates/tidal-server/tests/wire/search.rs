@@ -120,6 +120,26 @@ async fn explain_search_says_how_the_matches_were_found() {
     ))
     .await
     .unwrap();
+    // Parameters where SEARCH takes literals, and in search(), as drivers send them.
+    let rows = c
+        .query(
+            "SEARCH items QUERY $1 FOR USER $2 WHERE id >= $3 LIMIT $4",
+            // (A WHERE parameter is described as text; DataFusion compares it as a number.)
+            &[&"alpha", &7i64, &"2", &5i64],
+        )
+        .await
+        .unwrap();
+    let got: BTreeSet<i64> = rows.iter().map(|r| r.get::<_, i64>("id")).collect();
+    assert_eq!(got, BTreeSet::from([2, 3]));
+    let got = ids(&c, "SELECT id FROM search('items', 'alpha') ORDER BY id").await;
+    let bound: BTreeSet<i64> = c
+        .query("SELECT id FROM search('items', $1)", &[&"alpha"])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .collect();
+    assert_eq!(bound, got);
     let plan = text_of(&c, "EXPLAIN SEARCH items QUERY 'alpha' LIMIT 2").await;
     assert!(
         plan.contains(r#"SearchTopK: items "alpha": top 2 of the index (pruned) (2 rows)"#),
