@@ -139,27 +139,8 @@ server_ticks() {
     done
     echo "$total"
 }
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-
-# Waits (up to QUIET_WAIT seconds) until the machine is quiet: less than QUIET_CORES
-# cores busy over 3 s while our own server is idle between measurements. Other
-# engineers build on this VM; a measurement taken meanwhile would not be comparable.
-wait_quiet() {
-    local start=$SECONDS a b busy
-    while :; do
-        a=$(machine_ticks)
-        sleep 3
-        b=$(machine_ticks)
-        busy=$(awk -v a="$a" -v b="$b" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t / 3 }')
-        if awk -v x="$busy" -v q="$QUIET_CORES" 'BEGIN { exit !(x < q) }'; then return 0; fi
-        if ((SECONDS - start >= QUIET_WAIT)); then
-            log "machine still busy ($busy cores) after ${QUIET_WAIT} s; measuring anyway"
-            return 0
-        fi
-        log "machine busy ($busy cores busy); waiting"
-        sleep 10
-    done
-}
+# machine_ticks, wait_quiet (until fewer than QUIET_CORES cores are busy).
+. "$PEERS/quiet.sh"
 
 # measure SYSTEM URL DIALECT [loadgen args…]: runs a loadgen workload, keeps its RESULT
 # line with the server's, the load generator's and everything else's CPU seconds added.

@@ -110,7 +110,7 @@ server_ticks() {
 }
 
 # Busy ticks of the whole machine (user nice system irq softirq steal).
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+. "$(dirname "$0")/quiet.sh"
 
 # loadgen SYSTEM DIALECT URL WORKLOAD [args…]: runs it, echoes its output, keeps its
 # RESULT line with the server's and the load generator's CPU seconds added.

@@ -107,25 +107,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+. "$HERE/../quiet.sh"
 server_ticks() { sed 's/^.*) //' "/proc/$SERVER_PID/stat" | awk '{ print $12 + $13 }'; }
 vm_hwm_mb() { awk '/^VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVER_PID/status"; }
-wait_quiet() {
-    local start=$SECONDS a b busy
-    while :; do
-        a=$(machine_ticks)
-        sleep 3
-        b=$(machine_ticks)
-        busy=$(awk -v a="$a" -v b="$b" -v t="$TICK" 'BEGIN { printf "%.2f", (b - a) / t / 3 }')
-        if awk -v x="$busy" -v q="$QUIET_CORES" 'BEGIN { exit !(x < q) }'; then return 0; fi
-        if ((SECONDS - start >= QUIET_WAIT)); then
-            log "machine still busy ($busy cores) after ${QUIET_WAIT} s; measuring anyway"
-            return 0
-        fi
-        log "machine busy ($busy cores busy: $(cut -d' ' -f1-3 /proc/loadavg)); waiting"
-        sleep 10
-    done
-}
 jget() { "$PYTHON" -c "import json,sys; d=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(d.get(sys.argv[2]))" "$@"; }
 
 log "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $(free -g | awk '/^Mem/ { print $2 " GiB RAM" }'); $(uname -r)"

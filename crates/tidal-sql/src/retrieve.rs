@@ -109,7 +109,8 @@ pub(crate) async fn plan_retrieve(
     }
     let mut plan = ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
     if let Some(user) = r.user {
-        plan = mark_filters(plan, &view, r.kind, user, &r.filters, "RETRIEVE")?;
+        let marks = mark_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
+        plan = mark_filters(plan, user, &marks)?;
     }
     let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
     let plan = FetchNode::plan(plan, view, table, &[])?;
@@ -151,21 +152,16 @@ pub(crate) fn mark_sets(
     Ok(out)
 }
 
-/// `plan` filtered by the user's marks (one bitmap membership test per FILTER term).
+/// `plan` filtered by the user's marks (one bitmap membership test per FILTER term;
+/// the sets come from [`mark_sets`]).
 pub(crate) fn mark_filters(
     mut plan: LogicalPlan,
-    view: &ReadView,
-    kind: EntityKind,
     user: i64,
-    filters: &[crate::MarkFilter],
-    what: &'static str,
+    marks: &[(crate::MarkFilter, Arc<RoaringTreemap>)],
 ) -> Result<LogicalPlan, SqlError> {
-    for (f, set) in mark_sets(view, kind, user, filters, what)? {
-        let member = id_set_filter(
-            "marked_by",
-            &format!("user {user} {}", f.mark.as_str()),
-            set,
-        );
+    for (f, set) in marks {
+        let label = format!("user {user} {}", f.mark.as_str());
+        let member = id_set_filter("marked_by", &label, set.clone());
         let keep = if f.want { member } else { !member };
         plan = LogicalPlanBuilder::from(plan).filter(keep)?.build()?;
     }

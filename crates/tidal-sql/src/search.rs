@@ -389,6 +389,14 @@ pub(crate) async fn run_search_direct(
     if !is_direct(s) {
         return Ok(None);
     }
+    Ok(Some(search_direct(session, s).await?.1))
+}
+
+/// A direct SEARCH's matches and result rows.
+async fn search_direct(
+    session: &SqlSession,
+    s: &Search,
+) -> Result<(Matches, RecordBatch), SqlError> {
     let found = direct_matches(session, s).await?;
     // Read the rows from a view taken after the index snapshot, so every row the
     // snapshot found is there (unless a later DELETE removed it: then it is left out).
@@ -420,7 +428,7 @@ pub(crate) async fn run_search_direct(
     let schema = crate::retrieve::fetch_schema(&table, &[relevance_field()]);
     let batch =
         crate::retrieve::fetch_rows(&view, &table, &["relevance".to_string()], &schema, &input)?;
-    Ok(Some(batch))
+    Ok((found, batch))
 }
 
 /// How [`run_search_direct`] answers `s`, for EXPLAIN (with ANALYZE it also runs it and
@@ -433,16 +441,16 @@ pub(crate) async fn explain_search_direct(
     if !is_direct(s) {
         return Ok(None);
     }
-    let ran = if analyze {
+    // With ANALYZE the statement runs (once) and says how long it took.
+    let (found, ran) = if analyze {
         let t = std::time::Instant::now();
-        let rows = run_search_direct(session, s)
-            .await?
-            .map_or(0, |b| b.num_rows());
-        format!("\n  (ran: {rows} rows in {} µs)", t.elapsed().as_micros())
+        let (found, rows) = search_direct(session, s).await?;
+        let took = t.elapsed().as_micros();
+        let ran = format!("\n  (ran: {} rows in {took} µs)", rows.num_rows());
+        (found, ran)
     } else {
-        String::new()
+        (direct_matches(session, s).await?, String::new())
     };
-    let found = direct_matches(session, s).await?;
     let plan = format!(
         "SearchTopK: {} {:?}: {} ({} rows){}\n  Fetch: point reads of the ranked ids{ran}",
         s.kind.table_name(),
@@ -566,7 +574,7 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     }
     let mut plan = LogicalPlanBuilder::from(plan).filter(matched)?.build()?;
     if let Some(user) = s.user {
-        plan = crate::retrieve::mark_filters(plan, &view, s.kind, user, &s.filters, "SEARCH")?;
+        plan = crate::retrieve::mark_filters(plan, user, &marks)?;
     }
     let rel = ScalarUDF::new_from_impl(RelevanceUdf {
         label: format!("{} {:?}", s.kind.table_name(), s.query),
@@ -672,14 +680,10 @@ impl ScalarUDFImpl for RelevanceUdf {
 
 fn literal_str(e: &Expr, what: &str, function: &'static str) -> Result<String> {
     match e {
-        Expr::Literal(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
-            _,
-        ) => Ok(s.clone()),
-        _ => Err(bad_arg(function, format!("{what} must be a quoted string"))),
+        Expr::Literal(v, _) => v.try_as_str().flatten().map(str::to_string),
+        _ => None,
     }
+    .ok_or_else(|| bad_arg(function, format!("{what} must be a quoted string")))
 }
 
 fn table_kind(name: &str, function: &'static str) -> Result<EntityKind> {
@@ -820,16 +824,15 @@ impl Hash for SnippetUdf {
 
 fn scalar_str(v: &ColumnarValue, what: &str) -> Result<String> {
     match v {
-        ColumnarValue::Scalar(
-            ScalarValue::Utf8(Some(s))
-            | ScalarValue::LargeUtf8(Some(s))
-            | ScalarValue::Utf8View(Some(s)),
-        ) => Ok(s.clone()),
-        _ => Err(bad_arg(
+        ColumnarValue::Scalar(v) => v.try_as_str().flatten().map(str::to_string),
+        ColumnarValue::Array(_) => None,
+    }
+    .ok_or_else(|| {
+        bad_arg(
             "snippet",
             format!("{what} must be a constant string: snippet('items', id, 'body', 'query')"),
-        )),
-    }
+        )
+    })
 }
 
 impl ScalarUDFImpl for SnippetUdf {

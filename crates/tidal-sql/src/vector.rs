@@ -111,9 +111,9 @@ impl Vectors {
         match v {
             ColumnarValue::Scalar(s) => match s {
                 ScalarValue::Null => Ok(Vectors::One(None)),
-                ScalarValue::Utf8(t) | ScalarValue::LargeUtf8(t) | ScalarValue::Utf8View(t) => {
-                    Ok(Vectors::One(t.as_deref().map(parse_vector).transpose()?))
-                }
+                s if s.try_as_str().is_some() => Ok(Vectors::One(
+                    s.try_as_str().flatten().map(parse_vector).transpose()?,
+                )),
                 other => {
                     let array = other.to_array()?;
                     let rows = Vectors::of(&ColumnarValue::Array(array), function)?;

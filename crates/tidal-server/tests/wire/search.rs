@@ -140,6 +140,8 @@ async fn explain_search_says_how_the_matches_were_found() {
         .map(|r| r.get::<_, i64>(0))
         .collect();
     assert_eq!(bound, got);
+    let plan = text_of(&c, "EXPLAIN ANALYZE SEARCH items QUERY 'alpha' LIMIT 2").await;
+    assert!(plan.contains("(ran: 2 rows in "), "{plan}");
     let plan = text_of(&c, "EXPLAIN SEARCH items QUERY 'alpha' LIMIT 2").await;
     assert!(
         plan.contains(r#"SearchTopK: items "alpha": top 2 of the index (pruned) (2 rows)"#),
