@@ -69,6 +69,12 @@ pub enum CoreError {
     BadProfile { name: String, reason: String },
     #[error("cannot drop {object} because {dependents} depends on it")]
     DependentObjects { object: String, dependents: String },
+    #[error("relation {name:?} already exists")]
+    DuplicateIndex { name: String },
+    #[error("index {name:?} does not exist")]
+    UnknownIndex { name: String },
+    #[error("invalid index {name:?}: {reason}")]
+    BadIndex { name: String, reason: String },
     #[error("malformed encoded data: {0}")]
     Decode(&'static str),
 }
@@ -117,15 +123,18 @@ impl CoreError {
             BadIdentifier { .. } | BadWindow { .. } | BadInterval { .. } => ErrorClass::Syntax,
             // SQL.md §1 puts a duplicate signal name with the invalid definitions
             // (42601/22023), not with PostgreSQL's duplicate_object (42710).
-            DuplicateTable { .. } | DuplicateColumn { .. } | DuplicateProfile { .. } => {
-                ErrorClass::DuplicateObject
-            }
+            DuplicateTable { .. }
+            | DuplicateColumn { .. }
+            | DuplicateProfile { .. }
+            | DuplicateIndex { .. } => ErrorClass::DuplicateObject,
+            BadIndex { .. } => ErrorClass::InvalidParameter,
             DependentObjects { .. } => ErrorClass::DependentObjects,
             BadProfile { .. } => ErrorClass::InvalidParameter,
             UnknownSignal { .. }
             | UnknownTable { .. }
             | UnknownTableName { .. }
-            | UnknownProfile { .. } => ErrorClass::UndefinedObject,
+            | UnknownProfile { .. }
+            | UnknownIndex { .. } => ErrorClass::UndefinedObject,
             DuplicateSignal { .. }
             | HalfLifeOutOfRange { .. }
             | UnknownKind { .. }

@@ -37,7 +37,8 @@ pub use id::{EntityId, EntityKind};
 pub use profile::{PROFILES_MAX, ProfileDef};
 pub use schema::{
     ColumnDef, ColumnType, Mark, Schema, SchemaChange, SignalDef, SignalId, TEXT_BOOST_MAX,
-    TEXT_FIELDS_MAX, TableDef, TextAnalyzer, VECTOR_DIMENSIONS_MAX,
+    TEXT_FIELDS_MAX, TableDef, TextAnalyzer, VECTOR_DIMENSIONS_MAX, VECTOR_INDEXES_MAX,
+    VectorIndexDef, VectorMetric,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use value::{Row, Value, decode_row, encode_row};

@@ -614,6 +614,136 @@ pub enum SchemaChange {
     DropProfile {
         name: String,
     },
+    /// `CREATE INDEX name ON t USING hnsw (column opclass) WITH (...)`. [`Schema::prepare`]
+    /// sets the id.
+    CreateIndex(VectorIndexDef),
+    DropIndex {
+        name: String,
+    },
+}
+
+/// Most vector indexes a database may have.
+pub const VECTOR_INDEXES_MAX: usize = 64;
+
+/// The distance an HNSW index orders by: its operator class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VectorMetric {
+    /// `vector_l2_ops`: `<->`, `l2_distance`.
+    L2,
+    /// `vector_cosine_ops`: `<=>`, `cosine_distance`.
+    Cosine,
+    /// `vector_ip_ops`: `<#>` (negative inner product).
+    InnerProduct,
+}
+
+impl VectorMetric {
+    /// pgvector's operator class name.
+    pub fn opclass(self) -> &'static str {
+        match self {
+            VectorMetric::L2 => "vector_l2_ops",
+            VectorMetric::Cosine => "vector_cosine_ops",
+            VectorMetric::InnerProduct => "vector_ip_ops",
+        }
+    }
+
+    pub fn from_opclass(s: &str) -> Option<VectorMetric> {
+        match s.to_ascii_lowercase().as_str() {
+            "vector_l2_ops" => Some(VectorMetric::L2),
+            "vector_cosine_ops" => Some(VectorMetric::Cosine),
+            "vector_ip_ops" => Some(VectorMetric::InnerProduct),
+            _ => None,
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            VectorMetric::L2 => 1,
+            VectorMetric::Cosine => 2,
+            VectorMetric::InnerProduct => 3,
+        }
+    }
+
+    fn from_tag(t: u8) -> Option<VectorMetric> {
+        match t {
+            1 => Some(VectorMetric::L2),
+            2 => Some(VectorMetric::Cosine),
+            3 => Some(VectorMetric::InnerProduct),
+            _ => None,
+        }
+    }
+}
+
+/// An HNSW index over a `VECTOR(n)` column, with pgvector's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VectorIndexDef {
+    /// Lower-case, unique among indexes.
+    pub name: String,
+    pub kind: EntityKind,
+    /// The indexed column (lower-case).
+    pub column: String,
+    pub metric: VectorMetric,
+    /// Links per node (pgvector's `m`, 2 to 100; default 16).
+    pub m: u32,
+    /// Candidate list size while building (4 to 1000, at least 2·m; default 64).
+    pub ef_construction: u32,
+    /// The schema version this index was created at: names its files, so a dropped
+    /// and re-created index of the same name never finds the old one. Set by
+    /// [`Schema::prepare`].
+    pub id: u64,
+}
+
+impl VectorIndexDef {
+    pub const M_DEFAULT: u32 = 16;
+    pub const EF_CONSTRUCTION_DEFAULT: u32 = 64;
+
+    /// Checks the parameters (pgvector's ranges and messages).
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let bad = |reason: String| CoreError::BadIndex {
+            name: self.name.clone(),
+            reason,
+        };
+        validate_identifier(&self.name)?;
+        if !(2..=100).contains(&self.m) {
+            return Err(bad(format!(
+                "value {} out of bounds for option \"m\" (valid values are 2 to 100)",
+                self.m
+            )));
+        }
+        if !(4..=1000).contains(&self.ef_construction) {
+            return Err(bad(format!(
+                "value {} out of bounds for option \"ef_construction\" (valid values are 4 to 1000)",
+                self.ef_construction
+            )));
+        }
+        if self.ef_construction < 2 * self.m {
+            return Err(bad(
+                "ef_construction must be greater than or equal to 2 * m".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, e: &mut Encoder) {
+        e.str(&self.name);
+        e.u8(self.kind.tag());
+        e.str(&self.column);
+        e.u8(self.metric.tag());
+        e.u32(self.m);
+        e.u32(self.ef_construction);
+        e.u64(self.id);
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<VectorIndexDef, CoreError> {
+        Ok(VectorIndexDef {
+            name: d.str()?.to_string(),
+            kind: EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad entity kind"))?,
+            column: d.str()?.to_string(),
+            metric: VectorMetric::from_tag(d.u8()?).ok_or(CoreError::Decode("bad metric"))?,
+            m: d.u32()?,
+            ef_construction: d.u32()?,
+            id: d.u64()?,
+        })
+    }
 }
 
 impl SchemaChange {
@@ -645,6 +775,14 @@ impl SchemaChange {
                 e.u8(6);
                 e.str(name);
             }
+            SchemaChange::CreateIndex(def) => {
+                e.u8(7);
+                def.encode(e);
+            }
+            SchemaChange::DropIndex { name } => {
+                e.u8(8);
+                e.str(name);
+            }
         }
     }
 
@@ -666,6 +804,10 @@ impl SchemaChange {
             6 => SchemaChange::DropProfile {
                 name: d.str()?.to_string(),
             },
+            7 => SchemaChange::CreateIndex(VectorIndexDef::decode(d)?),
+            8 => SchemaChange::DropIndex {
+                name: d.str()?.to_string(),
+            },
             _ => return Err(CoreError::Decode("unknown schema change")),
         })
     }
@@ -677,6 +819,8 @@ pub struct Schema {
     signals: BTreeMap<String, SignalDef>,
     tables: BTreeMap<EntityKind, TableDef>,
     profiles: BTreeMap<String, ProfileDef>,
+    /// Vector indexes by name.
+    indexes: BTreeMap<String, VectorIndexDef>,
     next_signal_id: u32,
     /// Bumped by every applied change, so caches can tell a schema has moved on.
     pub version: u64,
@@ -727,6 +871,19 @@ impl Schema {
     /// Profiles in name order.
     pub fn profiles(&self) -> impl Iterator<Item = &ProfileDef> {
         self.profiles.values()
+    }
+
+    pub fn index(&self, name: &str) -> Result<&VectorIndexDef, CoreError> {
+        self.indexes
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| CoreError::UnknownIndex {
+                name: name.to_string(),
+            })
+    }
+
+    /// Vector indexes in name order.
+    pub fn indexes(&self) -> impl Iterator<Item = &VectorIndexDef> {
+        self.indexes.values()
     }
 
     /// Profiles that would break if `signal` (lower-case) went away.
@@ -831,6 +988,48 @@ impl Schema {
                     name: p.name.clone(),
                 })
             }
+            SchemaChange::CreateIndex(mut def) => {
+                def.name = def.name.to_ascii_lowercase();
+                def.column = def.column.to_ascii_lowercase();
+                def.validate()?;
+                if self.indexes.contains_key(&def.name) {
+                    return Err(CoreError::DuplicateIndex { name: def.name });
+                }
+                if self.indexes.len() >= VECTOR_INDEXES_MAX {
+                    return Err(CoreError::BadIndex {
+                        name: def.name,
+                        reason: format!(
+                            "the database already has the maximum of {VECTOR_INDEXES_MAX} indexes"
+                        ),
+                    });
+                }
+                let table = self.table(def.kind)?;
+                let col = table
+                    .columns
+                    .iter()
+                    .find(|c| c.name.eq_ignore_ascii_case(&def.column))
+                    .ok_or_else(|| CoreError::UnknownColumn {
+                        table: def.kind.table_name().to_string(),
+                        column: def.column.clone(),
+                    })?;
+                if !matches!(col.ty, ColumnType::Vector(_)) {
+                    return Err(CoreError::BadIndex {
+                        name: def.name,
+                        reason: format!(
+                            "column {:?} is {}: hnsw indexes a vector column",
+                            col.name, col.ty
+                        ),
+                    });
+                }
+                def.id = self.version + 1;
+                Ok(SchemaChange::CreateIndex(def))
+            }
+            SchemaChange::DropIndex { name } => {
+                let i = self.index(&name)?;
+                Ok(SchemaChange::DropIndex {
+                    name: i.name.clone(),
+                })
+            }
         }
     }
 
@@ -861,6 +1060,21 @@ impl Schema {
                 self.tables
                     .remove(kind)
                     .ok_or(CoreError::UnknownTable { kind: *kind })?;
+                // As in PostgreSQL, a table's indexes go with it.
+                self.indexes.retain(|_, i| i.kind != *kind);
+            }
+            SchemaChange::CreateIndex(def) => {
+                if self.indexes.contains_key(&def.name) {
+                    return Err(CoreError::DuplicateIndex {
+                        name: def.name.clone(),
+                    });
+                }
+                self.indexes.insert(def.name.clone(), def.clone());
+            }
+            SchemaChange::DropIndex { name } => {
+                self.indexes
+                    .remove(name)
+                    .ok_or_else(|| CoreError::UnknownIndex { name: name.clone() })?;
             }
             SchemaChange::CreateProfile { def, .. } => {
                 self.profiles.insert(def.name.clone(), def.clone());
@@ -889,6 +1103,10 @@ impl Schema {
         e.u32(self.profiles.len() as u32);
         for p in self.profiles.values() {
             p.encode(e);
+        }
+        e.u32(self.indexes.len() as u32);
+        for i in self.indexes.values() {
+            i.encode(e);
         }
     }
 
@@ -924,6 +1142,15 @@ impl Schema {
         for _ in 0..n {
             let p = ProfileDef::decode(d)?;
             schema.profiles.insert(p.name.clone(), p);
+        }
+        // Data directories written before vector indexes existed end here.
+        let n = if d.is_empty() { 0 } else { d.u32()? as usize };
+        if n > VECTOR_INDEXES_MAX {
+            return Err(CoreError::Decode("too many indexes"));
+        }
+        for _ in 0..n {
+            let i = VectorIndexDef::decode(d)?;
+            schema.indexes.insert(i.name.clone(), i);
         }
         Ok(schema)
     }

@@ -59,8 +59,8 @@ const COLLATION_DEFAULT: i64 = 100;
 /// First OID of user objects, as in PostgreSQL.
 const FIRST_USER_OID: i64 = 16_384;
 /// pgvector's type, as if the extension were installed in `public`.
-const VECTOR_OID: i64 = 16_000;
-const VECTOR_ARRAY_OID: i64 = 16_001;
+const VECTOR_OID: i64 = crate::encode::VECTOR_OID as i64;
+const VECTOR_ARRAY_OID: i64 = crate::encode::VECTOR_ARRAY_OID as i64;
 /// Functions are numbered from here in name order.
 const FIRST_PROC_OID: i64 = 20_000;
 const ENCODING_UTF8: i64 = 6;
@@ -1171,6 +1171,10 @@ const TYPES: &[TypeRow] = &[
         "timestamptz_in",
     ),
     (1186, "interval", "interval", 16, 'T', 1187, "interval_in"),
+    // Listed (though no column has them) because pgvector's client adapters look
+    // them up alongside `vector`.
+    (1560, "bit", "bit", -1, 'V', 1561, "bit_in"),
+    (1562, "varbit", "bit varying", -1, 'V', 1563, "varbit_in"),
     (1700, "numeric", "numeric", -1, 'N', 1231, "numeric_in"),
     (2205, "regclass", "regclass", 4, 'N', 2210, "regclassin"),
     (2206, "regtype", "regtype", 4, 'N', 2211, "regtypein"),
@@ -2532,7 +2536,19 @@ fn batch(cols: &[(&str, Ty)], rows: &Rows) -> Result<RecordBatch> {
 fn table_schema(cols: &[(&str, Ty)]) -> SchemaRef {
     Arc::new(Schema::new(
         cols.iter()
-            .map(|(n, t)| Field::new(*n, t.arrow(), true))
+            .map(|(n, t)| {
+                let f = Field::new(*n, t.arrow(), true);
+                // `"char"` columns (typtype, relkind…) are sent as PostgreSQL's "char":
+                // asyncpg, for one, compares them as bytes.
+                if *t == Ty::Char {
+                    f.with_metadata(std::collections::HashMap::from([(
+                        crate::encode::PG_TYPE_METADATA.to_string(),
+                        "char".to_string(),
+                    )]))
+                } else {
+                    f
+                }
+            })
             .collect::<Vec<_>>(),
     ))
 }

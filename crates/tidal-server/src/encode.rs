@@ -8,8 +8,7 @@ use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::messages::data::DataRow;
 use tidal::datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, GenericListArray, OffsetSizeTrait,
-    RecordBatch,
+    Array, ArrayRef, AsArray, BooleanArray, GenericListArray, OffsetSizeTrait, RecordBatch,
 };
 use tidal::datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
@@ -38,9 +37,10 @@ pub fn pg_type(dt: &DataType) -> Result<Type, ServerError> {
         DataType::Timestamp(_, None) => Type::TIMESTAMP,
         DataType::Timestamp(_, Some(_)) => Type::TIMESTAMPTZ,
         DataType::Interval(_) => Type::INTERVAL,
-        // VECTOR(n): sent in pgvector's text form `[1,2,3]`, typed as text (pgvector's
-        // OID is assigned per database, so a fixed one would be wrong).
-        DataType::FixedSizeList(f, _) if f.data_type() == &DataType::Float32 => Type::TEXT,
+        // VECTOR(n) and unsized vectors: pgvector's `vector` type, whose OID our pg_type
+        // gives (so pgvector's client adapters find it), in pgvector's text and binary
+        // forms.
+        dt if tidal_sql::is_vector_value_type(dt) => vector_pg_type(),
         DataType::List(f) | DataType::LargeList(f) => match f.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Type::TEXT_ARRAY,
             DataType::Boolean => Type::BOOL_ARRAY,
@@ -54,6 +54,34 @@ pub fn pg_type(dt: &DataType) -> Result<Type, ServerError> {
         DataType::Dictionary(_, v) => pg_type(v)?,
         other => return Err(unsupported(other)),
     })
+}
+
+/// pgvector's type OID in our `pg_type` (as if the extension were installed in
+/// `public`), and its array type's.
+pub const VECTOR_OID: u32 = 16_000;
+pub const VECTOR_ARRAY_OID: u32 = 16_001;
+
+/// pgvector's `vector` type.
+pub fn vector_pg_type() -> Type {
+    Type::new(
+        "vector".into(),
+        VECTOR_OID,
+        postgres_types::Kind::Simple,
+        "public".into(),
+    )
+}
+
+/// The type a client names by OID in Parse: the built-in ones, and `vector`.
+pub fn type_from_oid(oid: u32) -> Option<Type> {
+    match oid {
+        VECTOR_OID => Some(vector_pg_type()),
+        _ => Type::from_oid(oid),
+    }
+}
+
+/// Whether `ty` is pgvector's `vector`.
+pub fn is_vector(ty: &Type) -> bool {
+    ty.oid() == VECTOR_OID
 }
 
 fn unsupported(dt: &DataType) -> ServerError {
@@ -73,9 +101,12 @@ pub fn fields(schema: &Schema, formats: &[FieldFormat]) -> Result<Vec<FieldInfo>
                 [one] => *one,
                 many => many.get(i).copied().unwrap_or(FieldFormat::Text),
             };
-            let ty = pg_type(f.data_type())?;
+            let ty = match f.metadata().get(PG_TYPE_METADATA).map(String::as_str) {
+                Some("char") if f.data_type() == &DataType::Utf8 => Type::CHAR,
+                _ => pg_type(f.data_type())?,
+            };
             let size = match ty {
-                Type::BOOL => 1,
+                Type::BOOL | Type::CHAR => 1,
                 Type::INT2 => 2,
                 Type::INT4 | Type::FLOAT4 | Type::DATE => 4,
                 Type::INT8 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ => 8,
@@ -86,6 +117,10 @@ pub fn fields(schema: &Schema, formats: &[FieldFormat]) -> Result<Vec<FieldInfo>
         })
         .collect()
 }
+
+/// Field metadata naming the PostgreSQL type a column is sent as, where the Arrow type
+/// alone does not say it (`"char"`).
+pub const PG_TYPE_METADATA: &str = "tidal.pg_type";
 
 /// Encodes every row of `batch` into DataRow messages.
 pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<DataRow>, ServerError> {
@@ -101,7 +136,11 @@ pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<DataRow>, S
             }
             let len_at = buf.len();
             buf.put_i32(0);
-            if binary {
+            if field.datatype() == &Type::CHAR {
+                // "char": one byte, the same in text and binary.
+                let s = col.as_string::<i32>().value(row);
+                buf.put_slice(&s.as_bytes()[..s.len().min(1)]);
+            } else if binary {
                 binary_value(col, row, &mut buf)?;
             } else {
                 let mut s = String::new();
@@ -207,9 +246,9 @@ pub fn text_value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), Se
             let v = v.as_primitive::<IntervalMonthDayNanoType>().value(0);
             interval_text(out, v.months, v.days, v.nanoseconds / 1_000);
         }
-        DataType::FixedSizeList(..) => {
-            let list = col.as_fixed_size_list();
-            vector_text(list, row, out)?;
+        DataType::FixedSizeList(..) => vector_text(&col.as_fixed_size_list().value(row), out)?,
+        dt if tidal_sql::is_vector_value_type(dt) => {
+            vector_text(&col.as_list::<i32>().value(row), out)?
         }
         DataType::List(_) => array_text(col.as_list::<i32>(), row, out)?,
         DataType::LargeList(_) => array_text(col.as_list::<i64>(), row, out)?,
@@ -319,9 +358,9 @@ fn interval_text(out: &mut String, months: i32, days: i32, micros: i64) {
     out.push_str(&parts.join(" "));
 }
 
-fn vector_text(list: &FixedSizeListArray, row: usize, out: &mut String) -> Result<(), ServerError> {
-    let values = list.value(row);
-    let values = values.as_primitive::<Float32Type>();
+/// pgvector's text form, `[1,2.5,3]`, of one vector's components.
+fn vector_text(values: &ArrayRef, out: &mut String) -> Result<(), ServerError> {
+    let values = vector_components(values)?;
     out.push('[');
     for i in 0..values.len() {
         if i > 0 {
@@ -330,6 +369,31 @@ fn vector_text(list: &FixedSizeListArray, row: usize, out: &mut String) -> Resul
         float32(out, values.value(i));
     }
     out.push(']');
+    Ok(())
+}
+
+fn vector_components(
+    values: &ArrayRef,
+) -> Result<&tidal::datafusion::arrow::array::Float32Array, ServerError> {
+    if values.null_count() > 0 {
+        return Err(ServerError::Internal(
+            "a vector with a NULL component cannot be sent".into(),
+        ));
+    }
+    Ok(values.as_primitive::<Float32Type>())
+}
+
+/// pgvector's binary form: int16 dimensions, int16 unused (0), then the float4s, all
+/// big-endian.
+fn vector_binary(values: &ArrayRef, out: &mut BytesMut) -> Result<(), ServerError> {
+    let values = vector_components(values)?;
+    let dims = i16::try_from(values.len())
+        .map_err(|_| ServerError::Internal(format!("a vector of {} dimensions", values.len())))?;
+    out.put_i16(dims);
+    out.put_i16(0);
+    for v in values.values() {
+        out.put_f32(*v);
+    }
     Ok(())
 }
 
@@ -417,10 +481,9 @@ fn binary_value(col: &ArrayRef, row: usize, out: &mut BytesMut) -> Result<(), Se
             out.put_i32(v.days);
             out.put_i32(v.months);
         }
-        DataType::FixedSizeList(..) => {
-            let mut s = String::new();
-            vector_text(col.as_fixed_size_list(), row, &mut s)?;
-            out.put_slice(s.as_bytes());
+        DataType::FixedSizeList(..) => vector_binary(&col.as_fixed_size_list().value(row), out)?,
+        dt if tidal_sql::is_vector_value_type(dt) => {
+            vector_binary(&col.as_list::<i32>().value(row), out)?
         }
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(..) => {
             let mut s = String::new();

@@ -1611,7 +1611,23 @@ impl ExtendedQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let name = message.name.as_deref().unwrap_or(DEFAULT_NAME).to_owned();
-        let parsed = StoredStatement::parse(client, &message, self.query_parser()).await;
+        // pgwire's `StoredStatement::parse`, except that types are looked up with ours:
+        // a driver's pgvector adapter declares its parameters as `vector`.
+        let types: Vec<Option<Type>> = message
+            .type_oids
+            .iter()
+            .map(|oid| encode::type_from_oid(*oid))
+            .collect();
+        let parsed = if sqltext::is_empty_query(&message.query) {
+            Ok(None)
+        } else {
+            self.query_parser()
+                .parse_sql(client, &message.query, &types)
+                .await
+                .map(|statement| {
+                    statement.map(|statement| StoredStatement::new(name.clone(), statement, types))
+                })
+        };
         match self.failing(parsed)? {
             Some(stmt) => client.portal_store().put_statement(Arc::new(stmt)),
             None => client.portal_store().put_empty_statement(&name),

@@ -6,8 +6,8 @@ use pgwire::api::Type;
 use std::ops::ControlFlow;
 
 use tidal::datafusion::sql::sqlparser::ast::{
-    AssignmentTarget, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
-    SetExpr, Statement, TableObject, Value, visit_expressions,
+    AssignmentTarget, BinaryOperator, DataType as SqlType, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, SetExpr, Statement, TableObject, Value, visit_expressions,
 };
 use tidal::datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use tidal::datafusion::sql::sqlparser::parser::Parser;
@@ -159,6 +159,28 @@ pub fn infer_from_syntax(sql: &str, params: &mut [Option<Type>]) {
                     set(params, n, cast_type(data_type));
                 }
             }
+            // pgvector's operators and functions take vectors, as their signatures
+            // type them in PostgreSQL.
+            Expr::BinaryOp { left, op, right } if is_vector_operator(op) => {
+                for side in [left, right] {
+                    if let Some(n) = placeholder(side) {
+                        set(params, n, Some(encode::vector_pg_type()));
+                    }
+                }
+            }
+            Expr::Function(f)
+                if VECTOR_FUNCTIONS.contains(&f.name.to_string().to_ascii_lowercase().as_str()) =>
+            {
+                if let FunctionArguments::List(list) = &f.args {
+                    for arg in &list.args {
+                        if let FunctionArg::Unnamed(FunctionArgExpr::Expr(a)) = arg
+                            && let Some(n) = placeholder(a)
+                        {
+                            set(params, n, Some(encode::vector_pg_type()));
+                        }
+                    }
+                }
+            }
             Expr::Function(f) => {
                 let name = f.name.to_string().to_ascii_lowercase();
                 if let (Some(types), FunctionArguments::List(list)) =
@@ -177,6 +199,25 @@ pub fn infer_from_syntax(sql: &str, params: &mut [Option<Type>]) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// Functions whose every argument is a vector.
+const VECTOR_FUNCTIONS: &[&str] = &[
+    "l2_distance",
+    "cosine_distance",
+    "inner_product",
+    "vector_negative_inner_product",
+    "l1_distance",
+    "vector_dims",
+    "vector_norm",
+];
+
+fn is_vector_operator(op: &BinaryOperator) -> bool {
+    match op {
+        BinaryOperator::LtDashGt | BinaryOperator::Spaceship => true,
+        BinaryOperator::Custom(s) => s == "<#>" || s == "<+>",
+        _ => false,
+    }
 }
 
 /// Argument types of the signal functions (SQL.md §4).
@@ -205,6 +246,7 @@ fn cast_type(t: &SqlType) -> Option<Type> {
         "TEXT" | "VARCHAR" | "CHARACTER VARYING" | "STRING" => Type::TEXT,
         "TEXT[]" | "VARCHAR[]" => Type::TEXT_ARRAY,
         "DATE" => Type::DATE,
+        "VECTOR" => encode::vector_pg_type(),
         "TIMESTAMPTZ" => Type::TIMESTAMPTZ,
         _ if base.starts_with("TIMESTAMP") && base.contains("WITH TIME ZONE") => Type::TIMESTAMPTZ,
         _ if base.starts_with("TIMESTAMP") => Type::TIMESTAMP,

@@ -236,6 +236,11 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Only semicolons and whitespace: PostgreSQL answers it with EmptyQueryResponse.
+pub fn is_empty_query(q: &str) -> bool {
+    q.chars().all(|c| c == ';' || c.is_whitespace())
+}
+
 /// The SQL literal for one bound parameter value (`None` = NULL).
 pub fn literal(
     index: usize,
@@ -254,6 +259,17 @@ pub fn literal(
             ServerError::ParameterText { index, ty, reason }
         }
     };
+    if crate::encode::is_vector(ty) {
+        let text = if binary {
+            vector_from_binary(value).map_err(bad)?
+        } else {
+            utf8(value)
+                .map_err(|reason| ServerError::ParameterEncoding { index, reason })?
+                .to_string()
+        };
+        // The cast checks the literal with pgvector's errors (22P02, 22000).
+        return Ok(format!("CAST({} AS vector)", quote(&text)));
+    }
     if !binary {
         let text =
             utf8(value).map_err(|reason| ServerError::ParameterEncoding { index, reason })?;
@@ -333,6 +349,43 @@ pub fn literal(
             )));
         }
     })
+}
+
+/// pgvector's binary form (int16 dimensions, int16 unused, float4s; big-endian) as
+/// its text form.
+fn vector_from_binary(value: &[u8]) -> Result<String, String> {
+    if value.len() < 4 {
+        return Err("truncated vector".into());
+    }
+    let dims = i16::from_be_bytes([value[0], value[1]]);
+    let body = &value[4..];
+    if dims < 1 || body.len() != dims as usize * 4 {
+        return Err(format!(
+            "a vector of {dims} dimensions needs {} bytes of components, got {}",
+            (dims.max(0) as usize) * 4,
+            body.len()
+        ));
+    }
+    let mut out = String::with_capacity(body.len() * 3);
+    out.push('[');
+    for (i, c) in body.chunks_exact(4).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let v = f32::from_be_bytes(arr(c));
+        // Non-finite components are refused by the cast with pgvector's message.
+        if v.is_finite() {
+            out.push_str(&format!("{v:?}"));
+        } else if v.is_nan() {
+            out.push_str("NaN");
+        } else if v > 0.0 {
+            out.push_str("Infinity");
+        } else {
+            out.push_str("-Infinity");
+        }
+    }
+    out.push(']');
+    Ok(out)
 }
 
 /// A one-dimensional array in PostgreSQL's binary form (what drivers such as

@@ -93,3 +93,4 @@ pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use types::{arrow_type, table_schema};
 pub use udf::{SignalFn, SignalUdf};
+pub use vector::{UNSIZED_VECTOR_ITEM, is_vector_value_type, parse_vector};

@@ -44,9 +44,28 @@ pub fn vector_type(dimensions: i32) -> DataType {
     )
 }
 
+/// The element field name of an unsized `vector`: it tells a vector of unknown
+/// dimension from a `real[]` (both are lists of Float32), so the wire sends it as a
+/// vector.
+pub const UNSIZED_VECTOR_ITEM: &str = "vector";
+
 /// The Arrow type of an unsized `vector` whose dimension is only known per row.
 fn unsized_vector_type() -> DataType {
-    DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
+    DataType::List(Arc::new(Field::new(
+        UNSIZED_VECTOR_ITEM,
+        DataType::Float32,
+        true,
+    )))
+}
+
+/// Whether `t` is the Arrow type of a `vector` value: `vector(n)` (a fixed-size list
+/// of Float32) or an unsized vector.
+pub fn is_vector_value_type(t: &DataType) -> bool {
+    match t {
+        DataType::FixedSizeList(f, _) => f.data_type() == &DataType::Float32,
+        DataType::List(f) => f.data_type() == &DataType::Float32 && f.name() == UNSIZED_VECTOR_ITEM,
+        _ => false,
+    }
 }
 
 fn is_vector_type(t: &DataType) -> bool {
@@ -498,7 +517,7 @@ impl ScalarUDFImpl for VectorCastUdf {
                     values.extend_from_slice(x.unwrap_or(&[]));
                 }
                 Arc::new(ListArray::try_new(
-                    Arc::new(Field::new_list_field(DataType::Float32, true)),
+                    Arc::new(Field::new(UNSIZED_VECTOR_ITEM, DataType::Float32, true)),
                     OffsetBuffer::from_lengths(lengths),
                     Arc::new(Float32Array::from(values)),
                     Some(valid.into()),

@@ -117,6 +117,30 @@ async fn psycopg() {
     server.stop().await;
 }
 
+/// pgvector-python's adapters (psycopg and asyncpg), unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgvector() {
+    let ok = runs(Command::new("python3").args([
+        "-c",
+        "import psycopg, asyncpg, numpy, pgvector.psycopg, pgvector.asyncpg",
+    ]));
+    if !present(
+        ok,
+        "pgvector-python with psycopg and asyncpg",
+        "pip install 'psycopg[binary]' asyncpg numpy pgvector",
+    ) {
+        return;
+    }
+    let server = start().await;
+    let mut cmd = Command::new("python3");
+    cmd.arg(checks_dir().join("pgvector_check.py")).env(
+        "TIDAL_URL",
+        format!("postgresql://tidal@{}/tidal", server.addr),
+    );
+    run_check(cmd, "pgvector_check.py").await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pg() {
     let ok = runs(
