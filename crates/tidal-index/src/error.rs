@@ -12,7 +12,7 @@ pub enum IndexError {
     #[error("{field:?} is not a text field of this table (text fields: {fields})")]
     UnknownField { field: String, fields: String },
     /// The index directory is missing, damaged or of another definition; it is rebuilt.
-    #[error("text index {path} cannot be used: {reason}")]
+    #[error("index {path} cannot be used: {reason}")]
     Unusable { path: String, reason: String },
     /// The indexer thread stopped after an error; every later call fails with it.
     #[error("the text index failed and accepts no more changes until restart: {reason}")]
@@ -24,6 +24,9 @@ pub enum IndexError {
         path: String,
         source: std::io::Error,
     },
+    /// usearch refused an operation.
+    #[error("vector index: {reason}")]
+    Vector { reason: String },
     #[error("tantivy: {0}")]
     Tantivy(#[from] tantivy::TantivyError),
 }

@@ -1,5 +1,6 @@
-//! tidalDB's derived search indexes. Today: BM25 full-text search over a table's text
-//! fields, on tantivy ([`TextIndex`]); the vector index joins it.
+//! tidalDB's derived search indexes: BM25 full-text search over a table's text
+//! fields, on tantivy ([`TextIndex`]), and HNSW nearest-neighbour search over a vector
+//! column, on usearch ([`VectorIndex`]).
 //!
 //! An index is *derived state*: the engine feeds it every change of its table in log
 //! order ([`TextIndex::apply`]) and rebuilds it from the entity store when it is
@@ -40,6 +41,7 @@ mod error;
 mod search;
 mod stats;
 mod text;
+mod vector;
 
 #[cfg(test)]
 mod tests;
@@ -49,4 +51,7 @@ pub use search::{Hit, ParsedQuery, TextSnapshot};
 pub use text::{
     TEXT_COMMIT_DOCS_MAX, TEXT_COMMIT_INTERVAL_MS, TEXT_QUEUE_BYTES_MAX, TEXT_QUEUE_OPS_MAX,
     TEXT_REFRESH_WAIT_MS_MAX, TEXT_WRITER_ARENA_BYTES, TextIndex, TextOp, TextSpec,
+};
+pub use vector::{
+    VECTOR_INITIAL_CAPACITY, VECTOR_SEARCH_THREADS_MAX, VectorIndex, VectorOp, VectorSpec,
 };
