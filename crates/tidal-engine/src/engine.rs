@@ -21,6 +21,7 @@ use crate::read::ReadView;
 use crate::registry::{LedgerMaterializer, Registry, Shared};
 use crate::store::EntityStore;
 use crate::text::TextMaterializer;
+use crate::vector::VectorMaterializer;
 
 /// The outcome of a committed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +102,7 @@ impl Engine {
             crate::marks::MARKS_SECTION,
             crate::registry::HISTORY_SECTION,
             "text",
+            "vector",
         ]);
         for m in &config.materializers {
             if !names.insert(m.name()) {
@@ -117,6 +119,7 @@ impl Engine {
             ledger: Arc::new(LedgerMaterializer::default()),
             marks: Arc::new(MarksMaterializer::default()),
             text: Arc::new(TextMaterializer::new(dir.join("text"))),
+            vectors: Arc::new(VectorMaterializer::new(dir.join("vector"))),
             history,
             extra: config.materializers.clone(),
         });
@@ -129,6 +132,9 @@ impl Engine {
         shared
             .text
             .open_all(&schema, &shared.store, shared.store.applied_lsn()?)?;
+        shared
+            .vectors
+            .open_all(&schema, &shared.store, shared.store.applied_lsn()?)?;
         let mut wal_opts = WalOptions::new(dir.join("wal"), config.clock.clone());
         wal_opts.segment_bytes_max = config.wal_segment_bytes;
         let wal = Wal::open(wal_opts, registry)?;
@@ -139,6 +145,7 @@ impl Engine {
             ("checkpoint", ckpt_lsn),
             ("entity store", store_lsn),
             ("text index", shared.text.max_covered()),
+            ("vector index", shared.vectors.max_covered()),
         ] {
             if last_lsn < state_lsn {
                 return Err(EngineError::LogBehindState {
@@ -320,11 +327,12 @@ fn checkpoint_inner(inner: &Inner) -> Result<CheckpointStats, EngineError> {
     let flushed = inner.shared.history.flush()?;
     // Text indexes persist themselves; the log they still need stays.
     let text = inner.shared.text.flush()?;
+    let vectors = inner.shared.vectors.flush()?;
     let (deleted, wal_bytes) = {
         let wal = inner.wal.read();
         let wal = wal.as_ref().ok_or(EngineError::Closed)?;
         (
-            wal.retire_through(lsn.min(flushed).min(text))?,
+            wal.retire_through(lsn.min(flushed).min(text).min(vectors))?,
             wal.stats().bytes,
         )
     };

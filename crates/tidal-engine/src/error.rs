@@ -53,6 +53,9 @@ pub enum EngineError {
         "table {table} has no text fields to search (declare them with WITH (text_fields = '...'))"
     )]
     NoTextFields { table: &'static str },
+    /// A vector index definition that does not fit its table (a damaged schema).
+    #[error("vector index: {what}")]
+    VectorIndex { what: String },
     #[error("could not serialize access: {what}")]
     Conflict { what: String },
     #[error("transaction too large: {what}")]

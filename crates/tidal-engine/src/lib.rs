@@ -51,6 +51,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod text;
+mod vector;
 
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
 pub use engine::{CheckpointStats, Engine, PendingTxn, TxnMark, WriteOutcome, WriteTxn};
@@ -68,3 +69,4 @@ pub use text::TableText;
 /// The text index types of [`ReadView::text`], so users need no dependency of their own.
 pub use tidal_index;
 pub use tidal_wal::{Lsn, WalStats};
+pub use vector::TableVector;

@@ -229,6 +229,22 @@ impl ReadView {
             })
     }
 
+    /// The vector index called `name` (for `ORDER BY <distance> LIMIT k`). It holds
+    /// every write acknowledged before this call.
+    pub fn vector_index(&self, name: &str) -> Option<Arc<crate::TableVector>> {
+        self.shared.vectors.index(name)
+    }
+
+    /// The vector indexes of `kind`'s table.
+    pub fn vector_indexes(&self, kind: EntityKind) -> Vec<Arc<crate::TableVector>> {
+        self.shared
+            .vectors
+            .all()
+            .into_iter()
+            .filter(|t| t.def.kind == kind)
+            .collect()
+    }
+
     /// Bytes of text changes queued for the text indexers (their in-memory part
     /// besides tantivy's indexing arenas).
     pub fn text_queued_bytes(&self) -> usize {

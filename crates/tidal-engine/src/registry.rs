@@ -17,6 +17,7 @@ use crate::history::History;
 use crate::marks::MarksMaterializer;
 use crate::store::EntityStore;
 use crate::text::TextMaterializer;
+use crate::vector::VectorMaterializer;
 
 /// A piece of derived state kept in memory and saved in checkpoints.
 ///
@@ -54,6 +55,7 @@ pub(crate) struct Shared {
     pub ledger: Arc<LedgerMaterializer>,
     pub marks: Arc<MarksMaterializer>,
     pub text: Arc<TextMaterializer>,
+    pub vectors: Arc<VectorMaterializer>,
     pub history: History,
     pub extra: Vec<Arc<dyn Materializer>>,
 }
@@ -298,6 +300,13 @@ impl Applier for Registry {
             self.shared.store.apply(txn)?;
         }
         self.shared.history.apply(txn, txn.lsn > self.history_lsn);
+        // Vector indexes persist themselves (like text indexes) and build from the
+        // store, which now holds this transaction.
+        if txn.lsn > self.shared.vectors.min_covered_at_open() {
+            self.shared
+                .vectors
+                .apply_with_store(txn, &schema, &self.shared.store)?;
+        }
         for m in self.shared.materializers() {
             let feed = match m.replay_after() {
                 None => in_memory,

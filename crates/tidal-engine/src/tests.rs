@@ -1053,3 +1053,138 @@ fn text_index_follows_every_write_and_survives_reopen_and_loss() {
     txn.commit().unwrap();
     assert_eq!(search(&engine, "piano"), [9]);
 }
+
+fn vector_setup(engine: &Engine) {
+    let cols = vec![
+        ColumnDef::new("id", ColumnType::BigInt),
+        ColumnDef::new("v", ColumnType::Vector(3)),
+    ];
+    let table = TableDef::new(EntityKind::Item, cols, vec![]).unwrap();
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::CreateTable(table)).unwrap();
+    txn.commit().unwrap();
+}
+
+fn vrow(id: i64, v: Option<[f32; 3]>) -> Vec<Value> {
+    vec![
+        Value::Int(id),
+        v.map_or(Value::Null, |v| Value::Vector(v.to_vec())),
+    ]
+}
+
+fn create_index(engine: &Engine, name: &str) {
+    let def = tidal_core::VectorIndexDef {
+        name: name.into(),
+        kind: EntityKind::Item,
+        column: "v".into(),
+        metric: tidal_core::VectorMetric::L2,
+        m: 16,
+        ef_construction: 64,
+        id: 0,
+    };
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::CreateIndex(def)).unwrap();
+    txn.commit().unwrap();
+}
+
+/// Ids in the index nearest to `q` (all of them, for these small tables), sorted.
+fn nearest(engine: &Engine, q: [f32; 3]) -> Vec<u64> {
+    let idx = engine.read().vector_index("items_v").unwrap();
+    let mut ids = idx.index.search(&q, 100).unwrap();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn vector_index_builds_follows_every_write_and_survives_crash_reopen_and_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    vector_setup(&engine);
+    let mut txn = engine.begin();
+    for (id, v) in [(1, [1.0, 0.0, 0.0]), (2, [0.0, 1.0, 0.0])] {
+        txn.insert(EntityKind::Item, vrow(id, Some(v))).unwrap();
+    }
+    txn.insert(EntityKind::Item, vrow(3, None)).unwrap();
+    txn.commit().unwrap();
+    // Built from the rows already there; NULL vectors are not indexed.
+    create_index(&engine, "items_v");
+    assert_eq!(nearest(&engine, [1.0, 0.0, 0.0]), [1, 2]);
+    let mut txn = engine.begin();
+    txn.upsert(EntityKind::Item, vrow(3, Some([0.0, 0.0, 1.0])))
+        .unwrap();
+    txn.upsert(EntityKind::Item, vrow(1, None)).unwrap();
+    txn.insert(EntityKind::Item, vrow(4, Some([5.0, 5.0, 5.0])))
+        .unwrap();
+    txn.commit().unwrap();
+    assert_eq!(nearest(&engine, [1.0, 0.0, 0.0]), [2, 3, 4]);
+    let dup = engine.begin();
+    let mut dup = dup;
+    let err = dup
+        .schema_change(SchemaChange::CreateIndex(tidal_core::VectorIndexDef {
+            name: "ITEMS_V".into(),
+            kind: EntityKind::Item,
+            column: "v".into(),
+            metric: tidal_core::VectorMetric::Cosine,
+            m: 16,
+            ef_construction: 64,
+            id: 0,
+        }))
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    drop(dup);
+
+    // A checkpoint saves the index; what follows is replayed after a crash.
+    engine.checkpoint().unwrap();
+    let mut txn = engine.begin();
+    txn.delete(EntityKind::Item, EntityId(2)).unwrap();
+    txn.insert(EntityKind::Item, vrow(5, Some([0.0, 2.0, 0.0])))
+        .unwrap();
+    txn.commit().unwrap();
+    let want = vec![3, 4, 5];
+    assert_eq!(nearest(&engine, [0.0, 1.0, 0.0]), want);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let replayed = open(crashed.path(), &clock);
+    assert_eq!(nearest(&replayed, [0.0, 1.0, 0.0]), want);
+    drop(replayed);
+    drop(engine);
+    let engine = open(dir.path(), &clock);
+    assert_eq!(nearest(&engine, [0.0, 1.0, 0.0]), want);
+    drop(engine);
+
+    // A damaged index file is rebuilt from the entity store.
+    let vdir = dir.path().join("vector");
+    for e in std::fs::read_dir(&vdir).unwrap() {
+        let p = e.unwrap().path();
+        for f in std::fs::read_dir(&p).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "usearch") {
+                std::fs::write(&f, b"garbage").unwrap();
+            }
+        }
+    }
+    let engine = open(dir.path(), &clock);
+    assert_eq!(nearest(&engine, [0.0, 1.0, 0.0]), want);
+
+    // DROP INDEX removes its files; DROP TABLE takes its indexes with it.
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::DropIndex {
+        name: "items_v".into(),
+    })
+    .unwrap();
+    txn.commit().unwrap();
+    assert!(engine.read().vector_index("items_v").is_none());
+    assert_eq!(std::fs::read_dir(&vdir).unwrap().count(), 0);
+    create_index(&engine, "items_v");
+    assert_eq!(nearest(&engine, [0.0, 1.0, 0.0]), want);
+    let mut txn = engine.begin();
+    txn.schema_change(SchemaChange::DropTable {
+        kind: EntityKind::Item,
+    })
+    .unwrap();
+    txn.commit().unwrap();
+    assert!(engine.read().vector_index("items_v").is_none());
+    assert!(engine.schema().indexes().next().is_none());
+    assert_eq!(std::fs::read_dir(&vdir).unwrap().count(), 0);
+}
