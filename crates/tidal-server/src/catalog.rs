@@ -627,8 +627,9 @@ fn empty_query(tokens: &[Token]) -> Option<Vec<Vec<usize>>> {
 
 /// Catalog tables that are always empty in tidalDB (no column defaults, inheritance,
 /// triggers, rules, policies, comments, extended statistics, publications, ...).
-const EMPTY_TABLES: [&str; 16] = [
+const EMPTY_TABLES: [&str; 17] = [
     "pg_attrdef",
+    "pg_range",
     "pg_inherits",
     "pg_trigger",
     "pg_rewrite",
@@ -1551,6 +1552,15 @@ const CATALOG_TABLES: &[TableSpec] = &[
                collisdeterministic bool, collencoding int4, collcollate text, \
                collctype text, colliculocale text, collversion text",
         rows: pg_collation,
+    },
+    TableSpec {
+        // No range types; tokio-postgres joins it when it looks a type up.
+        name: "pg_range",
+        oid: 3541,
+        view: false,
+        cols: "rngtypid oid, rngsubtype oid, rngmultitypid oid, rngcollation oid, \
+               rngsubopc oid, rngcanonical text, rngsubdiff text",
+        rows: none,
     },
     TableSpec {
         name: "pg_inherits",
@@ -2538,16 +2548,18 @@ fn table_schema(cols: &[(&str, Ty)]) -> SchemaRef {
         cols.iter()
             .map(|(n, t)| {
                 let f = Field::new(*n, t.arrow(), true);
-                // `"char"` columns (typtype, relkind…) are sent as PostgreSQL's "char":
-                // asyncpg, for one, compares them as bytes.
-                if *t == Ty::Char {
-                    f.with_metadata(std::collections::HashMap::from([(
-                        crate::encode::PG_TYPE_METADATA.to_string(),
-                        "char".to_string(),
-                    )]))
-                } else {
-                    f
-                }
+                // `"char"` columns (typtype, relkind…) and OID columns are sent typed
+                // as in PostgreSQL: asyncpg compares "char"s as bytes, tokio-postgres
+                // decodes OIDs only from `oid`.
+                let pg = match t {
+                    Ty::Char => "char",
+                    Ty::Oid => "oid",
+                    _ => return f,
+                };
+                f.with_metadata(std::collections::HashMap::from([(
+                    crate::encode::PG_TYPE_METADATA.to_string(),
+                    pg.to_string(),
+                )]))
             })
             .collect::<Vec<_>>(),
     ))

@@ -103,12 +103,13 @@ pub fn fields(schema: &Schema, formats: &[FieldFormat]) -> Result<Vec<FieldInfo>
             };
             let ty = match f.metadata().get(PG_TYPE_METADATA).map(String::as_str) {
                 Some("char") if f.data_type() == &DataType::Utf8 => Type::CHAR,
+                Some("oid") if f.data_type() == &DataType::Int64 => Type::OID,
                 _ => pg_type(f.data_type())?,
             };
             let size = match ty {
                 Type::BOOL | Type::CHAR => 1,
                 Type::INT2 => 2,
-                Type::INT4 | Type::FLOAT4 | Type::DATE => 4,
+                Type::INT4 | Type::OID | Type::FLOAT4 | Type::DATE => 4,
                 Type::INT8 | Type::FLOAT8 | Type::TIMESTAMP | Type::TIMESTAMPTZ => 8,
                 Type::INTERVAL => 16,
                 _ => -1,
@@ -140,6 +141,9 @@ pub fn rows(batch: &RecordBatch, fields: &[FieldInfo]) -> Result<Vec<DataRow>, S
                 // "char": one byte, the same in text and binary.
                 let s = col.as_string::<i32>().value(row);
                 buf.put_slice(&s.as_bytes()[..s.len().min(1)]);
+            } else if binary && field.datatype() == &Type::OID {
+                let v = col.as_primitive::<Int64Type>().value(row);
+                buf.put_u32(u32::try_from(v).unwrap_or_default());
             } else if binary {
                 binary_value(col, row, &mut buf)?;
             } else {

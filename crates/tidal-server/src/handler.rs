@@ -227,6 +227,21 @@ fn skipping_notice(stmt: &TidalStatement, schema: &tidal_core::Schema) -> Option
             "00000",
             format!("profile \"{name}\" does not exist, skipping"),
         )),
+        TidalStatement::CreateIndex {
+            def,
+            if_not_exists: true,
+            generated_name: false,
+        } if schema.index(&def.name).is_ok() => Some(notice(
+            "42P07",
+            format!("relation \"{}\" already exists, skipping", def.name),
+        )),
+        TidalStatement::DropIndex {
+            name,
+            if_exists: true,
+        } if schema.index(name).is_err() => Some(notice(
+            "00000",
+            format!("index \"{name}\" does not exist, skipping"),
+        )),
         _ => None,
     }
 }
@@ -366,6 +381,14 @@ impl Conn {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This connection's `SET hnsw.ef_search` (validated when set).
+    fn ef_search(&self) -> Option<usize> {
+        self.lock()
+            .settings
+            .get("hnsw.ef_search")
+            .and_then(|v| tidal_sql::parse_ef_search(v).ok())
+    }
+
     /// Runs one statement (parameters already bound), with transaction-block rules: a
     /// failed statement inside BEGIN aborts the block.
     async fn execute(
@@ -446,6 +469,8 @@ impl Conn {
             Some(TidalStatement::DropTable { .. }) => Some(Tag::new("DROP TABLE")),
             Some(TidalStatement::CreateProfile { .. }) => Some(Tag::new("CREATE PROFILE")),
             Some(TidalStatement::DropProfile { .. }) => Some(Tag::new("DROP PROFILE")),
+            Some(TidalStatement::CreateIndex { .. }) => Some(Tag::new("CREATE INDEX")),
+            Some(TidalStatement::DropIndex { .. }) => Some(Tag::new("DROP INDEX")),
             Some(
                 TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
@@ -507,7 +532,9 @@ impl Conn {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let since = self.cancel.current();
         let plan = async {
-            let stream = self.shared.session.sql_stream(sql).await?;
+            let stream =
+                tidal_sql::with_ef_search(self.ef_search(), self.shared.session.sql_stream(sql))
+                    .await?;
             Ok::<_, ServerError>(stream)
         };
         let stream = tokio::select! {
@@ -569,7 +596,7 @@ impl Conn {
                 cursor_query(&query)?;
                 let _running = Running::new(self.shared.clone());
                 let stream = tokio::select! {
-                    r = self.shared.session.sql_stream(&query) => r?,
+                    r = tidal_sql::with_ef_search(self.ef_search(), self.shared.session.sql_stream(&query)) => r?,
                     _ = self.cancel.cancelled(since) => return Err(ServerError::Cancelled),
                     _ = sleep_until(deadline) => return Err(ServerError::Timeout),
                 };
@@ -840,7 +867,11 @@ impl Conn {
                 )))
             }
             CopyCommand::Out { query, format } => {
-                let stream = self.shared.session.sql_stream(&query).await?;
+                let stream = tidal_sql::with_ef_search(
+                    self.ef_search(),
+                    self.shared.session.sql_stream(&query),
+                )
+                .await?;
                 let n = stream.schema().fields().len();
                 let header = (format.csv && format.header).then(|| {
                     let names: Vec<String> = stream
@@ -969,6 +1000,16 @@ impl Conn {
                 Response::Execution(Tag::new("DISCARD ALL"))
             }
             SessionCommand::Set { name, value } => {
+                if name == "hnsw.ef_search"
+                    && let Some(v) = &value
+                {
+                    tidal_sql::parse_ef_search(v).map_err(|reason| {
+                        ServerError::Sql(tidal_sql::SqlError::BadArgument {
+                            function: "SET",
+                            reason,
+                        })
+                    })?;
+                }
                 if name == "statement_timeout" {
                     st.statement_timeout = match &value {
                         None => self.shared.config.statement_timeout,
@@ -1071,6 +1112,7 @@ fn default_setting(name: &str) -> Option<&'static str> {
         "intervalstyle" => "postgres",
         "integer_datetimes" | "standard_conforming_strings" => "on",
         "search_path" => "public",
+        "hnsw.ef_search" => "40",
         "transaction_isolation" | "default_transaction_isolation" => "read committed",
         "transaction_read_only" | "default_transaction_read_only" => "off",
         "application_name" => "",
@@ -1512,6 +1554,7 @@ impl Parser {
                         }
                     }
                     crate::params::infer_from_syntax(sql, &mut params);
+                    crate::params::infer_oid_comparisons(sql, &mut params);
                     schema = Some(Arc::new(plan.schema().as_arrow().clone()));
                     // Only if the fast path's columns are exactly the described ones
                     // (a schema change may have come between the two plans).

@@ -201,6 +201,44 @@ pub fn infer_from_syntax(sql: &str, params: &mut [Option<Type>]) {
     });
 }
 
+/// Catalog comparisons with an OID column (`WHERE t.oid = $1`, as tokio-postgres and
+/// pgjdbc look types up): the parameter is an `oid`, which drivers send as 4 bytes.
+/// (The catalog's OID columns are BIGINT, so DataFusion types the parameter INT8.)
+pub fn infer_oid_comparisons(sql: &str, params: &mut [Option<Type>]) {
+    if !sql.to_ascii_lowercase().contains("pg_catalog") {
+        return;
+    }
+    let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return;
+    };
+    let is_oid_column = |e: &Expr| match e {
+        Expr::Identifier(i) => i.value.eq_ignore_ascii_case("oid"),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("oid")),
+        _ => false,
+    };
+    let _ = visit_expressions(&statements, |e| {
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } = e
+        {
+            for (col, other) in [(left, right), (right, left)] {
+                if is_oid_column(col)
+                    && let Some(n) = placeholder(other)
+                    && let Some(slot) = n.checked_sub(1).and_then(|i| params.get_mut(i))
+                    && matches!(slot, None | Some(Type::INT8))
+                {
+                    *slot = Some(Type::OID);
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Functions whose every argument is a vector.
 const VECTOR_FUNCTIONS: &[&str] = &[
     "l2_distance",

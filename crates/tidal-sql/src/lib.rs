@@ -50,6 +50,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ann;
 mod coop;
 mod error;
 mod history;
@@ -74,6 +75,10 @@ mod tests;
 #[cfg(test)]
 mod vector_tests;
 
+pub use ann::{
+    AnnRule, AnnScanExec, AnnTable, HNSW_EF_SEARCH_DEFAULT, HNSW_EF_SEARCH_MAX, HnswOptions,
+    VECTOR_EXACT_COST_RATIO, VECTOR_EXACT_FALLBACK_ROWS_MAX, parse_ef_search, with_ef_search,
+};
 pub use error::SqlError;
 pub use history::SignalsTable;
 pub use insert::SIGNAL_COLUMNS;

@@ -320,6 +320,41 @@ impl EntityTable {
         }
     }
 
+    pub(crate) fn def(&self) -> &TableDef {
+        &self.def
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The rows with these ids that exist (and pass the pushed-down id `filters`), in
+    /// id order, projected, read by point lookups from a snapshot taken now.
+    pub(crate) fn point_stream(
+        &self,
+        projection: Vec<usize>,
+        ids: BTreeSet<u64>,
+        filters: &[Expr],
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut bounds = IdBounds::all();
+        for f in filters {
+            bounds.apply(f);
+        }
+        bounds.restrict_points(ids);
+        let schema = Arc::new(self.schema.project(&projection)?);
+        let scan = EntityScan {
+            view: self.engine.read(),
+            def: self.def.clone(),
+            schema,
+            projection,
+            bounds,
+            limit: None,
+            fill: None,
+        };
+        Ok(scan.execute(ctx))
+    }
+
     /// This table with full scans served from the cache in `order`.
     pub fn with_order(&self, order: ScanOrder) -> EntityTable {
         EntityTable {

@@ -224,12 +224,12 @@ struct MarkSetUdf {
 const DENSE_IDS_MAX: u64 = 1 << 26;
 
 #[derive(Debug)]
-struct DenseIds {
+pub(crate) struct DenseIds {
     words: Vec<u64>,
 }
 
 impl DenseIds {
-    fn of(set: &RoaringTreemap) -> Option<DenseIds> {
+    pub(crate) fn of(set: &RoaringTreemap) -> Option<DenseIds> {
         let max = set.max()?;
         if max > DENSE_IDS_MAX {
             return None;
@@ -241,7 +241,7 @@ impl DenseIds {
         Some(DenseIds { words })
     }
 
-    fn contains(&self, id: u64) -> bool {
+    pub(crate) fn contains(&self, id: u64) -> bool {
         self.words
             .get((id / 64) as usize)
             .is_some_and(|w| w & (1 << (id % 64)) != 0)

@@ -77,6 +77,8 @@ impl SqlSession {
             .with_information_schema(true)
             // PostgreSQL's grammar (clients speak it; pgvector's `<->` needs it).
             .set_str("datafusion.sql_parser.dialect", "PostgreSQL")
+            // `SET hnsw.ef_search = n` (pgvector's setting).
+            .with_option_extension(crate::ann::HnswOptions::default())
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
         let runtime = RuntimeEnvBuilder::new()
@@ -99,6 +101,8 @@ impl SqlSession {
         // (an array function, also registered as `dot_product`) must not come back
         // over ours.
         ctx.add_analyzer_rule(Arc::new(crate::vector::VectorCasts::default()));
+        // Last, after DataFusion's rules have merged LIMIT into the sort.
+        ctx.add_optimizer_rule(Arc::new(crate::ann::AnnRule));
         datafusion::execution::FunctionRegistry::register_expr_planner(
             &mut *ctx.state_ref().write(),
             Arc::new(crate::vector::VectorOperators),
@@ -357,6 +361,8 @@ impl SqlSession {
     }
 
     async fn run(&self, sql: &str) -> Result<Output, SqlError> {
+        let reset = crate::ann::check_setting(sql)?;
+        let sql = reset.as_deref().unwrap_or(sql);
         if let Some((analyze, rest)) = explain_prefix(sql)
             && let Some(stmt) = crate::statement::parse(rest)?
         {
@@ -486,6 +492,22 @@ impl SqlSession {
             ),
             T::DropProfile { name, if_exists } => (
                 format!("DropProfile: {name} if_exists={if_exists}; schema change, {atomic}"),
+                None,
+            ),
+            T::CreateIndex { def, .. } => (
+                format!(
+                    "CreateIndex: {} ON {} USING hnsw ({} {}) m={} ef_construction={}; built from the table's rows, then {atomic}",
+                    def.name,
+                    def.kind.table_name(),
+                    def.column,
+                    def.metric.opclass(),
+                    def.m,
+                    def.ef_construction
+                ),
+                None,
+            ),
+            T::DropIndex { name, if_exists } => (
+                format!("DropIndex: {name} if_exists={if_exists}; schema change, {atomic}"),
                 None,
             ),
             T::Retrieve(_) => ("Retrieve".to_string(), None),

@@ -88,6 +88,19 @@ pub enum TidalStatement {
     Retrieve(Retrieve),
     /// `SEARCH items QUERY '...' ...` (SQL.md §6).
     Search(crate::search::Search),
+    /// `CREATE INDEX [IF NOT EXISTS] [name] ON t USING hnsw (column opclass)
+    /// [WITH (m = .., ef_construction = ..)]` (SQL.md §7).
+    CreateIndex {
+        def: tidal_core::VectorIndexDef,
+        if_not_exists: bool,
+        /// No name was given: `def.name` is PostgreSQL's `<table>_<column>_idx`, and
+        /// a number is appended when that is taken.
+        generated_name: bool,
+    },
+    DropIndex {
+        name: String,
+        if_exists: bool,
+    },
 }
 
 /// `UPDATE`/`DELETE` on an entity table, compiled to a query that finds the rows (and,
@@ -728,6 +741,13 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     if peek_words(p, &["CREATE", "TABLE"]) {
         return create_table(&mut df).map(Some);
     }
+    if peek_words(p, &["CREATE", "INDEX"]) || peek_words(p, &["CREATE", "UNIQUE", "INDEX"]) {
+        return create_index(&mut df).map(Some);
+    }
+    if let Some((name, if_exists)) = drop_target(p, "INDEX", "an index name")? {
+        end(p)?;
+        return Ok(Some(TidalStatement::DropIndex { name, if_exists }));
+    }
     if !peek_words(p, &["CREATE", "SIGNAL"]) {
         return Ok(None);
     }
@@ -773,6 +793,125 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     }
     end(p)?;
     Ok(Some(TidalStatement::CreateSignal { def, if_not_exists }))
+}
+
+/// `CREATE INDEX … USING hnsw (column opclass) WITH (m = 16, ef_construction = 64)`,
+/// with pgvector's options and defaults.
+fn create_index(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::sqlparser::ast::{Expr, IndexType, Statement};
+    let unsupported = |what: String| {
+        SqlError::DataFusion(datafusion::error::DataFusionError::NotImplemented(what))
+    };
+    let stmt = df
+        .parser
+        .parse_statement()
+        .map_err(|e| syntax(e.to_string()))?;
+    end(&mut df.parser)?;
+    let Statement::CreateIndex(ci) = stmt else {
+        return Err(syntax("expected CREATE INDEX"));
+    };
+    if ci.unique {
+        return Err(unsupported(
+            "unique indexes are not supported: every entity table's id is its key".into(),
+        ));
+    }
+    if ci.predicate.is_some() || !ci.include.is_empty() {
+        return Err(unsupported(
+            "partial indexes and INCLUDE are not supported".into(),
+        ));
+    }
+    match &ci.using {
+        Some(IndexType::Custom(m)) if m.value.eq_ignore_ascii_case("hnsw") => {}
+        Some(other) => {
+            return Err(unsupported(format!(
+                "access method \"{other}\" is not supported; use USING hnsw on a vector column"
+            )));
+        }
+        None => {
+            return Err(unsupported(
+                "only HNSW vector indexes exist: CREATE INDEX … USING hnsw (column vector_l2_ops | vector_cosine_ops | vector_ip_ops)".into(),
+            ));
+        }
+    }
+    let table = ci.table_name.to_string().to_ascii_lowercase();
+    let kind = table
+        .parse::<EntityKind>()
+        .ok()
+        .filter(|k| k.table_name() == table)
+        .ok_or_else(|| {
+            SqlError::from(CoreError::UnknownTableName {
+                name: table.clone(),
+            })
+        })?;
+    let [col] = ci.columns.as_slice() else {
+        return Err(unsupported("an hnsw index has exactly one column".into()));
+    };
+    let Expr::Identifier(column) = &col.column.expr else {
+        return Err(unsupported(
+            "an hnsw index is on a column, not an expression".into(),
+        ));
+    };
+    let column = column.value.to_ascii_lowercase();
+    let opclass = col
+        .operator_class
+        .as_ref()
+        .map(|o| o.to_string())
+        .unwrap_or_else(|| "vector_l2_ops".into());
+    let metric = tidal_core::VectorMetric::from_opclass(&opclass).ok_or_else(|| {
+        SqlError::from(CoreError::BadIndex {
+            name: column.clone(),
+            reason: format!(
+                "operator class \"{opclass}\" does not exist for access method \"hnsw\" (use vector_l2_ops, vector_cosine_ops or vector_ip_ops)"
+            ),
+        })
+    })?;
+    let name = match &ci.name {
+        Some(n) => n.to_string().to_ascii_lowercase(),
+        // PostgreSQL's generated name.
+        None => format!("{table}_{column}_idx"),
+    };
+    let mut def = tidal_core::VectorIndexDef {
+        name: name.clone(),
+        kind,
+        column,
+        metric,
+        m: tidal_core::VectorIndexDef::M_DEFAULT,
+        ef_construction: tidal_core::VectorIndexDef::EF_CONSTRUCTION_DEFAULT,
+        id: 0,
+    };
+    for option in &ci.with {
+        let bad = |reason: String| {
+            SqlError::from(CoreError::BadIndex {
+                name: name.clone(),
+                reason,
+            })
+        };
+        let Expr::BinaryOp { left, op, right } = option else {
+            return Err(bad(format!("expected option = value, found {option}")));
+        };
+        if *op != datafusion::sql::sqlparser::ast::BinaryOperator::Eq {
+            return Err(bad(format!("expected option = value, found {option}")));
+        }
+        let key = left.to_string().to_ascii_lowercase();
+        let value: u32 = right
+            .to_string()
+            .trim_matches('\'')
+            .parse()
+            .map_err(|_| bad(format!("invalid value for option \"{key}\": {right}")))?;
+        match key.as_str() {
+            "m" => def.m = value,
+            "ef_construction" => def.ef_construction = value,
+            _ => return Err(bad(format!("unrecognized parameter \"{key}\""))),
+        }
+    }
+    def.validate()?;
+    Ok(TidalStatement::CreateIndex {
+        def,
+        if_not_exists: ci.if_not_exists,
+        generated_name: ci.name.is_none(),
+    })
 }
 
 /// Runs a parsed statement against the engine; SHOW returns its rows.
@@ -840,6 +979,12 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             txn.commit()?;
             Ok(Vec::new())
         }
+        stmt @ (TidalStatement::CreateIndex { .. } | TidalStatement::DropIndex { .. }) => {
+            let mut txn = engine.begin();
+            add_statement(&mut txn, stmt)?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
     }
 }
 
@@ -885,6 +1030,29 @@ pub fn add_statement(
                 return Ok(());
             }
             SchemaChange::DropProfile { name }
+        }
+        TidalStatement::CreateIndex {
+            mut def,
+            if_not_exists,
+            generated_name,
+        } => {
+            if generated_name {
+                let base = def.name.clone();
+                let mut n = 0;
+                while txn.schema().index(&def.name).is_ok() {
+                    n += 1;
+                    def.name = format!("{base}{n}");
+                }
+            } else if if_not_exists && txn.schema().index(&def.name).is_ok() {
+                return Ok(());
+            }
+            SchemaChange::CreateIndex(def)
+        }
+        TidalStatement::DropIndex { name, if_exists } => {
+            if if_exists && txn.schema().index(&name).is_err() {
+                return Ok(());
+            }
+            SchemaChange::DropIndex { name }
         }
         _ => return Err(syntax("not a schema statement")),
     };

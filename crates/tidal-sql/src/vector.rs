@@ -113,7 +113,7 @@ pub fn parse_vector(s: &str) -> Result<Vec<f32>> {
 }
 
 /// The vectors of one argument, row by row, without copying a list array's values.
-enum Vectors {
+pub(crate) enum Vectors {
     Fixed(FixedSizeListArray),
     List(ListArray),
     Parsed(Vec<Option<Vec<f32>>>),
@@ -121,7 +121,7 @@ enum Vectors {
 }
 
 impl Vectors {
-    fn of(v: &ColumnarValue, function: &str) -> Result<Vectors> {
+    pub(crate) fn of(v: &ColumnarValue, function: &str) -> Result<Vectors> {
         let bad = |t: &DataType| {
             DataFusionError::Plan(format!(
                 "function {function} does not accept a {t} (expected a vector)"
@@ -163,7 +163,7 @@ impl Vectors {
         }
     }
 
-    fn get(&self, i: usize) -> Option<&[f32]> {
+    pub(crate) fn get(&self, i: usize) -> Option<&[f32]> {
         match self {
             Vectors::Fixed(list) => {
                 if list.is_null(i) {

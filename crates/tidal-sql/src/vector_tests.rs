@@ -157,3 +157,182 @@ async fn exact_search_equals_brute_force_for_every_metric() {
         assert_eq!(i, rows.len());
     }
 }
+
+/// The plan's text (EXPLAIN's plan column, all rows).
+async fn explain(sql: &SqlSession, query: &str) -> String {
+    let batches = sql.sql(&format!("EXPLAIN {query}")).await.unwrap();
+    let mut out = String::new();
+    for b in &batches {
+        let plans = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..plans.len() {
+            out.push_str(plans.value(i));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `n` vectors of `d` dims around 20 centres along 8 hidden directions (embeddings have
+/// a low intrinsic dimension), as text, from shared centres so queries land near data.
+fn clustered(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut shared = rand::rngs::StdRng::seed_from_u64(0);
+    let centres: Vec<Vec<f32>> = (0..20)
+        .map(|_| (0..d).map(|_| shared.random_range(-1.0..1.0)).collect())
+        .collect();
+    let basis: Vec<Vec<f32>> = (0..8)
+        .map(|_| (0..d).map(|_| shared.random_range(-0.5..0.5)).collect())
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let mut v = centres[i % centres.len()].clone();
+            for b in &basis {
+                let z: f32 = rng.random_range(-1.0..1.0);
+                for (x, y) in v.iter_mut().zip(b) {
+                    *x += z * y;
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn vtext(v: &[f32]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+    format!("[{}]", parts.join(","))
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        ab += f64::from(*x) * f64::from(*y);
+        aa += f64::from(*x) * f64::from(*x);
+        bb += f64::from(*y) * f64::from(*y);
+    }
+    1.0 - ab / (aa.sqrt() * bb.sqrt())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_search_is_planned_recalls_and_filters_inside_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(EngineConfig::new(dir.path())).unwrap());
+    let sql = SqlSession::new(engine).unwrap();
+    let d = 32;
+    sql.sql(&format!(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, bucket INT, embedding VECTOR({d})) \
+         WITH (kind = 'item')"
+    ))
+    .await
+    .unwrap();
+    let n = 4000usize;
+    let data = clustered(n, d, 1);
+    for chunk in data.chunks(500).enumerate() {
+        let (c, rows) = chunk;
+        let values: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let id = c * 500 + i;
+                format!("({id}, {}, '{}')", id % 200, vtext(v))
+            })
+            .collect();
+        sql.sql(&format!("INSERT INTO items VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+    }
+    sql.sql("CREATE INDEX items_cos ON items USING hnsw (embedding vector_cosine_ops)")
+        .await
+        .unwrap();
+
+    let q = vtext(&clustered(1, d, 99)[0]);
+    let ann = format!("SELECT id FROM items ORDER BY embedding <=> '{q}' LIMIT 10");
+    let plan = explain(&sql, &ann).await;
+    assert!(plan.contains("HnswIndexScan: index=items_cos"), "{plan}");
+    // Other metrics, other orders and non-constant queries stay exact.
+    for exact in [
+        format!("SELECT id FROM items ORDER BY embedding <-> '{q}' LIMIT 10"),
+        format!("SELECT id FROM items ORDER BY embedding <=> '{q}' DESC LIMIT 10"),
+        format!("SELECT id FROM items ORDER BY embedding <=> '{q}'"),
+        "SELECT a.id FROM items a, items b WHERE a.id = b.id ORDER BY a.embedding <=> b.embedding LIMIT 3".to_string(),
+    ] {
+        let plan = explain(&sql, &exact).await;
+        assert!(!plan.contains("HnswIndexScan"), "{exact}:\n{plan}");
+    }
+    let filtered = format!(
+        "SELECT id, embedding <=> '{q}' AS d FROM items WHERE bucket < 20 ORDER BY d LIMIT 10"
+    );
+    let plan = explain(&sql, &filtered).await;
+    assert!(
+        plan.contains("HnswIndexScan") && plan.contains("filter inside the search"),
+        "{plan}"
+    );
+
+    // Recall against brute force, unfiltered and at 10 % and 0.5 % selectivity.
+    let queries = clustered(30, d, 7);
+    for (filter, keep) in [
+        (
+            "TRUE",
+            Box::new(|_: usize| true) as Box<dyn Fn(usize) -> bool>,
+        ),
+        ("bucket < 20", Box::new(|i: usize| i % 200 < 20)),
+        ("bucket = 7", Box::new(|i: usize| i % 200 == 7)),
+    ] {
+        let mut recall = 0.0;
+        for qv in &queries {
+            let got = ids(&sql
+                .sql(&format!(
+                    "SELECT id FROM items WHERE {filter} ORDER BY embedding <=> '{}' LIMIT 10",
+                    vtext(qv)
+                ))
+                .await
+                .unwrap());
+            assert_eq!(got.len(), 10, "{filter}: k rows pass, k rows come back");
+            assert!(got.iter().all(|id| keep(*id as usize)), "{filter}: {got:?}");
+            let mut all: Vec<(f64, usize)> = data
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| keep(*i))
+                .map(|(i, v)| (cosine(v, qv), i))
+                .collect();
+            all.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let want: Vec<i64> = all.iter().take(10).map(|(_, i)| *i as i64).collect();
+            recall += got.iter().filter(|g| want.contains(g)).count() as f64 / 10.0;
+        }
+        let recall = recall / queries.len() as f64;
+        assert!(recall >= 0.9, "{filter}: recall@10 {recall}");
+        if filter == "TRUE" {
+            assert!(
+                recall >= 0.95,
+                "recall@10 at the default ef_search: {recall}"
+            );
+        }
+    }
+
+    // Fresh on return, and the exact distances come back.
+    let far = vtext(
+        &(0..d)
+            .map(|i| if i == 3 { -7.0 } else { 0.0 })
+            .collect::<Vec<f32>>(),
+    );
+    sql.sql(&format!("INSERT INTO items VALUES (100000, 1, '{far}')"))
+        .await
+        .unwrap();
+    let got = sql
+        .sql(&format!(
+            "SELECT id, embedding <=> '{far}' AS d FROM items ORDER BY d LIMIT 1"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&got), [100000]);
+    let dist = got[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap()
+        .value(0);
+    assert!(dist.abs() < 1e-6, "{dist}");
+}

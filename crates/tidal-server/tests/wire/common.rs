@@ -259,3 +259,55 @@ impl Drop for Proc {
         }
     }
 }
+
+/// pgvector's `vector` for tokio-postgres, in its binary form (int16 dimensions, int16
+/// unused, float4s; big-endian) — what the pgvector crate does, without the dependency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PgVector(pub Vec<f32>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for PgVector {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        if raw.len() < 4 {
+            return Err("truncated vector".into());
+        }
+        let dims = i16::from_be_bytes([raw[0], raw[1]]) as usize;
+        if raw.len() != 4 + 4 * dims {
+            return Err(format!("a vector of {dims} dimensions in {} bytes", raw.len()).into());
+        }
+        Ok(PgVector(
+            raw[4..]
+                .chunks_exact(4)
+                .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        ty.name() == "vector"
+    }
+}
+
+impl tokio_postgres::types::ToSql for PgVector {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i16(i16::try_from(self.0.len())?);
+        out.put_i16(0);
+        for v in &self.0 {
+            out.put_f32(*v);
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        ty.name() == "vector"
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}

@@ -299,7 +299,7 @@ async fn types_round_trip() {
                 &2.5f32,
                 &-42i32,
                 &fixed_ts(),
-                &"[0.5, 1, -2.25]",
+                &crate::common::PgVector(vec![0.5, 1.0, -2.25]),
             ],
         )
         .await
@@ -317,7 +317,7 @@ async fn types_round_trip() {
             &None::<f32>,
             &None::<i32>,
             &None::<SystemTime>,
-            &None::<&str>,
+            &None::<crate::common::PgVector>,
         ],
     )
     .await
@@ -341,7 +341,7 @@ async fn types_round_trip() {
     assert_eq!(rows.len(), 4);
     let types: Vec<&Type> = rows[0].columns().iter().map(|c| c.type_()).collect();
     assert_eq!(
-        types,
+        types[..7],
         vec![
             &Type::INT8,
             &Type::TEXT,
@@ -350,9 +350,9 @@ async fn types_round_trip() {
             &Type::FLOAT4,
             &Type::INT4,
             &Type::TIMESTAMP,
-            &Type::TEXT
         ]
     );
+    assert_eq!((types[7].name(), types[7].oid()), ("vector", 16_000));
     let r = &rows[0];
     assert_eq!(r.get::<_, String>(1), "it's ü");
     assert_eq!(r.get::<_, Vec<String>>(2), tags);
@@ -360,7 +360,10 @@ async fn types_round_trip() {
     assert_eq!(r.get::<_, f32>(4), 2.5);
     assert_eq!(r.get::<_, i32>(5), -42);
     assert_eq!(r.get::<_, SystemTime>(6), fixed_ts());
-    assert_eq!(r.get::<_, String>(7), "[0.5,1,-2.25]");
+    assert_eq!(
+        r.get::<_, crate::common::PgVector>(7),
+        crate::common::PgVector(vec![0.5, 1.0, -2.25])
+    );
     for (i, r) in [&rows[1], &rows[3]].into_iter().enumerate() {
         assert!(r.get::<_, Option<String>>(1).is_none(), "row {i}");
         assert!(r.get::<_, Option<Vec<String>>>(2).is_none());
@@ -368,7 +371,7 @@ async fn types_round_trip() {
         assert!(r.get::<_, Option<f32>>(4).is_none());
         assert!(r.get::<_, Option<i32>>(5).is_none());
         assert!(r.get::<_, Option<SystemTime>>(6).is_none());
-        assert!(r.get::<_, Option<String>>(7).is_none());
+        assert!(r.get::<_, Option<crate::common::PgVector>>(7).is_none());
     }
     let r = &rows[2];
     assert_eq!(
@@ -377,7 +380,10 @@ async fn types_round_trip() {
     );
     assert!(!r.get::<_, bool>(3));
     assert_eq!(r.get::<_, f32>(4), -0.125);
-    assert_eq!(r.get::<_, String>(7), "[1,2,3]");
+    assert_eq!(
+        r.get::<_, crate::common::PgVector>(7),
+        crate::common::PgVector(vec![1.0, 2.0, 3.0])
+    );
 
     // The same values in text format (simple protocol).
     let msgs = c
@@ -976,6 +982,9 @@ fn cells(row: &tokio_postgres::Row) -> Vec<String> {
                 Type::TIMESTAMP => format!("{:?}", row.get::<_, Option<SystemTime>>(i)),
                 Type::TEXT_ARRAY => format!("{:?}", row.get::<_, Option<Vec<String>>>(i)),
                 Type::FLOAT4_ARRAY => format!("{:?}", row.get::<_, Option<Vec<f32>>>(i)),
+                ref other if other.name() == "vector" => {
+                    format!("{:?}", row.get::<_, Option<crate::common::PgVector>>(i))
+                }
                 other => panic!("column {i}: no decoder for {other}"),
             }
         })

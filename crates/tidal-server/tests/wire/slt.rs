@@ -103,6 +103,14 @@ fn typed_cell(row: &tokio_postgres::Row, i: usize) -> Result<String, WireError> 
                     format!("[{}]", items.join(", "))
                 }),
         ),
+        ref other if other.name() == "vector" => text(
+            row.try_get::<_, Option<crate::common::PgVector>>(i)
+                .map_err(err)?
+                .map(|v| {
+                    let items: Vec<String> = v.0.iter().map(|x| x.to_string()).collect();
+                    format!("[{}]", items.join(", "))
+                }),
+        ),
         other => {
             return Err(WireError(format!(
                 "the wire slt runner cannot decode {other}"
