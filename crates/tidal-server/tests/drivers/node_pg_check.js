@@ -63,7 +63,7 @@ async function main() {
     assert.deepEqual(res.fields.map((f) => f.name),
       ['id', 'title', 'score', 'rating', 'rank', 'flag', 'created_at', 'tags', 'embedding']);
     assert.deepEqual(res.fields.map((f) => f.dataTypeID),
-      [20, 25, 701, 700, 23, 16, 1114, 1009, 25]);
+      [20, 25, 701, 700, 23, 16, 1114, 1009, 16000]);
     // pg leaves int8 as a string (it does not fit a JS number in general).
     assert.deepEqual(res.rows[0], {
       id: '1', title: "it's ü", score: 0.25, rating: 2.5, rank: -42, flag: true,

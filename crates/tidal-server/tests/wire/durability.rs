@@ -36,7 +36,12 @@ async fn write_workload(c: &Client) {
         let n = c
             .execute(
                 &ins,
-                &[&id, &format!("item {id}"), &tags, &format!("[{id}, -0.5]")],
+                &[
+                    &id,
+                    &format!("item {id}"),
+                    &tags,
+                    &crate::common::PgVector(vec![id as f32, -0.5]),
+                ],
             )
             .await
             .unwrap();

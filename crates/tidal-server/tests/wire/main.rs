@@ -18,3 +18,4 @@ mod protocol;
 mod psql;
 mod search;
 mod slt;
+mod vectors;
