@@ -151,7 +151,6 @@ fn options(spec: &VectorSpec) -> IndexOptions {
         // least the number asked for: the per-query ef_search is that count.
         expansion_search: 1,
         multi: false,
-        ..IndexOptions::default()
     }
 }
 
