@@ -1545,6 +1545,9 @@ impl Parser {
                         .state()
                         .create_logical_plan(sql)
                         .await?;
+                    // Before DataFusion's types (INT8 for the catalog's OID columns);
+                    // a type the client declared is kept.
+                    crate::params::infer_oid_comparisons(sql, &mut params);
                     let types = plan.get_parameter_types()?;
                     for (i, p) in params.iter_mut().enumerate() {
                         if p.is_none()
@@ -1554,7 +1557,6 @@ impl Parser {
                         }
                     }
                     crate::params::infer_from_syntax(sql, &mut params);
-                    crate::params::infer_oid_comparisons(sql, &mut params);
                     schema = Some(Arc::new(plan.schema().as_arrow().clone()));
                     // Only if the fast path's columns are exactly the described ones
                     // (a schema change may have come between the two plans).

@@ -229,7 +229,7 @@ pub fn infer_oid_comparisons(sql: &str, params: &mut [Option<Type>]) {
                 if is_oid_column(col)
                     && let Some(n) = placeholder(other)
                     && let Some(slot) = n.checked_sub(1).and_then(|i| params.get_mut(i))
-                    && matches!(slot, None | Some(Type::INT8))
+                    && slot.is_none()
                 {
                     *slot = Some(Type::OID);
                 }
