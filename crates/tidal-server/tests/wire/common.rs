@@ -1,6 +1,6 @@
 //! Starting servers (in process or as the real binary) and connecting to them.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -310,4 +310,29 @@ impl tokio_postgres::types::ToSql for PgVector {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// One COPY script through psql (the simple protocol, as libpq clients send it):
+/// whether it was acknowledged. A server killed mid-COPY closes the pipe: not
+/// acknowledged.
+pub async fn psql_copy(addr: SocketAddr, script: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let child = Command::new("psql")
+            .arg("-X")
+            .args(["-v", "ON_ERROR_STOP=1", "-q"])
+            .arg(format!("postgresql://tidal@{addr}/tidal?sslmode=disable"))
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else { return false };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A server killed mid-COPY closes the pipe's reader: not acknowledged.
+            let _ = stdin.write_all(script.as_bytes());
+        }
+        child.wait().is_ok_and(|s| s.success())
+    })
+    .await
+    .unwrap_or(false)
 }

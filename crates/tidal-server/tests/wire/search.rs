@@ -6,13 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::common::{Proc, connect, start};
+use crate::common::{Proc, connect, psql_copy, start};
 
 const TEXT_TABLE: &str = "CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT, body TEXT) \
                           WITH (kind = 'item', text_fields = 'title^2, body')";
@@ -204,30 +203,6 @@ fn copy_text(ids: std::ops::Range<i64>) -> String {
     }
     s.push_str("\\.\n");
     s
-}
-
-/// One COPY through psql (the simple protocol, as libpq clients send it): whether it
-/// was acknowledged.
-async fn psql_copy(addr: SocketAddr, script: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let child = Command::new("psql")
-            .arg("-X")
-            .args(["-v", "ON_ERROR_STOP=1", "-q"])
-            .arg(format!("postgresql://tidal@{addr}/tidal?sslmode=disable"))
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(mut child) = child else { return false };
-        if let Some(mut stdin) = child.stdin.take() {
-            // A server killed mid-COPY closes the pipe's reader: not acknowledged.
-            let _ = stdin.write_all(script.as_bytes());
-        }
-        child.wait().is_ok_and(|s| s.success())
-    })
-    .await
-    .unwrap_or(false)
 }
 
 /// What the client knows: ranges whose COPY or DELETE was acknowledged, and the one

@@ -4,15 +4,14 @@
 //! a rebuild; EXPLAIN says the index is used.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::common::{Proc, connect};
+use crate::common::{Proc, connect, psql_copy};
 
 const CYCLES: u64 = 20;
 const COPY_ROWS: i64 = 300;
@@ -50,27 +49,6 @@ fn copy_text(ids: std::ops::Range<i64>) -> String {
     }
     s.push_str("\\.\n");
     s
-}
-
-async fn psql_copy(addr: SocketAddr, script: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let child = Command::new("psql")
-            .arg("-X")
-            .args(["-v", "ON_ERROR_STOP=1", "-q"])
-            .arg(format!("postgresql://tidal@{addr}/tidal?sslmode=disable"))
-            .env("PGCONNECT_TIMEOUT", "10")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(mut child) = child else { return false };
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(script.as_bytes());
-        }
-        child.wait().is_ok_and(|s| s.success())
-    })
-    .await
-    .unwrap_or(false)
 }
 
 #[derive(Default, Clone)]
