@@ -75,6 +75,8 @@ pub enum CoreError {
     UnknownIndex { name: String },
     #[error("invalid index {name:?}: {reason}")]
     BadIndex { name: String, reason: String },
+    #[error("invalid PREFERENCE on signal {signal:?}: {reason}")]
+    BadPreference { signal: String, reason: String },
     #[error("malformed encoded data: {0}")]
     Decode(&'static str),
 }
@@ -127,7 +129,7 @@ impl CoreError {
             | DuplicateColumn { .. }
             | DuplicateProfile { .. }
             | DuplicateIndex { .. } => ErrorClass::DuplicateObject,
-            BadIndex { .. } => ErrorClass::InvalidParameter,
+            BadIndex { .. } | BadPreference { .. } => ErrorClass::InvalidParameter,
             DependentObjects { .. } => ErrorClass::DependentObjects,
             BadProfile { .. } => ErrorClass::InvalidParameter,
             UnknownSignal { .. }

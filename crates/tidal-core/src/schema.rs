@@ -110,7 +110,14 @@ pub struct SignalDef {
     /// Sorted, without duplicates.
     pub windows: Vec<Window>,
     pub marks: Option<Mark>,
+    /// `PREFERENCE lr`: each event with a user moves the user's preference vector by
+    /// `lr · weight` toward the item's embedding (SQL.md §7). Only on item signals.
+    pub preference: Option<f64>,
 }
+
+/// Largest `|lr|` of `PREFERENCE lr`: a rate past it would make one event replace the
+/// vector outright, which `lr = 1` already does for a unit weight.
+pub const PREFERENCE_RATE_ABS_MAX: f64 = 1_000.0;
 
 impl SignalDef {
     /// Builds a definition, normalising windows (sorted, deduplicated) and validating
@@ -138,12 +145,39 @@ impl SignalDef {
             decay,
             windows,
             marks: None,
+            preference: None,
         })
     }
 
     pub fn with_marks(mut self, mark: Mark) -> SignalDef {
         self.marks = Some(mark);
         self
+    }
+
+    /// Adds `PREFERENCE lr`: a finite, non-zero rate within
+    /// ±[`PREFERENCE_RATE_ABS_MAX`], on a signal about items (whose embeddings it
+    /// follows).
+    pub fn with_preference(mut self, lr: f64) -> Result<SignalDef, CoreError> {
+        if !lr.is_finite() || lr == 0.0 || lr.abs() > PREFERENCE_RATE_ABS_MAX {
+            return Err(CoreError::BadPreference {
+                signal: self.name,
+                reason: format!(
+                    "the learning rate must be a non-zero number between -{PREFERENCE_RATE_ABS_MAX} \
+                     and {PREFERENCE_RATE_ABS_MAX}, not {lr}"
+                ),
+            });
+        }
+        if self.kind != EntityKind::Item {
+            return Err(CoreError::BadPreference {
+                signal: self.name,
+                reason: format!(
+                    "PREFERENCE follows item embeddings, so it needs a signal ON items, not ON {}",
+                    self.kind.table_name()
+                ),
+            });
+        }
+        self.preference = Some(lr);
+        Ok(self)
     }
 
     /// Checks that `w` is declared on this signal.
@@ -179,7 +213,16 @@ impl SignalDef {
         for w in &self.windows {
             e.u32(w.to_code());
         }
-        e.u8(self.marks.map_or(0, Mark::tag));
+        // The high bit of the marks byte says a preference rate follows; definitions
+        // written before preference vectors existed decode unchanged.
+        let marks = self.marks.map_or(0, Mark::tag);
+        match self.preference {
+            Some(lr) => {
+                e.u8(marks | PREFERENCE_FLAG);
+                e.f64(lr);
+            }
+            None => e.u8(marks),
+        }
     }
 
     pub fn decode(d: &mut Decoder<'_>) -> Result<SignalDef, CoreError> {
@@ -200,9 +243,19 @@ impl SignalDef {
         for _ in 0..n {
             windows.push(Window::from_code(d.u32()?).ok_or(CoreError::Decode("bad window"))?);
         }
-        let marks = match d.u8()? {
+        let byte = d.u8()?;
+        let marks = match byte & !PREFERENCE_FLAG {
             0 => None,
             t => Some(Mark::from_tag(t).ok_or(CoreError::Decode("bad mark"))?),
+        };
+        let preference = if byte & PREFERENCE_FLAG != 0 {
+            let lr = d.f64()?;
+            if !lr.is_finite() || lr == 0.0 || lr.abs() > PREFERENCE_RATE_ABS_MAX {
+                return Err(CoreError::Decode("bad preference rate"));
+            }
+            Some(lr)
+        } else {
+            None
         };
         Ok(SignalDef {
             id,
@@ -211,9 +264,13 @@ impl SignalDef {
             decay,
             windows,
             marks,
+            preference,
         })
     }
 }
+
+/// In a signal's encoded marks byte: a preference rate follows.
+const PREFERENCE_FLAG: u8 = 0x80;
 
 /// Column types an entity table may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -510,6 +567,21 @@ impl TableDef {
             .iter()
             .filter_map(|f| self.column_index(f))
             .collect()
+    }
+
+    /// The column preference vectors follow (SQL.md §7): the VECTOR column named
+    /// `embedding`, else the first VECTOR column; with its position and dimensions.
+    pub fn preference_column(&self) -> Option<(usize, u32)> {
+        let vector = |(i, c): (usize, &ColumnDef)| match c.ty {
+            ColumnType::Vector(n) => Some((i, n)),
+            _ => None,
+        };
+        let mut columns = self.columns.iter().enumerate();
+        columns
+            .clone()
+            .filter(|(_, c)| c.name.eq_ignore_ascii_case("embedding"))
+            .find_map(vector)
+            .or_else(|| columns.find_map(vector))
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {

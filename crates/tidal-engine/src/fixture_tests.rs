@@ -574,6 +574,7 @@ fn check_schema(engine: &Engine) {
         decay,
         windows: windows.to_vec(),
         marks,
+        preference: None,
     };
     let (item, user, all) = (EntityKind::Item, EntityKind::User, Window::All);
     let want = [

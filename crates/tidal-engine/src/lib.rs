@@ -45,6 +45,7 @@ mod error;
 mod fixture_tests;
 mod history;
 mod marks;
+mod preference;
 mod read;
 mod registry;
 mod store;

@@ -207,6 +207,12 @@ impl ReadView {
         self.shared.marks.contains(&signals, user, entity)
     }
 
+    /// `user`'s preference vector as of this view (SQL.md §7): unit length, `None`
+    /// before the user's first move by a `PREFERENCE` signal.
+    pub fn preference(&self, user: EntityId) -> Result<Option<Vec<f32>>, EngineError> {
+        self.store.preference(user)
+    }
+
     /// The text index of `kind`'s table (for `SEARCH`). Its snapshots show every write
     /// acknowledged before they are taken. Fails when the table has no text fields, or
     /// when it was re-created since this view was taken.

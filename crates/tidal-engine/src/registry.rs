@@ -297,7 +297,7 @@ impl Applier for Registry {
             }
         };
         if txn.lsn > self.store_lsn {
-            self.shared.store.apply(txn)?;
+            self.shared.store.apply(txn, &schema)?;
         }
         self.shared.history.apply(txn, txn.lsn > self.history_lsn);
         // Vector indexes persist themselves (like text indexes) and build from the

@@ -11,10 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use tidal_core::codec::{Decoder, Encoder};
-use tidal_core::{EntityId, EntityKind, Row, decode_row, encode_row};
+use std::collections::HashMap;
+
+use tidal_core::{EntityId, EntityKind, Row, Schema, SignalEvent, Value, decode_row, encode_row};
 use tidal_wal::{CommittedTxn, Lsn, Op};
 
 use crate::EngineError;
+use crate::preference;
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// Ids the change log remembers per kind. A reader whose cached rows are older than the
@@ -77,6 +80,8 @@ pub(crate) struct EntityStore {
     items: Keyspace,
     users: Keyspace,
     creators: Keyspace,
+    /// Preference vectors by user id (see `preference.rs`).
+    preferences: Keyspace,
     /// Per kind, a sequence lock over the rows: odd while a batch touching the kind is
     /// being committed, bumped to the next even number after. A snapshot taken while
     /// the number stayed even and unchanged shows exactly the rows of that version, so
@@ -125,6 +130,7 @@ impl EntityStore {
             items: ks("items")?,
             users: ks("users")?,
             creators: ks("creators")?,
+            preferences: ks("preferences")?,
             db,
             versions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             changes: Arc::new(Default::default()),
@@ -165,11 +171,13 @@ impl EntityStore {
         Ok(self.keyspace(kind).contains_key(id.to_key())?)
     }
 
-    /// Writes the entity ops of `txn` (if any) in one atomic fjall batch, together with
-    /// the txn's LSN.
-    pub(crate) fn apply(&self, txn: &CommittedTxn) -> Result<(), EngineError> {
+    /// Writes the entity ops of `txn` (if any) and the preference vectors its events
+    /// move in one atomic fjall batch, together with the txn's LSN. `schema` is the
+    /// schema after the txn's own changes.
+    pub(crate) fn apply(&self, txn: &CommittedTxn, schema: &Schema) -> Result<(), EngineError> {
         let mut batch = self.db.batch().durability(None);
         let mut touched = false;
+        let mut prefs = PreferenceMoves::new(schema);
         let mut kinds = [false; 3];
         // Ids written per kind; `None` once a kind's change is too large to list.
         let mut written: [Option<Vec<EntityId>>; 3] = Default::default();
@@ -187,7 +195,17 @@ impl EntityStore {
         let mut enc = Encoder::new();
         for op in &txn.ops {
             match op {
+                Op::Signals(events) => {
+                    if let Some(p) = prefs.as_mut() {
+                        p.apply(self, events)?;
+                    }
+                }
                 Op::Insert { kind, id, row } | Op::Upsert { kind, id, row } => {
+                    if *kind == EntityKind::Item
+                        && let Some(p) = prefs.as_mut()
+                    {
+                        p.items.insert(*id, Some(row));
+                    }
                     enc.buf.clear();
                     encode_row(row, &mut enc);
                     batch.insert(self.keyspace(*kind), id.to_key(), enc.buf.as_slice());
@@ -196,6 +214,11 @@ impl EntityStore {
                     note(*kind, Some(*id));
                 }
                 Op::Delete { kind, id } => {
+                    if *kind == EntityKind::Item
+                        && let Some(p) = prefs.as_mut()
+                    {
+                        p.items.insert(*id, None);
+                    }
                     batch.remove(self.keyspace(*kind), id.to_key());
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
@@ -210,8 +233,22 @@ impl EntityStore {
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
                     note(*kind, None);
+                    if *kind == EntityKind::Item
+                        && let Some(p) = prefs.as_mut()
+                    {
+                        p.items_dropped = true;
+                    }
                 }
                 _ => {}
+            }
+        }
+        if let Some(p) = prefs {
+            for (user, v) in p.users {
+                match v {
+                    Some(v) => batch.insert(&self.preferences, user.to_key(), preference::encode(&v)),
+                    None => batch.remove(&self.preferences, user.to_key()),
+                }
+                touched = true;
             }
         }
         if touched {
@@ -249,6 +286,22 @@ impl EntityStore {
         Ok(lsn)
     }
 
+    /// The embedding of item `id` in the column preferences follow, as the store holds
+    /// it now (on the writer thread: after every applied transaction).
+    fn live_embedding(&self, id: EntityId, column: usize) -> Result<Option<Vec<f32>>, EngineError> {
+        match self.items.get(id.to_key())? {
+            Some(v) => Ok(embedding_of(&decode_value(&v)?, column)),
+            None => Ok(None),
+        }
+    }
+
+    fn live_preference(&self, user: EntityId) -> Result<Option<Vec<f32>>, EngineError> {
+        self.preferences
+            .get(user.to_key())?
+            .map(|v| preference::decode(user, &v))
+            .transpose()
+    }
+
     pub(crate) fn snapshot(&self) -> StoreSnapshot {
         let before: [u64; 3] = std::array::from_fn(|i| self.versions[i].load(Ordering::SeqCst));
         let snap = self.db.snapshot();
@@ -261,6 +314,74 @@ impl EntityStore {
             store: self.clone(),
             versions,
         }
+    }
+}
+
+/// The moves one transaction makes to preference vectors, staged until its batch.
+struct PreferenceMoves<'a> {
+    /// Rate by signal, for the signals declared with PREFERENCE.
+    rates: Vec<(tidal_core::SignalId, f64)>,
+    /// Position of the items column preferences follow.
+    column: usize,
+    /// Item rows written earlier in this transaction (`None`: deleted).
+    items: HashMap<EntityId, Option<&'a Row>>,
+    /// The transaction dropped the items table before (some of) its events.
+    items_dropped: bool,
+    /// Vectors moved so far (`None`: cleared).
+    users: HashMap<EntityId, Option<Vec<f32>>>,
+}
+
+impl<'a> PreferenceMoves<'a> {
+    /// `None` when no signal of `schema` moves preferences (or items have no vector
+    /// column), so transactions pay nothing for the feature they do not use.
+    fn new(schema: &Schema) -> Option<PreferenceMoves<'a>> {
+        let rates: Vec<_> = schema
+            .signals()
+            .filter_map(|s| s.preference.map(|lr| (s.id, lr)))
+            .collect();
+        if rates.is_empty() {
+            return None;
+        }
+        let (column, _) = schema.table(EntityKind::Item).ok()?.preference_column()?;
+        Some(PreferenceMoves {
+            rates,
+            column,
+            items: HashMap::new(),
+            items_dropped: false,
+            users: HashMap::new(),
+        })
+    }
+
+    fn apply(&mut self, store: &EntityStore, events: &[SignalEvent]) -> Result<(), EngineError> {
+        for ev in events {
+            let Some(user) = ev.user else { continue };
+            let Some(&(_, lr)) = self.rates.iter().find(|(id, _)| *id == ev.signal) else {
+                continue;
+            };
+            let step = lr * ev.weight;
+            let e = match self.items.get(&ev.entity) {
+                Some(row) => row.and_then(|r| embedding_of(r, self.column)),
+                None if self.items_dropped => None,
+                None => store.live_embedding(ev.entity, self.column)?,
+            };
+            let Some(e) = e.filter(|e| preference::moves(e, step)) else {
+                continue;
+            };
+            let p = match self.users.get(&user) {
+                Some(p) => p.clone(),
+                None => store.live_preference(user)?,
+            };
+            let next = preference::moved(p.as_deref(), &e, step);
+            self.users.insert(user, next);
+        }
+        Ok(())
+    }
+}
+
+fn embedding_of(row: &Row, column: usize) -> Option<Vec<f32>> {
+    match row.get(column) {
+        Some(Value::Vector(v)) => Some(v.clone()),
+        _ => None,
     }
 }
 
@@ -286,6 +407,14 @@ impl StoreSnapshot {
     pub fn changed_since(&self, kind: EntityKind, from: u64) -> Option<Vec<EntityId>> {
         let to = self.version(kind)?;
         self.store.changes[kind_slot(kind)].lock().since(from, to)
+    }
+
+    /// `user`'s preference vector, `None` before any move (SQL.md §7).
+    pub fn preference(&self, user: EntityId) -> Result<Option<Vec<f32>>, EngineError> {
+        self.snap
+            .get(&self.store.preferences, user.to_key())?
+            .map(|v| preference::decode(user, &v))
+            .transpose()
     }
 
     /// One row by id.

@@ -104,7 +104,7 @@ pub struct Search {
     pub at: Option<Timestamp>,
 }
 
-fn number(p: &mut Parser<'_>, what: &str) -> Result<f64, SqlError> {
+pub(crate) fn number(p: &mut Parser<'_>, what: &str) -> Result<f64, SqlError> {
     let negative = p.peek_token_ref().token == Token::Minus;
     if negative {
         p.next_token();

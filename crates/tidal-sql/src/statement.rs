@@ -4,7 +4,7 @@
 //! ```text
 //! CREATE SIGNAL name ON items|users|creators
 //!     DECAY EXPONENTIAL HALF_LIFE 'interval' | DECAY NONE
-//!     [WINDOWS ('15m', '24h', 'all', ...)] [MARKS seen|liked|hidden]
+//!     [WINDOWS ('15m', '24h', 'all', ...)] [MARKS seen|liked|hidden] [PREFERENCE lr]
 //! DROP SIGNAL [IF EXISTS] name
 //! SHOW SIGNALS
 //! CREATE TABLE items|users|creators (id BIGINT PRIMARY KEY, col TYPE, ...)
@@ -791,6 +791,11 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         let mark: Mark = ident(p, "seen, liked or hidden")?.parse()?;
         def = def.with_marks(mark);
     }
+    if is_word(&p.peek_token_ref().token, "PREFERENCE") {
+        p.next_token();
+        let lr = crate::search::number(p, "the learning rate after PREFERENCE")?;
+        def = def.with_preference(lr)?;
+    }
     end(p)?;
     Ok(Some(TidalStatement::CreateSignal { def, if_not_exists }))
 }
@@ -1101,6 +1106,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         .map(|s| s.decay.half_life_us().map(|us| us as f64 / 1e6))
         .collect();
     let marks: StringArray = signals.iter().map(|s| s.marks.map(Mark::as_str)).collect();
+    let preference: Float64Array = signals.iter().map(|s| s.preference).collect();
     let out = Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("entity", DataType::Utf8, false),
@@ -1108,6 +1114,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         Field::new("half_life_seconds", DataType::Float64, true),
         Field::new("windows", DataType::Utf8, false),
         Field::new("marks", DataType::Utf8, true),
+        Field::new("preference", DataType::Float64, true),
     ]);
     let columns = vec![
         text(&|s| s.name.clone()),
@@ -1122,6 +1129,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
                 .join(",")
         }),
         Arc::new(marks) as ArrayRef,
+        Arc::new(preference) as ArrayRef,
     ];
     Ok(RecordBatch::try_new(Arc::new(out), columns)
         .map_err(datafusion::error::DataFusionError::from)?)
