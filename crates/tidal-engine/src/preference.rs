@@ -43,9 +43,7 @@ pub fn moved(p: Option<&[f32]>, e: &[f32], step: f64) -> Option<Vec<f32>> {
     let v: Vec<f64> = if step.is_finite() {
         e.iter()
             .enumerate()
-            .map(|(i, x)| {
-                base.map_or(0.0, |p| f64::from(p[i])) + step * (f64::from(*x) / ne)
-            })
+            .map(|(i, x)| base.map_or(0.0, |p| f64::from(p[i])) + step * (f64::from(*x) / ne))
             .collect()
     } else {
         let sign = step.signum();
@@ -162,7 +160,10 @@ mod tests {
         let bytes = encode(&v);
         assert_eq!(decode(EntityId(1), &bytes).unwrap(), v);
         for n in 0..bytes.len() {
-            assert!(decode(EntityId(1), &bytes[..n]).is_err(), "truncated to {n}");
+            assert!(
+                decode(EntityId(1), &bytes[..n]).is_err(),
+                "truncated to {n}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
-use tidal_core::codec::{Decoder, Encoder};
 use std::collections::HashMap;
+use tidal_core::codec::{Decoder, Encoder};
 
 use tidal_core::{EntityId, EntityKind, Row, Schema, SignalEvent, Value, decode_row, encode_row};
 use tidal_wal::{CommittedTxn, Lsn, Op};
@@ -245,7 +245,9 @@ impl EntityStore {
         if let Some(p) = prefs {
             for (user, v) in p.users {
                 match v {
-                    Some(v) => batch.insert(&self.preferences, user.to_key(), preference::encode(&v)),
+                    Some(v) => {
+                        batch.insert(&self.preferences, user.to_key(), preference::encode(&v))
+                    }
                     None => batch.remove(&self.preferences, user.to_key()),
                 }
                 touched = true;

@@ -1299,7 +1299,7 @@ proptest::proptest! {
         let mut items: HashMap<i64, Option<Vec<f32>>> = HashMap::new();
         let mut txn = engine.begin();
         for id in 0..7i64 {
-            let v = (id < 6).then(|| [id as f32 + 1.0, (id % 3) as f32 - 1.0, 0.5]);
+            let v = (id < 6).then_some([id as f32 + 1.0, (id % 3) as f32 - 1.0, 0.5]);
             txn.insert(EntityKind::Item, vrow(id, v)).unwrap();
             items.insert(id, v.map(|v| v.to_vec()));
         }

@@ -475,7 +475,8 @@ impl Conn {
                 TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
                 | TidalStatement::Retrieve(_)
-                | TidalStatement::Search(_),
+                | TidalStatement::Search(_)
+                | TidalStatement::Suggest(_),
             )
             | None => None,
         };
@@ -1086,6 +1087,7 @@ fn cursor_query(query: &str) -> Result<(), ServerError> {
                 | TidalStatement::ShowProfiles
                 | TidalStatement::Retrieve(_)
                 | TidalStatement::Search(_)
+                | TidalStatement::Suggest(_)
         ),
         None => {
             query.trim_start().starts_with('(')
@@ -1518,7 +1520,7 @@ impl Parser {
             // RETRIEVE / SEARCH parameters stand where the statement takes literals; the
             // statement is described with stand-ins and bound textually at Execute.
             let described = match sqltext::first_word(sql).as_str() {
-                "retrieve" | "search" => sqltext::clause_parameters(sql, &mut params)?,
+                "retrieve" | "search" | "suggest" => sqltext::clause_parameters(sql, &mut params)?,
                 _ => None,
             };
             match tidal_sql::parse_tidal_statement(described.as_deref().unwrap_or(sql))? {
@@ -1526,7 +1528,8 @@ impl Parser {
                     stmt @ (TidalStatement::ShowSignals
                     | TidalStatement::ShowProfiles
                     | TidalStatement::Retrieve(_)
-                    | TidalStatement::Search(_)),
+                    | TidalStatement::Search(_)
+                    | TidalStatement::Suggest(_)),
                 ) => {
                     schema = Some(self.shared.session.describe_tidal(&stmt).await?);
                 }

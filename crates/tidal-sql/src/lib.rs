@@ -64,6 +64,7 @@ mod search;
 mod session;
 mod state;
 mod statement;
+mod suggest;
 mod types;
 mod udf;
 mod vector;
@@ -96,6 +97,10 @@ pub use session::{
 };
 pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
+pub use suggest::{
+    PreferenceSimilarityUdf, PreferenceUdf, SUGGEST_CANDIDATES_MAX, SUGGEST_CANDIDATES_MIN,
+    SUGGEST_CANDIDATES_PER_RESULT, Suggest,
+};
 pub use types::{arrow_type, table_schema};
 pub use udf::{SignalFn, SignalUdf};
 pub use vector::{UNSIZED_VECTOR_ITEM, is_vector_value_type, parse_vector};

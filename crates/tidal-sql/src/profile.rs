@@ -359,6 +359,8 @@ pub(crate) struct Binding<'a> {
     /// The instant to read at, as an expression (`rank_profile` passes its `at`);
     /// `None` leaves it to the statement's instant.
     pub at: Option<SqlExpr>,
+    /// What `similarity()` becomes: the FOR USER user's preference vector, if any.
+    pub preference: Option<&'a [f32]>,
 }
 
 impl Binding<'_> {
@@ -371,6 +373,16 @@ impl Binding<'_> {
         let _ = visit_expressions_mut(expr, |e| {
             if let SqlExpr::Function(f) = e {
                 let name = f.name.to_string().to_ascii_lowercase();
+                if name == "similarity" {
+                    match self.similarity(f) {
+                        Ok(bound) => *e = bound,
+                        Err(err) => {
+                            error = Some(err);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                    return ControlFlow::Continue(());
+                }
                 let FunctionArguments::List(list) = &mut f.args else {
                     return ControlFlow::Continue(());
                 };
@@ -385,6 +397,58 @@ impl Binding<'_> {
         match error {
             Some(e) => Err(e),
             None => Ok(signals),
+        }
+    }
+
+    /// `similarity()` (SQL.md §7): the cosine similarity of the user's preference
+    /// vector and the row's embedding, as `preference_similarity(<column>, '<vector>')`;
+    /// the constant 0 without a user or a vector.
+    fn similarity(
+        &self,
+        f: &datafusion::sql::sqlparser::ast::Function,
+    ) -> Result<SqlExpr, SqlError> {
+        let empty = match &f.args {
+            FunctionArguments::None => true,
+            FunctionArguments::List(l) => l.args.is_empty(),
+            FunctionArguments::Subquery(_) => false,
+        };
+        if !empty {
+            return Err(SqlError::BadArgument {
+                function: "similarity",
+                reason: "similarity() takes no arguments: the user is the statement's FOR USER \
+                         and the vector the row's embedding"
+                    .into(),
+            });
+        }
+        let table = self.schema.table(self.kind)?;
+        let Some((column, _)) = table.preference_column() else {
+            return Err(SqlError::BadArgument {
+                function: "similarity",
+                reason: format!(
+                    "similarity() compares the row's embedding with the user's preference \
+                     vector, but {} has no VECTOR column",
+                    self.kind.table_name()
+                ),
+            });
+        };
+        match self.preference {
+            None => parse_expr("CAST(0.0 AS DOUBLE)"),
+            Some(p) => {
+                let mut text = String::with_capacity(p.len() * 12 + 2);
+                text.push('[');
+                for (i, x) in p.iter().enumerate() {
+                    if i > 0 {
+                        text.push(',');
+                    }
+                    // `{:?}` prints the shortest text that reads back as the same f32.
+                    text.push_str(&format!("{x:?}"));
+                }
+                text.push(']');
+                parse_expr(&format!(
+                    "preference_similarity({}, '{text}')",
+                    Ident::with_quote('"', &table.columns[column].name)
+                ))
+            }
         }
     }
 
@@ -505,6 +569,7 @@ pub(crate) fn bind_profile(
     def: &ProfileDef,
     schema: &Schema,
     at: Option<SqlExpr>,
+    preference: Option<&[f32]>,
 ) -> Result<BoundProfile, SqlError> {
     let table = schema.table(def.kind)?;
     let now = at
@@ -514,6 +579,7 @@ pub(crate) fn bind_profile(
         schema,
         kind: def.kind,
         at,
+        preference,
     };
     let mut signals = BTreeSet::new();
     let mut bind = |text: &str| -> Result<String, SqlError> {
@@ -586,7 +652,7 @@ pub(crate) fn require_creator(kind: EntityKind, schema: &Schema) -> Result<(), S
 /// Fills in the signals a new profile reads and checks the limit on profile count
 /// (the schema checks the rest when the change is prepared).
 pub(crate) fn complete_profile(def: &mut ProfileDef, schema: &Schema) -> Result<(), SqlError> {
-    let bound = bind_profile(def, schema, None)?;
+    let bound = bind_profile(def, schema, None, None)?;
     def.signals = bound.signals.into_iter().collect();
     if schema.profiles().count() >= PROFILES_MAX && schema.profile(&def.name).is_err() {
         return Err(CoreError::BadProfile {

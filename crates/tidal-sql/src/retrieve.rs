@@ -77,7 +77,8 @@ pub(crate) async fn plan_retrieve(
         .into());
     }
     let table = schema.table(r.kind)?.clone();
-    let bound = bind_profile(def, &schema, None)?;
+    let preference = user_preference(&view, r.user)?;
+    let bound = bind_profile(def, &schema, None, preference.as_deref())?;
     let max_per_creator = r.max_per_creator.or(def.max_per_creator);
     if max_per_creator.is_some() {
         require_creator(r.kind, &schema)?;
@@ -115,6 +116,17 @@ pub(crate) async fn plan_retrieve(
     let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
     let plan = FetchNode::plan(plan, view, table, &[])?;
     Ok(DataFrame::new(state, plan))
+}
+
+/// The preference vector of the statement's FOR USER user, if it has one.
+pub(crate) fn user_preference(
+    view: &ReadView,
+    user: Option<i64>,
+) -> Result<Option<Vec<f32>>, SqlError> {
+    match user.and_then(EntityId::from_i64) {
+        Some(u) => Ok(view.preference(u)?),
+        None => Ok(None),
+    }
 }
 
 /// The user's marks of `filters` (checked to exist on `kind`) as bitmaps captured now.
@@ -650,7 +662,7 @@ impl RankProfileUdf {
         let at = datafusion::sql::sqlparser::ast::Expr::Identifier(
             datafusion::sql::sqlparser::ast::Ident::new(AT_COLUMN),
         );
-        let bound = bind_profile(def, &schema, Some(at)).map_err(SqlError::into_df)?;
+        let bound = bind_profile(def, &schema, Some(at), None).map_err(SqlError::into_df)?;
         let state = self
             .state
             .upgrade()
@@ -848,7 +860,7 @@ fn mark_name(m: Mark) -> &'static str {
 /// columns and functions are reported here too.
 pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Result<(), SqlError> {
     let schema = session.engine().schema();
-    let bound = bind_profile(def, &schema, None)?;
+    let bound = bind_profile(def, &schema, None, None)?;
     let table = def.kind.table_name();
     let check = |what: &'static str, text: &str| {
         let sql = format!("SELECT {text} AS v FROM {table}");
@@ -859,12 +871,18 @@ pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Res
             Ok::<_, SqlError>((what, ty))
         }
     };
+    // similarity() is checked as it runs for a user with a vector.
+    let probe: Vec<f32> = match schema.table(def.kind)?.preference_column() {
+        Some((_, dims)) => vec![1.0; dims.max(1) as usize],
+        None => Vec::new(),
+    };
     let parse_clause = |text: &str| -> Result<String, SqlError> {
         let mut e = crate::profile::parse_expr(text)?;
         crate::profile::Binding {
             schema: &schema,
             kind: def.kind,
             at: None,
+            preference: Some(&probe),
         }
         .bind(&mut e)?;
         Ok(e.to_string())

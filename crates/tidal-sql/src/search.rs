@@ -168,34 +168,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
             "WHERE" => s.predicate = Some(where_clause(p)?),
             "FILTER" => s.filters = filter_terms(p)?,
             "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
-            "FUSION" => {
-                let how = ident(p, "rrf or linear")?;
-                s.fusion = Some(match how.as_str() {
-                    "rrf" => Fusion::Rrf,
-                    "linear" => {
-                        p.expect_token(&Token::LParen)
-                            .map_err(|e| syntax(e.to_string()))?;
-                        let a = number(p, "the relevance weight")?;
-                        p.expect_token(&Token::Comma)
-                            .map_err(|e| syntax(e.to_string()))?;
-                        let b = number(p, "the profile weight")?;
-                        p.expect_token(&Token::RParen)
-                            .map_err(|e| syntax(e.to_string()))?;
-                        if !(a.is_finite() && b.is_finite()) {
-                            return Err(SqlError::BadArgument {
-                                function: "SEARCH",
-                                reason: "FUSION linear weights must be finite".into(),
-                            });
-                        }
-                        Fusion::Linear(a, b)
-                    }
-                    other => {
-                        return Err(syntax(format!(
-                            "expected FUSION rrf or FUSION linear (a, b), found {other}"
-                        )));
-                    }
-                });
-            }
+            "FUSION" => s.fusion = Some(fusion(p, "SEARCH", "the relevance weight")?),
             "LIMIT" => s.limit = limit(p, "SEARCH")?,
             "AT" => s.at = Some(at_clause(p)?),
             _ => unreachable!("clause words are checked above"),
@@ -213,6 +186,39 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         ));
     }
     Ok(s)
+}
+
+/// The words after `FUSION`: `rrf` or `linear (a, b)`; `own` names the weight `a`
+/// of the candidates' own score.
+pub(crate) fn fusion(
+    p: &mut Parser<'_>,
+    what: &'static str,
+    own: &str,
+) -> Result<Fusion, SqlError> {
+    let how = ident(p, "rrf or linear")?;
+    match how.as_str() {
+        "rrf" => Ok(Fusion::Rrf),
+        "linear" => {
+            p.expect_token(&Token::LParen)
+                .map_err(|e| syntax(e.to_string()))?;
+            let a = number(p, own)?;
+            p.expect_token(&Token::Comma)
+                .map_err(|e| syntax(e.to_string()))?;
+            let b = number(p, "the profile weight")?;
+            p.expect_token(&Token::RParen)
+                .map_err(|e| syntax(e.to_string()))?;
+            if !(a.is_finite() && b.is_finite()) {
+                return Err(SqlError::BadArgument {
+                    function: what,
+                    reason: "FUSION linear weights must be finite".into(),
+                });
+            }
+            Ok(Fusion::Linear(a, b))
+        }
+        other => Err(syntax(format!(
+            "expected FUSION rrf or FUSION linear (a, b), found {other}"
+        ))),
+    }
 }
 
 /// The text snapshot of `kind`'s table that shows every write acknowledged before the
@@ -495,7 +501,11 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
                 )
                 .into());
             }
-            Some((def.clone(), bind_profile(def, &schema, None)?))
+            let preference = crate::retrieve::user_preference(&view, s.user)?;
+            Some((
+                def.clone(),
+                bind_profile(def, &schema, None, preference.as_deref())?,
+            ))
         }
         None => None,
     };
@@ -516,12 +526,6 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     };
     let snap = fresh_snapshot(&view, s.kind).await?;
     let found = matches(&snap, s, &marks, passing.as_ref())?;
-    let mut ids = RoaringTreemap::new();
-    let mut relevance = HashMap::with_capacity(found.hits.len());
-    for h in &found.hits {
-        ids.insert(h.id);
-        relevance.insert(h.id, f64::from(h.score));
-    }
     let label = format!(
         "{} {:?}: {} ({} rows)",
         s.kind.table_name(),
@@ -529,28 +533,89 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         found.how,
         found.hits.len()
     );
+    let candidates = Candidates {
+        scores: found
+            .hits
+            .iter()
+            .map(|h| (h.id, f64::from(h.score)))
+            .collect(),
+        label,
+        score_label: format!("{} {:?}", s.kind.table_name(), s.query),
+        filter_function: "text_match",
+        score_function: "text_relevance",
+        column: "relevance",
+    };
+    let spec = FusedSpec {
+        kind: s.kind,
+        profile: profile.as_ref().map(|(_, b)| b),
+        predicate: s.predicate.as_deref(),
+        user: s.user,
+        marks: &marks,
+        max_per_creator,
+        fusion: s.fusion,
+        limit: s.limit,
+    };
+    let plan = fused_plan(&state, &spec, &candidates).await?;
+    let plan = crate::retrieve::FetchNode::plan(plan, view, table, &[relevance_field()])?;
+    Ok(DataFrame::new(state, plan))
+}
 
+/// The scored candidates of a fused statement (SEARCH's matches, SUGGEST's nearest
+/// items) and how EXPLAIN names them.
+pub(crate) struct Candidates {
+    /// The candidate's own score (relevance, similarity) by id.
+    pub scores: HashMap<u64, f64>,
+    /// Says how the candidates were found, in the filter's name.
+    pub label: String,
+    /// Names the statement in the score function's name.
+    pub score_label: String,
+    pub filter_function: &'static str,
+    pub score_function: &'static str,
+    /// The result column holding the candidate's score.
+    pub column: &'static str,
+}
+
+/// The clauses of a fused statement other than its candidates.
+pub(crate) struct FusedSpec<'a> {
+    pub kind: EntityKind,
+    pub profile: Option<&'a crate::profile::BoundProfile>,
+    pub predicate: Option<&'a str>,
+    pub user: Option<i64>,
+    pub marks: &'a [(MarkFilter, Arc<RoaringTreemap>)],
+    pub max_per_creator: Option<u32>,
+    pub fusion: Option<Fusion>,
+    pub limit: usize,
+}
+
+/// The ranked plan of a statement that fuses candidates' own scores with a profile
+/// (SQL.md §6): `rank, id, creator_id?, score, <candidate column>`, before the fetch.
+/// Only candidates that pass WHERE, FILTER and the profile's GATE/FILTER are ranked.
+pub(crate) async fn fused_plan(
+    state: &datafusion::execution::SessionState,
+    spec: &FusedSpec<'_>,
+    candidates: &Candidates,
+) -> Result<datafusion::logical_expr::LogicalPlan, SqlError> {
+    let mut ids = RoaringTreemap::new();
+    ids.extend(candidates.scores.keys().copied());
     let mut conds = Vec::new();
-    if let Some((_, bound)) = &profile
-        && let Some(keep) = &bound.keep
-    {
+    if let Some(keep) = spec.profile.and_then(|b| b.keep.as_ref()) {
         conds.push(keep.clone());
     }
-    if let Some(p) = &s.predicate {
+    if let Some(p) = spec.predicate {
         conds.push(format!("({p})"));
     }
     let sql = format!(
         "SELECT id{}{} FROM {}{}",
-        if max_per_creator.is_some() {
+        if spec.max_per_creator.is_some() {
             ", creator_id"
         } else {
             ""
         },
-        match &profile {
-            Some((_, bound)) => format!(", {} AS profile_score", bound.score),
+        match spec.profile {
+            Some(bound) => format!(", {} AS profile_score", bound.score),
             None => String::new(),
         },
-        s.kind.table_name(),
+        spec.kind.table_name(),
         if conds.is_empty() {
             String::new()
         } else {
@@ -558,45 +623,50 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         }
     );
     let plan = crate::retrieve::ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
-    // The match filter goes under the projection (DataFusion pushes it into the scan's
-    // filter), so profile scores are computed for matching rows only.
-    let mut matched = crate::retrieve::id_set_filter("text_match", &label, Arc::new(ids));
-    if found.hits.len() <= SEARCH_POINT_READS_MAX {
-        // Few matches: `id IN (…)` is pushed into the scan, which then reads just those
-        // rows instead of the whole table.
-        let list = found
-            .hits
-            .iter()
-            .filter_map(|h| i64::try_from(h.id).ok())
+    // The candidate filter goes under the projection (DataFusion pushes it into the
+    // scan's filter), so profile scores are computed for candidates only.
+    let mut matched = crate::retrieve::id_set_filter(
+        candidates.filter_function,
+        &candidates.label,
+        Arc::new(ids),
+    );
+    if candidates.scores.len() <= SEARCH_POINT_READS_MAX {
+        // Few candidates: `id IN (…)` is pushed into the scan, which then reads just
+        // those rows instead of the whole table.
+        let mut sorted: Vec<u64> = candidates.scores.keys().copied().collect();
+        sorted.sort_unstable();
+        let list = sorted
+            .into_iter()
+            .filter_map(|id| i64::try_from(id).ok())
             .map(lit)
             .collect();
         matched = col("id").in_list(list, false).and(matched);
     }
     let mut plan = LogicalPlanBuilder::from(plan).filter(matched)?.build()?;
-    if let Some(user) = s.user {
-        plan = crate::retrieve::mark_filters(plan, user, &marks)?;
+    if let Some(user) = spec.user {
+        plan = crate::retrieve::mark_filters(plan, user, spec.marks)?;
     }
-    let rel = ScalarUDF::new_from_impl(RelevanceUdf {
-        label: format!("{} {:?}", s.kind.table_name(), s.query),
-        scores: Arc::new(relevance),
+    let own = ScalarUDF::new_from_impl(RelevanceUdf {
+        name: candidates.score_function,
+        label: candidates.score_label.clone(),
+        scores: Arc::new(candidates.scores.clone()),
         signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
     })
     .call(vec![col("id")]);
+    let column = candidates.column;
     let mut keep = vec![col("id")];
-    if max_per_creator.is_some() {
+    if spec.max_per_creator.is_some() {
         keep.push(col("creator_id"));
     }
-    let mut with_rel = keep.clone();
-    with_rel.push(rel.alias("relevance"));
-    if profile.is_some() {
-        with_rel.push(col("profile_score"));
+    let mut with_own = keep.clone();
+    with_own.push(own.alias(column));
+    if spec.profile.is_some() {
+        with_own.push(col("profile_score"));
     }
-    let mut plan = LogicalPlanBuilder::from(plan).project(with_rel)?;
-    let score = match (&profile, s.fusion.unwrap_or(Fusion::Rrf)) {
-        (None, _) => col("relevance"),
-        (Some(_), Fusion::Linear(a, b)) => {
-            lit(a) * col("relevance") + lit(b) * col("profile_score")
-        }
+    let mut plan = LogicalPlanBuilder::from(plan).project(with_own)?;
+    let score = match (spec.profile, spec.fusion.unwrap_or(Fusion::Rrf)) {
+        (None, _) => col(column),
+        (Some(_), Fusion::Linear(a, b)) => lit(a) * col(column) + lit(b) * col("profile_score"),
         (Some(_), Fusion::Rrf) => {
             let rank_of = |by: &str| -> Result<Expr, SqlError> {
                 Ok(row_number()
@@ -608,8 +678,9 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
             };
             // One window node per ordering: DataFusion plans a window node's functions
             // over a single sort.
+            let own_rank = format!("{column}_rank");
             plan = plan
-                .window(vec![rank_of("relevance")?.alias("relevance_rank")])?
+                .window(vec![rank_of(column)?.alias(own_rank.as_str())])?
                 .window(vec![rank_of("profile_score")?.alias("profile_rank")])?;
             let part = |c: &str| {
                 lit(1.0)
@@ -619,22 +690,25 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
                             DataType::Float64,
                         )))
             };
-            part("relevance_rank") + part("profile_rank")
+            part(&own_rank) + part("profile_rank")
         }
     };
     let mut out = keep;
     out.push(score.alias("score"));
-    out.push(col("relevance"));
+    out.push(col(column));
     let plan = plan.project(out)?.build()?;
-    let plan = crate::rank::rank_plan(plan, s.limit, max_per_creator)?;
-    let plan = crate::retrieve::FetchNode::plan(plan, view, table, &[relevance_field()])?;
-    Ok(DataFrame::new(state, plan))
+    Ok(crate::rank::rank_plan(
+        plan,
+        spec.limit,
+        spec.max_per_creator,
+    )?)
 }
 
-/// `text_relevance(id)`: the BM25 relevance of the row's id for the statement's query
-/// (captured at planning); NULL for a row that does not match.
+/// `text_relevance(id)` (SEARCH), `suggest_similarity(id)` (SUGGEST): the candidate's
+/// own score, captured at planning; NULL for a row that is not a candidate.
 #[derive(Debug)]
 struct RelevanceUdf {
+    name: &'static str,
     label: String,
     scores: Arc<HashMap<u64, f64>>,
     signature: Signature,
@@ -654,7 +728,7 @@ impl Hash for RelevanceUdf {
 
 impl ScalarUDFImpl for RelevanceUdf {
     fn name(&self) -> &str {
-        "text_relevance"
+        self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -665,7 +739,7 @@ impl ScalarUDFImpl for RelevanceUdf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let ids = args.args[0].to_array(args.number_rows)?;
         let ids = ids.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
-            DataFusionError::Internal("text_relevance: ids are not BIGINT".into())
+            DataFusionError::Internal(format!("{}: ids are not BIGINT", self.name))
         })?;
         let out: Float64Array = ids
             .iter()

@@ -110,6 +110,12 @@ impl SqlSession {
         for udf in crate::vector::vector_udfs() {
             ctx.register_udf(udf);
         }
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::PreferenceSimilarityUdf::default(),
+        ));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::PreferenceUdf::new(
+            engine.clone(),
+        )));
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
@@ -198,7 +204,16 @@ impl SqlSession {
         let failed =
             |error: SqlError, pending: Option<PendingTxn>| StatementFailed { error, pending };
         let stmt = match crate::statement::parse(sql) {
-            Ok(None | Some(T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_))) => {
+            Ok(
+                None
+                | Some(
+                    T::ShowSignals
+                    | T::ShowProfiles
+                    | T::Retrieve(_)
+                    | T::Search(_)
+                    | T::Suggest(_),
+                ),
+            ) => {
                 return match self.sql(sql).await {
                     Ok(rows) => Ok((pending, rows)),
                     Err(e) => Err(failed(e, Some(pending))),
@@ -341,6 +356,7 @@ impl SqlSession {
                     .clone(),
             )),
             T::Search(s) => crate::search::search_schema(self, s),
+            T::Suggest(s) => crate::suggest::suggest_schema(self, s),
             T::ShowSignals | T::ShowProfiles => {
                 let batches = crate::statement::execute(&self.engine, stmt.clone())?;
                 batches
@@ -377,6 +393,11 @@ impl SqlSession {
                 }
                 let frame = crate::search::plan_search(self, s).await?;
                 return Ok(Output::Query(frame.explain(false, analyze)?));
+            }
+            if let crate::TidalStatement::Suggest(s) = &stmt {
+                return Ok(Output::Done(
+                    crate::suggest::explain_suggest(self, s, analyze).await?,
+                ));
             }
             return Ok(Output::Done(vec![
                 self.explain_tidal(&stmt, analyze).await?,
@@ -443,6 +464,12 @@ impl SqlSession {
                     return Ok(Output::Done(vec![b]));
                 }
                 Ok(Output::Query(crate::search::plan_search(self, &s).await?))
+            }
+            crate::TidalStatement::Suggest(s) => {
+                match crate::suggest::run_suggest(self, &s).await? {
+                    crate::suggest::SuggestOutput::Rows(b) => Ok(Output::Done(vec![b])),
+                    crate::suggest::SuggestOutput::Frame(f) => Ok(Output::Query(f)),
+                }
             }
             crate::TidalStatement::CreateProfile { mut def, replace } => {
                 self.prepare_profile(&mut def).await?;
@@ -512,6 +539,7 @@ impl SqlSession {
             ),
             T::Retrieve(_) => ("Retrieve".to_string(), None),
             T::Search(_) => ("Search".to_string(), None),
+            T::Suggest(_) => ("Suggest".to_string(), None),
             T::CreateTable { def, .. } => (
                 format!(
                     "CreateTable: {} ({} columns); schema change, {atomic}",
@@ -563,7 +591,7 @@ impl SqlSession {
         };
         let is_write = !matches!(
             stmt,
-            T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_)
+            T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_) | T::Suggest(_)
         );
         if analyze && is_write {
             return Err(SqlError::Syntax {

@@ -88,6 +88,8 @@ pub enum TidalStatement {
     Retrieve(Retrieve),
     /// `SEARCH items QUERY '...' ...` (SQL.md §6).
     Search(crate::search::Search),
+    /// `SUGGEST items FOR USER u ...` (SQL.md §7).
+    Suggest(crate::suggest::Suggest),
     /// `CREATE INDEX [IF NOT EXISTS] [name] ON t USING hnsw (column opclass)
     /// [WITH (m = .., ef_construction = ..)]` (SQL.md §7).
     CreateIndex {
@@ -703,6 +705,12 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
             p,
         )?)));
     }
+    if peek_words(p, &["SUGGEST"]) {
+        p.next_token();
+        return Ok(Some(TidalStatement::Suggest(
+            crate::suggest::parse_suggest(p)?,
+        )));
+    }
     if peek_words(p, &["RETRIEVE"]) {
         p.next_token();
         return Ok(Some(TidalStatement::Retrieve(
@@ -960,8 +968,10 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             txn.commit()?;
             Ok(Vec::new())
         }
-        TidalStatement::Retrieve(_) | TidalStatement::Search(_) => {
-            Err(syntax("RETRIEVE and SEARCH run through SqlSession::sql"))
+        TidalStatement::Retrieve(_) | TidalStatement::Search(_) | TidalStatement::Suggest(_) => {
+            Err(syntax(
+                "RETRIEVE, SEARCH and SUGGEST run through SqlSession::sql",
+            ))
         }
         TidalStatement::InsertSignals { .. }
         | TidalStatement::InsertRows { .. }

@@ -50,7 +50,7 @@ pub fn vector_type(dimensions: i32) -> DataType {
 pub const UNSIZED_VECTOR_ITEM: &str = "vector";
 
 /// The Arrow type of an unsized `vector` whose dimension is only known per row.
-fn unsized_vector_type() -> DataType {
+pub(crate) fn unsized_vector_type() -> DataType {
     DataType::List(Arc::new(Field::new(
         UNSIZED_VECTOR_ITEM,
         DataType::Float32,

@@ -336,3 +336,193 @@ async fn hnsw_search_is_planned_recalls_and_filters_inside_the_search() {
         .value(0);
     assert!(dist.abs() < 1e-6, "{dist}");
 }
+
+/// SQL.md §7's preference formula, independently: f64 arithmetic, f32 storage.
+fn model_move(p: &mut Option<Vec<f32>>, e: &[f32], step: f64) {
+    let ne = e.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let base: Vec<f64> = match p {
+        Some(p) => p.iter().map(|x| f64::from(*x)).collect(),
+        None => vec![0.0; e.len()],
+    };
+    let v: Vec<f64> = base
+        .iter()
+        .zip(e)
+        .map(|(b, x)| b + step * f64::from(*x) / ne)
+        .collect();
+    let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    *p = Some(v.iter().map(|x| (x / nv) as f32).collect());
+}
+
+fn floats(batches: &[datafusion::arrow::array::RecordBatch], column: usize) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column(column)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap();
+            a.values().to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggest_ranks_by_the_preference_vector_exactly_and_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(Engine::open(EngineConfig::new(dir.path())).unwrap());
+    let sql = SqlSession::new(engine).unwrap();
+    let d = 32;
+    sql.sql(&format!(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT, bucket INT, \
+         embedding VECTOR({d})) WITH (kind = 'item')"
+    ))
+    .await
+    .unwrap();
+    for s in [
+        "CREATE SIGNAL like ON items DECAY NONE WINDOWS ('all') MARKS liked PREFERENCE 0.1",
+        "CREATE SIGNAL skip ON items DECAY NONE WINDOWS ('all') PREFERENCE -0.05",
+    ] {
+        sql.sql(s).await.unwrap();
+    }
+    let n = 3000usize;
+    let data = clustered(n, d, 3);
+    for (c, rows) in data.chunks(500).enumerate() {
+        let values: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let id = c * 500 + i;
+                format!("({id}, {}, {}, '{}')", id % 50, id % 200, vtext(v))
+            })
+            .collect();
+        sql.sql(&format!("INSERT INTO items VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+    }
+
+    // User 1 likes and skips a random sequence of items (weights vary); the stored
+    // vector equals the model's.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut model = None;
+    let mut liked = std::collections::HashSet::new();
+    for k in 0..40 {
+        let item = rng.random_range(0..n);
+        let (signal, lr) = if k % 4 == 3 {
+            ("skip", -0.05)
+        } else {
+            ("like", 0.1)
+        };
+        let weight: f64 = rng.random_range(0.5..3.0);
+        sql.sql(&format!(
+            "INSERT INTO signals (signal, entity_id, user_id, weight, ts) \
+             VALUES ('{signal}', {item}, 1, {weight}, now() - INTERVAL '{k} seconds')"
+        ))
+        .await
+        .unwrap();
+        if signal == "like" {
+            liked.insert(item);
+        }
+        model_move(&mut model, &data[item], lr * weight);
+    }
+    let p = model.unwrap();
+    let got = sql
+        .sql(&format!(
+            "SELECT l2_distance(preference(1), '{}')",
+            vtext(&p)
+        ))
+        .await
+        .unwrap();
+    assert!(floats(&got, 0)[0] < 1e-6, "preference(1) vs model: {got:?}");
+
+    // Exact without an index: the brute-force top 10 among unliked rows of bucket < 100.
+    let keep = |i: usize| i % 200 < 100 && !liked.contains(&i);
+    let mut all: Vec<(f64, usize)> = data
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(i, v)| (cosine(v, &p), i))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let want: Vec<i64> = all.iter().take(10).map(|(_, i)| *i as i64).collect();
+    let q = "SUGGEST items FOR USER 1 WHERE bucket < 100 FILTER not liked LIMIT 10";
+    let rows = sql.sql(q).await.unwrap();
+    let exact: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            a.values().to_vec()
+        })
+        .collect();
+    assert_eq!(exact, want);
+    // similarity = 1 − the model's cosine distance; score = similarity.
+    for ((s, sc), (d, _)) in floats(&rows, 3).iter().zip(floats(&rows, 2)).zip(&all) {
+        assert!((s - (1.0 - d)).abs() < 1e-5 && *s == sc, "{s} vs {d}");
+    }
+    let plan = explain(&sql, q).await;
+    assert!(
+        plan.contains("exact scan") && !plan.contains("HnswIndexScan"),
+        "{plan}"
+    );
+
+    // Through a cosine index: the filter inside the search, recall ≥ 0.9.
+    sql.sql("CREATE INDEX items_cos ON items USING hnsw (embedding vector_cosine_ops)")
+        .await
+        .unwrap();
+    let plan = explain(&sql, q).await;
+    assert!(
+        plan.contains("HNSW index") && plan.contains("HnswIndexScan: index=items_cos"),
+        "{plan}"
+    );
+    // Ranks are 1..=10.
+    assert_eq!(
+        ids(&sql.sql(q).await.unwrap()),
+        (1..=10).collect::<Vec<i64>>()
+    );
+    let rows = sql.sql(q).await.unwrap();
+    let via_index: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            a.values().to_vec()
+        })
+        .collect();
+    assert!(via_index.iter().all(|id| keep(*id as usize)));
+    let recall = via_index.iter().filter(|g| want.contains(g)).count() as f64 / 10.0;
+    assert!(recall >= 0.9, "recall@10 through the index: {recall}");
+
+    // A profile re-ranks the candidates (fused plan, with diversity).
+    sql.sql("CREATE PROFILE sim ON items (SCORE similarity())")
+        .await
+        .unwrap();
+    let fused = "SUGGEST items FOR USER 1 USING PROFILE sim DIVERSITY max_per_creator 1 LIMIT 10";
+    let plan = explain(&sql, fused).await;
+    assert!(plan.contains("suggest_nearest[user 1 nearest"), "{plan}");
+    let rows = sql.sql(fused).await.unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+
+    // The feedback loop: one heavy like moves the next SUGGEST toward its item.
+    let target = (0..n)
+        .find(|i| !liked.contains(i) && *i % 200 >= 100)
+        .unwrap();
+    sql.sql("INSERT INTO signals (signal, entity_id, user_id) VALUES ('like', 7, 2)")
+        .await
+        .unwrap();
+    let first = |rows: &[datafusion::arrow::array::RecordBatch]| {
+        rows[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let rows = sql.sql("SUGGEST items FOR USER 2 LIMIT 1").await.unwrap();
+    assert_eq!(first(&rows), 7);
+    sql.sql(&format!(
+        "INSERT INTO signals (signal, entity_id, user_id, weight) VALUES ('like', {target}, 2, 1000)"
+    ))
+    .await
+    .unwrap();
+    let rows = sql.sql("SUGGEST items FOR USER 2 LIMIT 1").await.unwrap();
+    assert_eq!(first(&rows) as usize, target);
+}
