@@ -258,7 +258,7 @@ fn is_vector_operator(op: &BinaryOperator) -> bool {
     }
 }
 
-/// Argument types of the signal functions (SQL.md §4).
+/// Argument types of the signal functions (SQL.md §4) and `preference(user)` (§7).
 fn signal_function_args(name: &str) -> Option<&'static [Type]> {
     Some(match name {
         "decay" => &[Type::TEXT, Type::INT8, Type::TIMESTAMP],
@@ -266,6 +266,7 @@ fn signal_function_args(name: &str) -> Option<&'static [Type]> {
             &[Type::TEXT, Type::INT8, Type::TEXT, Type::TIMESTAMP]
         }
         "signal_total" | "last_signal_at" => &[Type::TEXT, Type::INT8],
+        "preference" => &[Type::INT8],
         _ => return None,
     })
 }

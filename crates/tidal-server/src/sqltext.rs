@@ -177,7 +177,7 @@ pub fn bind(sql: &str, literals: &[String]) -> Result<String, ServerError> {
     Ok(out)
 }
 
-/// For a tidalDB statement (RETRIEVE, SEARCH) with parameters where its clauses take
+/// For a tidalDB statement (RETRIEVE, SEARCH, SUGGEST) with parameters where its clauses take
 /// literals — `QUERY $1` (text), `LIMIT $2` and `FOR USER $3` (bigint), `AT $4` (a
 /// timestamp as text) — sets those parameters' types (where the client gave none) and
 /// returns the statement with every `$n` replaced by a placeholder literal of its type,
@@ -197,7 +197,7 @@ pub fn clause_parameters(
                 any = true;
                 let ty = match previous.as_str() {
                     "QUERY" | "AT" => Some(Type::TEXT),
-                    "LIMIT" | "USER" => Some(Type::INT8),
+                    "LIMIT" | "USER" | "CANDIDATES" => Some(Type::INT8),
                     _ => None,
                 };
                 if let (Some(ty), Some(n)) = (

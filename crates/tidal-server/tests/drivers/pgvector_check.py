@@ -126,6 +126,29 @@ async def asyncpg_checks():
         eq(e.sqlstate, "22000", "asyncpg dimension error")
     else:
         raise AssertionError("a 1-d vector went into VECTOR(3)")
+
+    # Preference vectors: one like moves the user's vector before the INSERT returns;
+    # preference() comes back as a vector, SUGGEST takes its clauses as parameters.
+    await conn.execute("DROP SIGNAL IF EXISTS like")
+    await conn.execute(
+        "CREATE SIGNAL like ON items DECAY NONE WINDOWS ('all') MARKS liked PREFERENCE 0.1"
+    )
+    eq(await conn.fetchval("SELECT preference(42)"), None, "no vector before any move")
+    await conn.execute(
+        "INSERT INTO signals (signal, entity_id, user_id) VALUES ('like', $1, $2)", 3, 42
+    )
+    p = as_list(await conn.fetchval("SELECT preference($1)", 42))
+    n = math.sqrt(14)
+    for got, want in zip(p, [3 / n, 2 / n, 1 / n]):
+        close(got, want, "preference after one like")
+    got = await conn.fetch(
+        "SUGGEST items FOR USER $1 WHERE id <> 6 FILTER not liked LIMIT $2", 42, 2
+    )
+    eq([r["id"] for r in got], [2, 1], "SUGGEST order (nearest unliked to [3,2,1])")
+    eq(list(got[0].keys())[:4], ["rank", "id", "score", "similarity"], "SUGGEST columns")
+    close(got[0]["similarity"], 6 / math.sqrt(42), "similarity of [1,1,1]", tol=1e-5)
+    close(got[1]["similarity"], 10 / 14, "similarity of [1,2,3]", tol=1e-5)
+    eq(as_list(got[1]["embedding"]), [1.0, 2.0, 3.0], "SUGGEST vector column")
     await conn.close()
 
 

@@ -14,6 +14,7 @@ mod drivers;
 mod durability;
 mod errors;
 mod limits;
+mod preference;
 mod protocol;
 mod psql;
 mod search;
