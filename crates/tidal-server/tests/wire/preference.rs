@@ -100,14 +100,14 @@ fn model(writes: &[Write]) -> HashMap<i64, Vec<f32>> {
 async fn stream(c: Client, cycle: u64, acked: Arc<Mutex<Acked>>) {
     for k in 0u64.. {
         let r = mix(cycle << 32 | k);
-        let w = if r % 7 == 0 {
+        let w = if r.is_multiple_of(7) {
             Write::Reembed((r >> 8) as i64 % ITEMS, cycle << 32 | k)
         } else {
             Write::Events(
                 (0..1 + r % 4)
                     .map(|j| {
                         let s = mix(r ^ j);
-                        let signal = if s % 4 == 0 { "skip" } else { "like" };
+                        let signal = if s.is_multiple_of(4) { "skip" } else { "like" };
                         let weight = [1.0, 2.0, 0.5][(s >> 4) as usize % 3];
                         (
                             signal,
@@ -241,11 +241,14 @@ fn preference_vectors_survive_sigkill_during_a_stream_of_likes() {
                     );
                     true
                 };
-                let mut a = acked.lock().unwrap();
-                if applied && let Some(w) = a.in_flight.take() {
-                    applied_in_flight += 1;
-                    a.done.push(w);
-                }
+                let done = {
+                    let mut a = acked.lock().unwrap();
+                    if applied && let Some(w) = a.in_flight.take() {
+                        applied_in_flight += 1;
+                        a.done.push(w);
+                    }
+                    a.done.clone()
+                };
                 // The next SUGGEST ranks by the recovered vector.
                 for (u, p) in if applied { &with } else { &without } {
                     let row = c
@@ -253,7 +256,7 @@ fn preference_vectors_survive_sigkill_during_a_stream_of_likes() {
                         .await
                         .unwrap();
                     let got: f64 = row.get("similarity");
-                    let want = best_similarity(&a.done, p);
+                    let want = best_similarity(&done, p);
                     assert!(
                         (got - want).abs() < 1e-5,
                         "cycle {cycle}: user {u}: {got} vs {want}"
