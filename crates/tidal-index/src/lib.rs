@@ -53,5 +53,6 @@ pub use text::{
     TEXT_REFRESH_WAIT_MS_MAX, TEXT_WRITER_ARENA_BYTES, TextIndex, TextOp, TextSpec,
 };
 pub use vector::{
-    VECTOR_INITIAL_CAPACITY, VECTOR_SEARCH_THREADS_MAX, VectorIndex, VectorOp, VectorSpec,
+    VECTOR_APPLY_THREADS_MAX, VECTOR_INITIAL_CAPACITY, VECTOR_PARALLEL_APPLY_OPS_MIN,
+    VECTOR_SEARCH_THREADS_MAX, VectorIndex, VectorOp, VectorSpec,
 };

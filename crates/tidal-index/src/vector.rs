@@ -30,6 +30,11 @@ use crate::IndexError;
 pub const VECTOR_SEARCH_THREADS_MAX: usize = 16;
 /// Capacity reserved when an index is created; it doubles as it fills.
 pub const VECTOR_INITIAL_CAPACITY: usize = 1024;
+/// A batch of at least this many changes is added from several threads (an index
+/// build, a large COPY): graph inserts are the cost, and usearch takes them concurrently.
+pub const VECTOR_PARALLEL_APPLY_OPS_MIN: usize = 2_048;
+/// Most threads one batch is added from.
+pub const VECTOR_APPLY_THREADS_MAX: usize = 8;
 
 const META_MAGIC: &[u8; 8] = b"TIDALVEC";
 const META_VERSION: u32 = 1;
@@ -52,6 +57,15 @@ pub enum VectorOp {
     Upsert { id: u64, vector: Vec<f32> },
     /// The row is gone, or its vector is NULL now.
     Delete { id: u64 },
+}
+
+impl VectorOp {
+    /// The row the change is about.
+    pub fn id(&self) -> u64 {
+        match self {
+            VectorOp::Upsert { id, .. } | VectorOp::Delete { id } => *id,
+        }
+    }
 }
 
 /// Counts callers holding one of usearch's thread contexts.
@@ -418,26 +432,70 @@ impl VectorIndex {
             }
         }
         let index = self.index.read();
-        let _slot = self.slots.acquire();
-        for op in ops {
-            match op {
-                VectorOp::Upsert { id, vector } => {
-                    if index.contains(*id) {
-                        index.remove(*id).map_err(native)?;
-                    }
-                    if self.indexable(vector) {
-                        index.add(*id, vector).map_err(native)?;
-                    }
+        // The parallel path takes only pure adds of distinct new ids (an index build, a
+        // COPY of new rows): changes to one id must keep their order, and concurrent
+        // adds are the case usearch is built and tested for.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(VECTOR_APPLY_THREADS_MAX);
+        let parallel = threads > 1 && ops.len() >= VECTOR_PARALLEL_APPLY_OPS_MIN && {
+            let mut ids = Vec::with_capacity(ops.len());
+            let all_new = ops.iter().all(|op| match op {
+                VectorOp::Upsert { id, .. } => {
+                    ids.push(*id);
+                    !index.contains(*id)
                 }
-                VectorOp::Delete { id } => {
-                    if index.contains(*id) {
-                        index.remove(*id).map_err(native)?;
-                    }
-                }
+                VectorOp::Delete { .. } => false,
+            });
+            ids.sort_unstable();
+            all_new && ids.windows(2).all(|w| w[0] != w[1])
+        };
+        if parallel {
+            let part = ops.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = ops
+                    .chunks(part)
+                    .map(|chunk| {
+                        let index = &*index;
+                        scope.spawn(move || {
+                            let _slot = self.slots.acquire();
+                            chunk.iter().try_for_each(|op| self.apply_one(index, op))
+                        })
+                    })
+                    .collect();
+                workers.into_iter().try_for_each(|h| {
+                    h.join().map_err(|_| IndexError::Vector {
+                        reason: "an index worker thread panicked".into(),
+                    })?
+                })
+            })?;
+        } else {
+            let _slot = self.slots.acquire();
+            for op in ops {
+                self.apply_one(&index, op)?;
             }
         }
         w.dirty += ops.len() as u64;
         self.applied_lsn.fetch_max(lsn, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn apply_one(&self, index: &Index, op: &VectorOp) -> Result<(), IndexError> {
+        match op {
+            VectorOp::Upsert { id, vector } => {
+                if index.contains(*id) {
+                    index.remove(*id).map_err(native)?;
+                }
+                if self.indexable(vector) {
+                    index.add(*id, vector).map_err(native)?;
+                }
+            }
+            VectorOp::Delete { id } => {
+                if index.contains(*id) {
+                    index.remove(*id).map_err(native)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -731,6 +789,66 @@ mod tests {
         fs::write(&file, bytes).unwrap();
         let err = VectorIndex::open(&path, spec(48, VectorMetric::Cosine)).unwrap_err();
         assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    /// A large batch of new ids is added from several threads; the graph is as good as
+    /// one built batch by batch, and batches that repeat an id or update existing rows
+    /// keep their order (the last change wins).
+    #[test]
+    fn large_batches_build_in_parallel_and_keep_change_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = clustered(6000, 32, 3);
+        let bulk = VectorIndex::create(&dir.path().join("bulk"), spec(32, VectorMetric::Cosine), 0)
+            .unwrap();
+        let ops: Vec<VectorOp> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VectorOp::Upsert {
+                id: i as u64,
+                vector: v.clone(),
+            })
+            .collect();
+        assert!(ops.len() >= VECTOR_PARALLEL_APPLY_OPS_MIN);
+        bulk.apply(1, &ops).unwrap();
+        assert_eq!(bulk.len(), data.len());
+        let queries = clustered(40, 32, 9);
+        let mut r = 0.0;
+        for q in &queries {
+            r += recall(&bulk.search(q, 40).unwrap(), &exact(&data, q, 10, |_| true));
+        }
+        assert!(
+            r / 40.0 >= 0.95,
+            "recall@10 after a parallel build: {}",
+            r / 40.0
+        );
+
+        // One batch (large, so it would be parallel if allowed) that moves id 0 twice
+        // and deletes id 1 after updating it: applied in order.
+        let mut mixed: Vec<VectorOp> = (6000..8100u64)
+            .map(|id| VectorOp::Upsert {
+                id,
+                vector: data[(id % 6000) as usize].clone(),
+            })
+            .collect();
+        let far: Vec<f32> = (0..32).map(|i| if i == 0 { -50.0 } else { 0.0 }).collect();
+        let other: Vec<f32> = (0..32).map(|i| if i == 1 { -50.0 } else { 0.0 }).collect();
+        mixed.push(VectorOp::Upsert {
+            id: 0,
+            vector: other.clone(),
+        });
+        mixed.push(VectorOp::Upsert {
+            id: 0,
+            vector: far.clone(),
+        });
+        mixed.push(VectorOp::Upsert {
+            id: 1,
+            vector: other.clone(),
+        });
+        mixed.push(VectorOp::Delete { id: 1 });
+        bulk.apply(2, &mixed).unwrap();
+        assert_eq!(bulk.search(&far, 40).unwrap()[0], 0);
+        assert!(!bulk.contains(1));
+        assert_eq!(bulk.len(), 8100 - 1);
     }
 
     #[test]

@@ -207,7 +207,7 @@ enum How {
         /// `(id, similarity)`, nearest first, ties by smaller id.
         found: Vec<(u64, f64)>,
         /// The candidate query's physical plan, for EXPLAIN.
-        plan: String,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
         spec: Box<Ranking>,
     },
 }
@@ -336,9 +336,9 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
             .data;
     }
     let frame = DataFrame::new(state.clone(), plan);
-    let physical = frame.clone().create_physical_plan().await?;
-    let plan_text = displayable(physical.as_ref()).indent(true).to_string();
-    let batches = frame.collect().await?;
+    let task = Arc::new(frame.task_ctx());
+    let physical = frame.create_physical_plan().await?;
+    let batches = datafusion::physical_plan::collect(physical.clone(), task).await?;
     let mut found = Vec::new();
     for b in &batches {
         let ids = b
@@ -369,7 +369,7 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         table,
         how: How::Nearest {
             found,
-            plan: plan_text,
+            plan: physical,
             spec: Box::new(Ranking {
                 profile,
                 marks,
@@ -543,13 +543,14 @@ pub(crate) async fn explain_suggest(
             ));
         }
         How::Nearest { found, plan, spec } => {
+            let plan = displayable(plan.as_ref()).indent(true).to_string();
             rows.push((
                 "suggest_candidates".into(),
                 format!(
                     "nearest {} by cosine distance to user {}'s preference vector ({}; {} found)\n{plan}",
                     candidate_count(s),
                     s.user,
-                    if used_index(plan) {
+                    if used_index(&plan) {
                         "HNSW index"
                     } else {
                         "exact scan"
