@@ -239,7 +239,9 @@ fn match_sort(sort: &Sort) -> Result<Option<(TableScan, Matched)>> {
     let [key] = sort.expr.as_slice() else {
         return Ok(None);
     };
-    let mut expr = key.expr.clone();
+    // Casts of the query vector (a bound `$1` is one) are rewritten under an alias that
+    // keeps the column name; the alias says nothing about the order.
+    let mut expr = key.expr.clone().unalias_nested().data;
     let mut plan = sort.input.as_ref();
     let mut filters = Vec::new();
     loop {

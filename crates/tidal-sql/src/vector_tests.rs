@@ -252,6 +252,20 @@ async fn hnsw_search_is_planned_recalls_and_filters_inside_the_search() {
     let ann = format!("SELECT id FROM items ORDER BY embedding <=> '{q}' LIMIT 10");
     let plan = explain(&sql, &ann).await;
     assert!(plan.contains("HnswIndexScan: index=items_cos"), "{plan}");
+    // The forms a driver's parameter takes (the server binds `$1` as a CAST) and
+    // explicit casts are served by the index too.
+    for form in [
+        format!("CAST('{q}' AS vector)"),
+        format!("CAST('{q}' AS vector({d}))"),
+        format!("'{q}'::vector"),
+    ] {
+        let query = format!("SELECT id FROM items ORDER BY embedding <=> {form} LIMIT 10");
+        let plan = explain(&sql, &query).await;
+        assert!(
+            plan.contains("HnswIndexScan: index=items_cos"),
+            "{form}:\n{plan}"
+        );
+    }
     // Other metrics, other orders and non-constant queries stay exact.
     for exact in [
         format!("SELECT id FROM items ORDER BY embedding <-> '{q}' LIMIT 10"),
