@@ -1,6 +1,7 @@
-//! The two hottest prepared statements without SQL: INSERTs of events
-//! (`INSERT INTO signals (…) VALUES ($1, …)[, (…)…]`) and point reads by id
-//! (`SELECT <columns> FROM <entity table> WHERE id = $1`).
+//! The hottest prepared statements without SQL: INSERTs of events
+//! (`INSERT INTO signals (…) VALUES ($1, …)[, (…)…]`), point reads by id
+//! (`SELECT <columns> FROM <entity table> WHERE id = $1`) and pgvector's nearest-neighbour
+//! query through an HNSW index (`SELECT … ORDER BY embedding <=> $1 LIMIT k`, [`FastAnn`]).
 //!
 //! The generic extended-protocol path renders every parameter as a SQL literal,
 //! re-parses the statement and builds an Arrow batch (for a write) or plans a query (for
@@ -48,6 +49,7 @@ enum Source {
 pub(crate) enum Fast {
     Insert(FastInsert),
     Select(FastSelect),
+    Ann(FastAnn),
 }
 
 /// A planned `INSERT INTO signals … VALUES (…), …`; see the module docs.
@@ -858,5 +860,196 @@ mod tests {
             FastInsert::plan("INSERT INTO signals (signal, entity_id) VALUES ($1, $3)"),
             None
         );
+    }
+}
+
+/// Largest `LIMIT` the nearest-neighbour fast path takes.
+pub(crate) const FAST_ANN_LIMIT_MAX: usize = 1_000;
+
+/// One result column of a [`FastAnn`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AnnItem {
+    /// The i-th entry of `projection`.
+    Column(usize),
+    /// The distance the statement orders by.
+    Distance,
+}
+
+/// A planned `SELECT <columns | col <op> $1 [AS d]> FROM <entity table>
+/// ORDER BY col <op> $1 LIMIT k` — pgvector's nearest-neighbour query — answered by the
+/// HNSW index without planning (see `SqlSession::nearest_rows`). Only when an index of
+/// the operator's class exists at Execute; otherwise, and for anything else (a WHERE, a
+/// NULL or malformed vector), the generic path runs and reports.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FastAnn {
+    pub table: TableDef,
+    pub column: String,
+    pub metric: tidal_core::VectorMetric,
+    pub k: usize,
+    pub projection: Vec<usize>,
+    pub items: Vec<AnnItem>,
+}
+
+fn ann_metric(op: &BinaryOperator) -> Option<tidal_core::VectorMetric> {
+    match op {
+        BinaryOperator::LtDashGt => Some(tidal_core::VectorMetric::L2),
+        BinaryOperator::Spaceship => Some(tidal_core::VectorMetric::Cosine),
+        BinaryOperator::Custom(s) if s == "<#>" => Some(tidal_core::VectorMetric::InnerProduct),
+        _ => None,
+    }
+}
+
+/// `col <op> $1`: the column's name and the metric.
+fn ann_distance(e: &Expr) -> Option<(String, tidal_core::VectorMetric)> {
+    let Expr::BinaryOp { left, op, right } = e else {
+        return None;
+    };
+    let Expr::Identifier(col) = left.as_ref() else {
+        return None;
+    };
+    let Expr::Value(v) = right.as_ref() else {
+        return None;
+    };
+    match &v.value {
+        SqlValue::Placeholder(p) if p == "$1" => Some((ident_name(col), ann_metric(op)?)),
+        _ => None,
+    }
+}
+
+impl FastAnn {
+    /// Plans `sql` against `schema`, or `None` if it is not exactly that shape.
+    pub fn plan(sql: &str, schema: &Schema) -> Option<FastAnn> {
+        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+        let [Statement::Query(query)] = parsed.as_slice() else {
+            return None;
+        };
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return None;
+        };
+        if select.selection.is_some() {
+            return None;
+        }
+        let [from] = select.from.as_slice() else {
+            return None;
+        };
+        let TableFactor::Table { name, .. } = &from.relation else {
+            return None;
+        };
+        let [table] = name.0.as_slice() else {
+            return None;
+        };
+        let table = ident_name(table.as_ident()?);
+        let kind: EntityKind = table.parse().ok()?;
+        if kind.table_name() != table {
+            return None;
+        }
+        let def = schema.table(kind).ok()?;
+        let order = query.order_by.as_ref()?;
+        let tidal::datafusion::sql::sqlparser::ast::OrderByKind::Expressions(keys) = &order.kind
+        else {
+            return None;
+        };
+        let [key] = keys.as_slice() else {
+            return None;
+        };
+        if key.options.asc == Some(false) || key.options.nulls_first.is_some() {
+            return None;
+        }
+        let (column, metric) = ann_distance(&key.expr)?;
+        let ci = def
+            .columns
+            .iter()
+            .position(|c| c.name.to_ascii_lowercase() == column)?;
+        if !matches!(def.columns[ci].ty, tidal_core::ColumnType::Vector(_)) {
+            return None;
+        }
+        let k = match query.limit_clause.as_ref()? {
+            tidal::datafusion::sql::sqlparser::ast::LimitClause::LimitOffset {
+                limit: Some(Expr::Value(v)),
+                offset: None,
+                limit_by,
+            } if limit_by.is_empty() => match &v.value {
+                SqlValue::Number(n, _) => n.parse::<usize>().ok()?,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if k == 0 || k > FAST_ANN_LIMIT_MAX {
+            return None;
+        }
+        let column_of = |name: &str| {
+            def.columns
+                .iter()
+                .position(|c| c.name.to_ascii_lowercase() == name)
+        };
+        let mut projection = Vec::new();
+        let mut items = Vec::new();
+        let mut texts = Vec::new();
+        for item in &select.projection {
+            let (expr, alias) = match item {
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias)),
+                _ => return None,
+            };
+            match expr {
+                Expr::Identifier(i) => {
+                    items.push(AnnItem::Column(projection.len()));
+                    projection.push(column_of(&ident_name(i))?);
+                }
+                e if ann_distance(e) == Some((column.clone(), metric)) => {
+                    items.push(AnnItem::Distance)
+                }
+                _ => return None,
+            }
+            texts.push(match alias {
+                Some(a) => format!("{expr} AS {a}"),
+                None => expr.to_string(),
+            });
+        }
+        // Nothing else in the statement: it prints back as exactly this shape.
+        let shape = format!(
+            "SELECT {} FROM {name} ORDER BY {} LIMIT {k}",
+            texts.join(", "),
+            key
+        );
+        if query.to_string() != shape {
+            return None;
+        }
+        Some(FastAnn {
+            table: def.clone(),
+            column,
+            metric,
+            k,
+            projection,
+            items,
+        })
+    }
+
+    /// The query vector from `$1` (pgvector's binary or text form), or `None` for
+    /// anything the generic path should see (NULL, malformed, non-finite).
+    pub fn bind(
+        &self,
+        values: &[Option<Bytes>],
+        formats: impl Fn(usize) -> FieldFormat,
+    ) -> Option<Vec<f32>> {
+        let [Some(raw)] = values else {
+            return None;
+        };
+        let v = if formats(0) == FieldFormat::Binary {
+            if raw.len() < 4 {
+                return None;
+            }
+            let dims = i16::from_be_bytes([raw[0], raw[1]]);
+            let body = &raw[4..];
+            if dims < 1 || body.len() != dims as usize * 4 {
+                return None;
+            }
+            body.chunks_exact(4)
+                .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        } else {
+            tidal_sql::parse_vector(std::str::from_utf8(raw).ok()?).ok()?
+        };
+        v.iter().all(|x| x.is_finite()).then_some(v)
     }
 }

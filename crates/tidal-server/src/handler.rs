@@ -49,7 +49,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::config::{QUERY_BYTES_MAX, ServerConfig};
 use crate::copy::{self, CopyCommand, CopyIn};
 use crate::cursor::Cursors;
-use crate::fastpath::{Bound, Fast, FastInsert, FastSelect};
+use crate::fastpath::{AnnItem, Bound, Fast, FastAnn, FastInsert, FastSelect};
 use crate::sqltext::{self, CursorCommand, SessionCommand};
 use crate::{ServerError, encode};
 
@@ -771,6 +771,74 @@ impl Conn {
                 Some(batch) => encode::rows(&conform(&batch, target)?, &fields)?,
                 None => Vec::new(),
             };
+            Ok::<_, ServerError>(Response::Query(QueryResponse::new(
+                fields,
+                futures::stream::iter(rows.into_iter().map(Ok)),
+            )))
+        };
+        Some(respond())
+    }
+
+    /// Answers a nearest-neighbour query planned by the fast path (see `fastpath`) from
+    /// the HNSW index, encoded exactly as the planned query's result would be. `None`
+    /// inside a transaction block, after a schema change, or without a matching index:
+    /// the generic path runs it.
+    fn ann_fast(
+        &self,
+        plan: &FastAnn,
+        query: &[f32],
+        stmt: &Prepared,
+        formats: &Format,
+    ) -> Option<Result<Response, ServerError>> {
+        use tidal::datafusion::arrow::array::{ArrayRef, Float64Array, RecordBatch};
+        let target = stmt.schema.as_ref()?;
+        if let Err(e) = self.fast_path_gate()? {
+            return Some(Err(e));
+        }
+        let ef = self
+            .ef_search()
+            .unwrap_or(tidal_sql::HNSW_EF_SEARCH_DEFAULT);
+        let (rows, distances) = match self.shared.session.nearest_rows(
+            &plan.table,
+            &plan.column,
+            plan.metric,
+            query,
+            plan.k,
+            ef,
+            &plan.projection,
+        ) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let respond = || {
+            let distance: ArrayRef = Arc::new(Float64Array::from(distances));
+            let columns: Vec<ArrayRef> = plan
+                .items
+                .iter()
+                .map(|item| match item {
+                    AnnItem::Column(i) => rows.column(*i).clone(),
+                    AnnItem::Distance => distance.clone(),
+                })
+                .collect();
+            // Nullable, so a described NOT NULL column cannot fail the batch; the encoder
+            // takes the described fields.
+            let loose = tidal::datafusion::arrow::datatypes::Schema::new(
+                target
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            );
+            let batch = RecordBatch::try_new(Arc::new(loose), columns)
+                .map_err(tidal::datafusion::error::DataFusionError::from)
+                .map_err(tidal_sql::SqlError::from)?;
+            let batch = conform(&batch, target)?;
+            let fields = Arc::new(encode::fields(
+                target,
+                &formats_of(formats, target.fields().len()),
+            )?);
+            let rows = encode::rows(&batch, &fields)?;
             Ok::<_, ServerError>(Response::Query(QueryResponse::new(
                 fields,
                 futures::stream::iter(rows.into_iter().map(Ok)),
@@ -1577,6 +1645,28 @@ impl Parser {
                                 })
                         })
                         .map(Fast::Select);
+                    if fast.is_none() {
+                        // Only if its columns are exactly the described ones.
+                        fast = FastAnn::plan(sql, &self.shared.session.engine().schema())
+                            .filter(|f| {
+                                let described = plan.schema().as_arrow();
+                                let columns = tidal_sql::table_schema(&f.table);
+                                f.items.len() == described.fields().len()
+                                    && f.items.iter().zip(described.fields()).all(|(item, b)| {
+                                        match item {
+                                            AnnItem::Column(i) => {
+                                                columns.field(f.projection[*i]).data_type()
+                                                    == b.data_type()
+                                            }
+                                            AnnItem::Distance => {
+                                                b.data_type()
+                                                    == &tidal::datafusion::arrow::datatypes::DataType::Float64
+                                            }
+                                        }
+                                    })
+                            })
+                            .map(Fast::Ann);
+                    }
                 }
             }
         }
@@ -1881,6 +1971,10 @@ impl ExtendedQueryHandler for Conn {
             },
             Some(Fast::Select(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
                 Some(ids) => self.select_fast(plan, ids, stmt, &portal.result_column_format),
+                None => None,
+            },
+            Some(Fast::Ann(plan)) => match plan.bind(&portal.parameters, format) {
+                Some(query) => self.ann_fast(plan, &query, stmt, &portal.result_column_format),
                 None => None,
             },
             None => None,

@@ -321,6 +321,85 @@ impl SqlSession {
         Ok(Some(rows.finish()?))
     }
 
+    /// The `k` rows nearest to `query` by the HNSW index of `column` with `metric`, for
+    /// the server's prepared fast path of `SELECT … ORDER BY column <op> $1 LIMIT k`:
+    /// the same search the planned statement makes (`max(k, ef_search)` candidates from
+    /// the index, exact distances, nearest first; ties by smaller id), without planning.
+    /// Returns the `projection` of the rows and their distances, or `None` when the
+    /// planned statement must decide (the table changed, no such index, a query vector
+    /// of another dimension or one the index cannot search).
+    #[allow(clippy::too_many_arguments)]
+    pub fn nearest_rows(
+        &self,
+        table: &TableDef,
+        column: &str,
+        metric: tidal_core::VectorMetric,
+        query: &[f32],
+        k: usize,
+        ef_search: usize,
+        projection: &[usize],
+    ) -> Result<Option<(RecordBatch, Vec<f64>)>, SqlError> {
+        let view = self.engine.read();
+        let kind = table.kind;
+        match view.schema().table(kind) {
+            Ok(def) if def == table => {}
+            _ => return Ok(None),
+        }
+        let Some(index) = view
+            .vector_indexes(kind)
+            .into_iter()
+            .find(|t| t.def.column == column && t.def.metric == metric)
+        else {
+            return Ok(None);
+        };
+        if query.len() != index.index.spec().dimensions
+            || query.iter().any(|x| !x.is_finite())
+            || (metric == tidal_core::VectorMetric::Cosine && query.iter().all(|x| *x == 0.0))
+        {
+            return Ok(None);
+        }
+        let Some(col) = table.column_index(column) else {
+            return Ok(None);
+        };
+        let beam = k.max(ef_search.clamp(1, crate::HNSW_EF_SEARCH_MAX));
+        let ids = index
+            .index
+            .search(query, beam)
+            .map_err(|e| SqlError::Engine(tidal_engine::EngineError::from(e)))?;
+        let distance = match metric {
+            tidal_core::VectorMetric::L2 => crate::vector::Metric::L2,
+            tidal_core::VectorMetric::Cosine => crate::vector::Metric::Cosine,
+            tidal_core::VectorMetric::InnerProduct => crate::vector::Metric::NegativeInnerProduct,
+        };
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(row) = view.get(kind, EntityId(id))? else {
+                continue;
+            };
+            let d = match row.get(col) {
+                Some(tidal_core::Value::Vector(v)) if v.len() == query.len() => {
+                    distance.eval(v, query)
+                }
+                _ => continue,
+            };
+            if !d.is_nan() {
+                found.push((d, id, row));
+            }
+        }
+        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        found.truncate(k);
+        let schema = Arc::new(
+            table_schema(table)
+                .project(projection)
+                .map_err(|e| SqlError::from(datafusion::error::DataFusionError::from(e)))?,
+        );
+        let mut rows = BatchBuilder::new(table, projection, schema, found.len().max(1));
+        for (_, _, row) in &found {
+            rows.push(row)?;
+        }
+        Ok(Some((rows.finish()?, found.iter().map(|f| f.0).collect())))
+    }
+
     /// Starts an empty client transaction.
     pub fn begin(&self) -> PendingTxn {
         self.engine.begin().suspend()

@@ -227,7 +227,7 @@ impl Metric {
     }
 
     /// pgvector's arithmetic: `f32` sums, the result widened to DOUBLE.
-    fn eval(self, a: &[f32], b: &[f32]) -> f64 {
+    pub fn eval(self, a: &[f32], b: &[f32]) -> f64 {
         match self {
             Metric::L2 => {
                 let s: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();

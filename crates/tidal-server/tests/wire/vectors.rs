@@ -252,3 +252,101 @@ fn copy_of_vectors_survives_sigkill_without_a_rebuild() {
         started.elapsed().as_millis()
     );
 }
+
+/// The prepared nearest-neighbour fast path (`SELECT … ORDER BY embedding <=> $1 LIMIT
+/// k`) returns what the planned statement returns — ids, distances, vectors — for
+/// binary and text parameters, at every ef_search, and falls back to the planned path
+/// (exact search, pgvector's errors) when the index is gone or the vector is bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_nearest_neighbour_fast_path_equals_the_planned_query() {
+    use crate::common::{PgVector, expect_code, start};
+    let server = start().await;
+    let c = server.connect().await;
+    c.batch_execute(
+        "CREATE TABLE items (id BIGINT PRIMARY KEY, title TEXT, embedding VECTOR(8)) \
+         WITH (kind = 'item'); \
+         CREATE INDEX items_cos ON items USING hnsw (embedding vector_cosine_ops)",
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (0..600)
+        .map(|i| format!("({i}, 't{i}', '{}')", vector(i)))
+        .collect();
+    c.batch_execute(&format!("INSERT INTO items VALUES {}", values.join(", ")))
+        .await
+        .unwrap();
+    let fast = c
+        .prepare("SELECT id, title, embedding <=> $1 AS d, embedding FROM items ORDER BY embedding <=> $1 LIMIT 10")
+        .await
+        .unwrap();
+    let text = c
+        .prepare_typed(
+            "SELECT id, title, embedding <=> $1 AS d, embedding FROM items ORDER BY embedding <=> $1 LIMIT 10",
+            &[tokio_postgres::types::Type::TEXT],
+        )
+        .await
+        .unwrap();
+    type Row = (i64, String, f64, PgVector);
+    let rows = |r: Vec<tokio_postgres::Row>| -> Vec<Row> {
+        r.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    };
+    for ef in [10, 40, 200] {
+        c.batch_execute(&format!("SET hnsw.ef_search = {ef}"))
+            .await
+            .unwrap();
+        for q in [3i64, 77, 599, 1234] {
+            let qv = vector(q);
+            let parsed: Vec<f32> = qv
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            let got = rows(c.query(&fast, &[&PgVector(parsed.clone())]).await.unwrap());
+            let got_text = rows(c.query(&text, &[&qv]).await.unwrap());
+            // The planned statement: the same query inside a transaction block, where
+            // no fast path runs.
+            c.batch_execute("BEGIN").await.unwrap();
+            let planned = rows(c.query(&fast, &[&PgVector(parsed)]).await.unwrap());
+            c.batch_execute("COMMIT").await.unwrap();
+            assert_eq!(got.len(), 10);
+            for (a, b) in [(&got, &planned), (&got_text, &planned)] {
+                let ids = |v: &Vec<Row>| v.iter().map(|r| r.0).collect::<Vec<_>>();
+                // Same rows (ties in distance may order differently).
+                let mut x = ids(a);
+                let mut y = ids(b);
+                x.sort_unstable();
+                y.sort_unstable();
+                assert_eq!(x, y, "ef {ef}, query {q}");
+                for r in a.iter() {
+                    let p = b.iter().find(|p| p.0 == r.0).unwrap();
+                    assert_eq!(r, p, "ef {ef}, query {q}: row {}", r.0);
+                }
+                assert!(a.windows(2).all(|w| w[0].2 <= w[1].2), "nearest first");
+            }
+            if q < 600 {
+                assert_eq!(got[0].0, q, "a row is its own nearest neighbour");
+            }
+        }
+    }
+    // A wrong dimension is pgvector's error, from the planned path.
+    expect_code(c.query(&fast, &[&PgVector(vec![1.0, 2.0])]).await, "22000");
+    // Without the index the same statement is exact.
+    c.batch_execute("DROP INDEX items_cos").await.unwrap();
+    let got = rows(c.query(&fast, &[&PgVector(vec![1.0; 8])]).await.unwrap());
+    let exact = rows(
+        c.query(
+            "SELECT id, title, embedding <=> $1 AS d, embedding FROM items \
+             ORDER BY embedding <=> $1, id LIMIT 10",
+            &[&PgVector(vec![1.0; 8])],
+        )
+        .await
+        .unwrap(),
+    );
+    assert_eq!(
+        got.iter().map(|r| r.2).collect::<Vec<_>>(),
+        exact.iter().map(|r| r.2).collect::<Vec<_>>()
+    );
+    server.stop().await;
+}
