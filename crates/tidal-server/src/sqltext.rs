@@ -526,8 +526,14 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
             }
         }
         "discard" => SessionCommand::Discard,
-        "reset" => SessionCommand::Set {
-            name: word(1).unwrap_or_default(),
+        // The whole name: `hnsw.ef_search` is three tokens.
+        "reset" if words.len() >= 2 => SessionCommand::Set {
+            name: words[1..]
+                .iter()
+                .map(|t| t.to_string())
+                .filter(|t| t != ";")
+                .collect::<String>()
+                .to_ascii_lowercase(),
             value: None,
         },
         "show"
@@ -1108,6 +1114,16 @@ mod tests {
         use SessionCommand::*;
         assert_eq!(session_command("BEGIN").unwrap(), Some(Begin));
         assert_eq!(session_command("start transaction").unwrap(), Some(Begin));
+        // RESET of a dotted name resets that name (it once reset just "hnsw").
+        for sql in ["RESET hnsw.ef_search", "reset HNSW.EF_SEARCH;"] {
+            assert_eq!(
+                session_command(sql).unwrap(),
+                Some(Set {
+                    name: "hnsw.ef_search".into(),
+                    value: None
+                })
+            );
+        }
         assert_eq!(
             session_command("SET statement_timeout = '5s'").unwrap(),
             Some(Set {
