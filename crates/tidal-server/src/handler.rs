@@ -1182,7 +1182,7 @@ fn default_setting(name: &str) -> Option<&'static str> {
         "intervalstyle" => "postgres",
         "integer_datetimes" | "standard_conforming_strings" => "on",
         "search_path" => "public",
-        "hnsw.ef_search" => "40",
+        "hnsw.ef_search" => tidal_sql::HNSW_EF_SEARCH_DEFAULT_TEXT,
         "transaction_isolation" | "default_transaction_isolation" => "read committed",
         "transaction_read_only" | "default_transaction_read_only" => "off",
         "application_name" => "",

@@ -77,9 +77,9 @@ mod tests;
 mod vector_tests;
 
 pub use ann::{
-    AnnRule, AnnScanExec, AnnTable, HNSW_EF_SEARCH_DEFAULT, HNSW_EF_SEARCH_MAX, HnswOptions,
-    VECTOR_EXACT_COST_RATIO, VECTOR_EXACT_FALLBACK_ROWS_MAX, VECTOR_EXACT_PASSING_ROWS_MAX,
-    parse_ef_search, with_ef_search,
+    AnnRule, AnnScanExec, AnnTable, HNSW_EF_SEARCH_DEFAULT, HNSW_EF_SEARCH_DEFAULT_TEXT,
+    HNSW_EF_SEARCH_MAX, HnswOptions, VECTOR_EXACT_COST_RATIO, VECTOR_EXACT_FALLBACK_ROWS_MAX,
+    VECTOR_EXACT_PASSING_ROWS_MAX, parse_ef_search, with_ef_search,
 };
 pub use error::SqlError;
 pub use history::SignalsTable;
