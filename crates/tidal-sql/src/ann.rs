@@ -694,6 +694,6 @@ mod tests {
             parse_ef_search(HNSW_EF_SEARCH_DEFAULT_TEXT),
             Ok(HNSW_EF_SEARCH_DEFAULT)
         );
-        assert!(HNSW_EF_SEARCH_DEFAULT <= HNSW_EF_SEARCH_MAX);
+        const { assert!(HNSW_EF_SEARCH_DEFAULT <= HNSW_EF_SEARCH_MAX) };
     }
 }
