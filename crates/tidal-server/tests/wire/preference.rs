@@ -172,9 +172,9 @@ fn same(got: &HashMap<i64, Vec<f32>>, want: &HashMap<i64, Vec<f32>>) -> bool {
         })
 }
 
-/// The best cosine similarity to `p` among the model's embeddings (several items may
-/// share it: embeddings are coarse, so the comparison is by similarity, not id).
-fn best_similarity(writes: &[Write], p: &[f32]) -> f64 {
+/// The model's cosine similarity of `p` to each item's current embedding, by id
+/// (-inf for a zero embedding).
+fn similarities(writes: &[Write], p: &[f32]) -> HashMap<i64, f64> {
     let mut items: HashMap<i64, Vec<f32>> = (0..ITEMS).map(|i| (i, embedding(i, 0))).collect();
     for w in writes {
         if let Write::Reembed(id, v) = w {
@@ -194,10 +194,7 @@ fn best_similarity(writes: &[Write], p: &[f32]) -> f64 {
             ab / (aa.sqrt() * bb.sqrt())
         }
     };
-    items
-        .values()
-        .map(|e| cos(e))
-        .fold(f64::NEG_INFINITY, f64::max)
+    items.iter().map(|(i, e)| (*i, cos(e))).collect()
 }
 
 #[test]
@@ -266,10 +263,22 @@ fn preference_vectors_survive_sigkill_during_a_stream_of_likes() {
                         .await
                         .unwrap();
                     let got: f64 = row.get("similarity");
-                    let want = best_similarity(&done, p);
+                    let id: i64 = row.get("id");
+                    let sims = similarities(&done, p);
+                    // The similarity is the exact one of the row returned, which is
+                    // among the nearest (the index is approximate: usearch loses a
+                    // row now and then after updates, see tidal-engine's churn test).
                     assert!(
-                        (got - want).abs() < 1e-5,
-                        "cycle {cycle}: user {u}: {got} vs {want}"
+                        (got - sims[&id]).abs() < 1e-5,
+                        "cycle {cycle}: user {u}: item {id} similarity {got} vs {}",
+                        sims[&id]
+                    );
+                    let mut all: Vec<f64> = sims.values().copied().collect();
+                    all.sort_by(|a, b| b.total_cmp(a));
+                    assert!(
+                        got >= all[4] - 1e-5,
+                        "cycle {cycle}: user {u}: {got} is not among the 5 nearest {:?}",
+                        &all[..5]
                     );
                 }
             }
