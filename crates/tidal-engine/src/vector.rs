@@ -25,13 +25,6 @@ use crate::store::EntityStore;
 
 /// Rows a build hands to the index at a time.
 const BUILD_CHUNK_ROWS: usize = 4096;
-/// An index is rebuilt from the store once the entries its updates and deletes removed
-/// reach this share of its live entries: usearch's graph does not heal around removals,
-/// and live rows become unreachable (tidal-index's `updated_rows_leave_the_graph`).
-/// Amortized, each removal costs 1/ratio adds; the rebuild runs on the writer thread.
-pub const VECTOR_REBUILD_REMOVED_RATIO: f64 = 0.25;
-/// ...and at least this many removals, so a small index does not rebuild on every write.
-pub const VECTOR_REBUILD_REMOVED_MIN: u64 = 64;
 /// Rows between two progress lines of a build.
 const BUILD_PROGRESS_ROWS: u64 = 50_000;
 
@@ -345,18 +338,6 @@ impl VectorMaterializer {
             match ops.remove(&t.def.name) {
                 Some(ops) => t.index.apply(txn.lsn, &ops).map_err(index_err)?,
                 None => t.index.note(txn.lsn),
-            }
-            let removed = t.index.removed();
-            if removed >= VECTOR_REBUILD_REMOVED_MIN
-                && removed as f64 >= VECTOR_REBUILD_REMOVED_RATIO * t.index.len() as f64
-            {
-                tracing::info!(
-                    index = t.def.name,
-                    removed,
-                    vectors = t.index.len(),
-                    "renewing the vector index graph after updates and deletes"
-                );
-                self.create(&t.def, schema, store, txn.lsn)?;
             }
         }
         Ok(())

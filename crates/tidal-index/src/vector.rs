@@ -510,8 +510,7 @@ impl VectorIndex {
 
     /// Entries removed (deleted, or replaced by an update) since the index was created
     /// or opened. The graph does not heal around them — `updated_rows_leave_the_graph`
-    /// shows live rows becoming unreachable after a few hundred updates of 60 rows —
-    /// so the owner rebuilds the index once this is a fair share of [`VectorIndex::len`].
+    /// shows live rows becoming unreachable after a few hundred updates of 60 rows.
     pub fn removed(&self) -> u64 {
         self.writer.lock().removed
     }
@@ -868,7 +867,7 @@ mod tests {
         assert_eq!(bulk.len(), 8100 - 1);
     }
 
-    /// Why the engine rebuilds after many removals: updating rows over and over
+    /// A known limit (docs/architecture.md): updating rows over and over
     /// (usearch remove + add of the same key) leaves some live entries unreachable —
     /// present, with the right vector, but never found. Removals are counted.
     #[test]

@@ -371,8 +371,8 @@ impl SqlSession {
             tidal_core::VectorMetric::Cosine => crate::vector::Metric::Cosine,
             tidal_core::VectorMetric::InnerProduct => crate::vector::Metric::NegativeInnerProduct,
         };
-        // The index's order is by the same metric: the first k of the beam are read and
-        // re-ranked exactly (as the planned `HnswIndexScan` does).
+        // The index orders its beam by the same metric: its first k rows are read and
+        // re-ranked exactly, as the planned `HnswIndexScan` does.
         let mut found = Vec::with_capacity(k);
         for id in ids.into_iter().take(k) {
             let Some(row) = view.get(kind, EntityId(id))? else {
