@@ -434,16 +434,7 @@ impl Binding<'_> {
         match self.preference {
             None => parse_expr("CAST(0.0 AS DOUBLE)"),
             Some(p) => {
-                let mut text = String::with_capacity(p.len() * 12 + 2);
-                text.push('[');
-                for (i, x) in p.iter().enumerate() {
-                    if i > 0 {
-                        text.push(',');
-                    }
-                    // `{:?}` prints the shortest text that reads back as the same f32.
-                    text.push_str(&format!("{x:?}"));
-                }
-                text.push(']');
+                let text = crate::suggest::vector_text(p);
                 parse_expr(&format!(
                     "preference_similarity({}, '{text}')",
                     Ident::with_quote('"', &table.columns[column].name)

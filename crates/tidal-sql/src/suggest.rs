@@ -231,7 +231,9 @@ fn statement_state(session: &SqlSession, s: &Suggest) -> Result<SessionState, Sq
     Ok(state)
 }
 
-fn vector_text(v: &[f32]) -> String {
+/// A vector in pgvector's text form, each component as the shortest text that reads
+/// back as the same f32.
+pub(crate) fn vector_text(v: &[f32]) -> String {
     let mut text = String::with_capacity(v.len() * 12 + 2);
     text.push('[');
     for (i, x) in v.iter().enumerate() {
