@@ -621,6 +621,29 @@ pub(crate) fn bind_profile(
     })
 }
 
+/// The profile `name`, checked to rank `kind` (the statement `what` names it).
+pub(crate) fn profile_on<'s>(
+    schema: &'s Schema,
+    name: &str,
+    kind: EntityKind,
+    what: &'static str,
+) -> Result<&'s ProfileDef, SqlError> {
+    let def = schema.profile(name)?;
+    if def.kind != kind {
+        return Err(crate::error::bad_arg(
+            what,
+            format!(
+                "profile {} is defined on {}, not on {}",
+                def.name,
+                def.kind.table_name(),
+                kind.table_name()
+            ),
+        )
+        .into());
+    }
+    Ok(def)
+}
+
 /// Diversity groups by `creator_id`, which must be a BIGINT column.
 pub(crate) fn require_creator(kind: EntityKind, schema: &Schema) -> Result<(), SqlError> {
     let table = schema.table(kind)?;

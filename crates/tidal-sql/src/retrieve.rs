@@ -63,19 +63,7 @@ pub(crate) async fn plan_retrieve(
     let engine = session.engine();
     let view = engine.read();
     let schema = view.schema().clone();
-    let def = schema.profile(&r.profile)?;
-    if def.kind != r.kind {
-        return Err(bad_arg(
-            "RETRIEVE",
-            format!(
-                "profile {} is defined on {}, not on {}",
-                def.name,
-                def.kind.table_name(),
-                r.kind.table_name()
-            ),
-        )
-        .into());
-    }
+    let def = crate::profile::profile_on(&schema, &r.profile, r.kind, "RETRIEVE")?;
     let table = schema.table(r.kind)?.clone();
     let preference = user_preference(&view, r.user)?;
     let bound = bind_profile(def, &schema, None, preference.as_deref())?;

@@ -488,19 +488,7 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     let table = schema.table(s.kind)?.clone();
     let profile = match &s.profile {
         Some(name) => {
-            let def = schema.profile(name)?;
-            if def.kind != s.kind {
-                return Err(bad_arg(
-                    "SEARCH",
-                    format!(
-                        "profile {} is defined on {}, not on {}",
-                        def.name,
-                        def.kind.table_name(),
-                        s.kind.table_name()
-                    ),
-                )
-                .into());
-            }
+            let def = crate::profile::profile_on(&schema, name, s.kind, "SEARCH")?;
             let preference = crate::retrieve::user_preference(&view, s.user)?;
             Some((
                 def.clone(),

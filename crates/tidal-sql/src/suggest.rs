@@ -262,22 +262,7 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         .into());
     };
     let profile_def = match &s.profile {
-        Some(name) => {
-            let def = schema.profile(name)?;
-            if def.kind != s.kind {
-                return Err(bad_arg(
-                    "SUGGEST",
-                    format!(
-                        "profile {} is defined on {}, not on {}",
-                        def.name,
-                        def.kind.table_name(),
-                        s.kind.table_name()
-                    ),
-                )
-                .into());
-            }
-            Some(def.clone())
-        }
+        Some(name) => Some(crate::profile::profile_on(&schema, name, s.kind, "SUGGEST")?.clone()),
         None => None,
     };
     let max_per_creator = s
