@@ -343,31 +343,51 @@ fn ident_name(i: &Ident) -> String {
     }
 }
 
+/// `sql` as a single `SELECT … FROM <entity table> …` (one table, no join): the parsed
+/// query, the table's name as written, and its kind. `None` for anything else.
+fn entity_select(
+    sql: &str,
+) -> Option<(
+    Box<tidal::datafusion::sql::sqlparser::ast::Query>,
+    tidal::datafusion::sql::sqlparser::ast::ObjectName,
+    EntityKind,
+)> {
+    let mut parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    if parsed.len() != 1 {
+        return None;
+    }
+    let Statement::Query(query) = parsed.pop()? else {
+        return None;
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    let [from] = select.from.as_slice() else {
+        return None;
+    };
+    let TableFactor::Table { name, .. } = &from.relation else {
+        return None;
+    };
+    let [table] = name.0.as_slice() else {
+        return None;
+    };
+    let table = ident_name(table.as_ident()?);
+    let kind: EntityKind = table.parse().ok()?;
+    if kind.table_name() != table {
+        return None;
+    }
+    let name = name.clone();
+    Some((query, name, kind))
+}
+
 impl FastSelect {
     /// Plans `sql` against `schema`, or `None` if it is not exactly a point read of
     /// plain columns (or `*`) of an entity table by `id = $n`.
     pub fn plan(sql: &str, schema: &Schema) -> Option<FastSelect> {
-        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-        let [Statement::Query(query)] = parsed.as_slice() else {
-            return None;
-        };
+        let (query, name, kind) = entity_select(sql)?;
         let SetExpr::Select(select) = query.body.as_ref() else {
             return None;
         };
-        let [from] = select.from.as_slice() else {
-            return None;
-        };
-        let TableFactor::Table { name, .. } = &from.relation else {
-            return None;
-        };
-        let [table] = name.0.as_slice() else {
-            return None;
-        };
-        let table = ident_name(table.as_ident()?);
-        let kind: EntityKind = table.parse().ok()?;
-        if kind.table_name() != table {
-            return None;
-        }
         let def = schema.table(kind).ok()?;
         // DataFusion sees the table's columns under lower-case names (`table_schema`).
         let column = |name: &str| {
@@ -919,28 +939,11 @@ fn ann_distance(e: &Expr) -> Option<(String, tidal_core::VectorMetric)> {
 impl FastAnn {
     /// Plans `sql` against `schema`, or `None` if it is not exactly that shape.
     pub fn plan(sql: &str, schema: &Schema) -> Option<FastAnn> {
-        let parsed = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
-        let [Statement::Query(query)] = parsed.as_slice() else {
-            return None;
-        };
+        let (query, name, kind) = entity_select(sql)?;
         let SetExpr::Select(select) = query.body.as_ref() else {
             return None;
         };
         if select.selection.is_some() {
-            return None;
-        }
-        let [from] = select.from.as_slice() else {
-            return None;
-        };
-        let TableFactor::Table { name, .. } = &from.relation else {
-            return None;
-        };
-        let [table] = name.0.as_slice() else {
-            return None;
-        };
-        let table = ident_name(table.as_ident()?);
-        let kind: EntityKind = table.parse().ok()?;
-        if kind.table_name() != table {
             return None;
         }
         let def = schema.table(kind).ok()?;

@@ -762,21 +762,7 @@ impl Conn {
             }
             None => None,
         };
-        let respond = || {
-            let fields = Arc::new(encode::fields(
-                target,
-                &formats_of(formats, target.fields().len()),
-            )?);
-            let rows = match rows {
-                Some(batch) => encode::rows(&conform(&batch, target)?, &fields)?,
-                None => Vec::new(),
-            };
-            Ok::<_, ServerError>(Response::Query(QueryResponse::new(
-                fields,
-                futures::stream::iter(rows.into_iter().map(Ok)),
-            )))
-        };
-        Some(respond())
+        Some(fast_response(target, formats, rows.as_ref()))
     }
 
     /// Answers a nearest-neighbour query planned by the fast path (see `fastpath`) from
@@ -833,16 +819,7 @@ impl Conn {
             let batch = RecordBatch::try_new(Arc::new(loose), columns)
                 .map_err(tidal::datafusion::error::DataFusionError::from)
                 .map_err(tidal_sql::SqlError::from)?;
-            let batch = conform(&batch, target)?;
-            let fields = Arc::new(encode::fields(
-                target,
-                &formats_of(formats, target.fields().len()),
-            )?);
-            let rows = encode::rows(&batch, &fields)?;
-            Ok::<_, ServerError>(Response::Query(QueryResponse::new(
-                fields,
-                futures::stream::iter(rows.into_iter().map(Ok)),
-            )))
+            fast_response(target, formats, Some(&batch))
         };
         Some(respond())
     }
@@ -1319,6 +1296,27 @@ fn row_stream(
 }
 
 /// Casts a batch to the schema that was described to the client.
+/// A fast path's rows (none: an empty result), encoded exactly as the planned query's
+/// described columns would be.
+fn fast_response(
+    target: &SchemaRef,
+    formats: &Format,
+    rows: Option<&RecordBatch>,
+) -> Result<Response, ServerError> {
+    let fields = Arc::new(encode::fields(
+        target,
+        &formats_of(formats, target.fields().len()),
+    )?);
+    let rows = match rows {
+        Some(batch) => encode::rows(&conform(batch, target)?, &fields)?,
+        None => Vec::new(),
+    };
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        futures::stream::iter(rows.into_iter().map(Ok)),
+    )))
+}
+
 fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, ServerError> {
     if batch.schema().fields().len() != target.fields().len() {
         return Err(ServerError::Internal(
