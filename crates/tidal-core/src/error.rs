@@ -77,6 +77,16 @@ pub enum CoreError {
     BadIndex { name: String, reason: String },
     #[error("invalid PREFERENCE on signal {signal:?}: {reason}")]
     BadPreference { signal: String, reason: String },
+    #[error("invalid AFFINITY on signal {signal:?}: {reason}")]
+    BadAffinity { signal: String, reason: String },
+    #[error("relationship {name:?} already exists")]
+    DuplicateRelationship { name: String },
+    #[error("relationship {name:?} does not exist")]
+    UnknownRelationship { name: String },
+    #[error("table or relationship {name:?} does not exist")]
+    UnknownRelation { name: String },
+    #[error("invalid relationship {name:?}: {reason}")]
+    BadRelationship { name: String, reason: String },
     #[error("malformed encoded data: {0}")]
     Decode(&'static str),
 }
@@ -128,15 +138,21 @@ impl CoreError {
             DuplicateTable { .. }
             | DuplicateColumn { .. }
             | DuplicateProfile { .. }
-            | DuplicateIndex { .. } => ErrorClass::DuplicateObject,
-            BadIndex { .. } | BadPreference { .. } => ErrorClass::InvalidParameter,
+            | DuplicateIndex { .. }
+            | DuplicateRelationship { .. } => ErrorClass::DuplicateObject,
+            BadIndex { .. }
+            | BadPreference { .. }
+            | BadAffinity { .. }
+            | BadRelationship { .. } => ErrorClass::InvalidParameter,
             DependentObjects { .. } => ErrorClass::DependentObjects,
             BadProfile { .. } => ErrorClass::InvalidParameter,
             UnknownSignal { .. }
             | UnknownTable { .. }
             | UnknownTableName { .. }
             | UnknownProfile { .. }
-            | UnknownIndex { .. } => ErrorClass::UndefinedObject,
+            | UnknownIndex { .. }
+            | UnknownRelationship { .. }
+            | UnknownRelation { .. } => ErrorClass::UndefinedObject,
             DuplicateSignal { .. }
             | HalfLifeOutOfRange { .. }
             | UnknownKind { .. }

@@ -113,7 +113,14 @@ pub struct SignalDef {
     /// `PREFERENCE lr`: each event with a user moves the user's preference vector by
     /// `lr · weight` toward the item's embedding (SQL.md §7). Only on item signals.
     pub preference: Option<f64>,
+    /// `AFFINITY δ`: each event with a user adds `δ · weight`, decayed with this
+    /// signal's half-life, to the user's affinity for the item's creator (SQL.md §8).
+    /// Only on item signals.
+    pub affinity: Option<f64>,
 }
+
+/// Largest `|δ|` of `AFFINITY δ`.
+pub const AFFINITY_DELTA_ABS_MAX: f64 = 1e6;
 
 /// Largest `|lr|` of `PREFERENCE lr`: a rate past it would make one event replace the
 /// vector outright, which `lr = 1` already does for a unit weight.
@@ -146,7 +153,34 @@ impl SignalDef {
             windows,
             marks: None,
             preference: None,
+            affinity: None,
         })
+    }
+
+    /// Adds `AFFINITY δ`: a finite, non-zero weight within ±[`AFFINITY_DELTA_ABS_MAX`],
+    /// on a signal about items (affinity is user → the item's creator).
+    pub fn with_affinity(mut self, delta: f64) -> Result<SignalDef, CoreError> {
+        if !delta.is_finite() || delta == 0.0 || delta.abs() > AFFINITY_DELTA_ABS_MAX {
+            return Err(CoreError::BadAffinity {
+                signal: self.name,
+                reason: format!(
+                    "the weight must be a non-zero number between -{AFFINITY_DELTA_ABS_MAX} \
+                     and {AFFINITY_DELTA_ABS_MAX}, not {delta}"
+                ),
+            });
+        }
+        if self.kind != EntityKind::Item {
+            return Err(CoreError::BadAffinity {
+                signal: self.name,
+                reason: format!(
+                    "AFFINITY is user → creator of the item, so it needs a signal ON items, \
+                     not ON {} (which has no creators)",
+                    self.kind.table_name()
+                ),
+            });
+        }
+        self.affinity = Some(delta);
+        Ok(self)
     }
 
     pub fn with_marks(mut self, mark: Mark) -> SignalDef {
@@ -213,15 +247,21 @@ impl SignalDef {
         for w in &self.windows {
             e.u32(w.to_code());
         }
-        // The high bit of the marks byte says a preference rate follows; definitions
-        // written before preference vectors existed decode unchanged.
-        let marks = self.marks.map_or(0, Mark::tag);
-        match self.preference {
-            Some(lr) => {
-                e.u8(marks | PREFERENCE_FLAG);
-                e.f64(lr);
-            }
-            None => e.u8(marks),
+        // The high bits of the marks byte say a preference rate and an affinity weight
+        // follow; definitions written before either existed decode unchanged.
+        let mut marks = self.marks.map_or(0, Mark::tag);
+        if self.preference.is_some() {
+            marks |= PREFERENCE_FLAG;
+        }
+        if self.affinity.is_some() {
+            marks |= AFFINITY_FLAG;
+        }
+        e.u8(marks);
+        if let Some(lr) = self.preference {
+            e.f64(lr);
+        }
+        if let Some(delta) = self.affinity {
+            e.f64(delta);
         }
     }
 
@@ -244,7 +284,7 @@ impl SignalDef {
             windows.push(Window::from_code(d.u32()?).ok_or(CoreError::Decode("bad window"))?);
         }
         let byte = d.u8()?;
-        let marks = match byte & !PREFERENCE_FLAG {
+        let marks = match byte & !(PREFERENCE_FLAG | AFFINITY_FLAG) {
             0 => None,
             t => Some(Mark::from_tag(t).ok_or(CoreError::Decode("bad mark"))?),
         };
@@ -257,6 +297,15 @@ impl SignalDef {
         } else {
             None
         };
+        let affinity = if byte & AFFINITY_FLAG != 0 {
+            let delta = d.f64()?;
+            if !delta.is_finite() || delta == 0.0 || delta.abs() > AFFINITY_DELTA_ABS_MAX {
+                return Err(CoreError::Decode("bad affinity weight"));
+            }
+            Some(delta)
+        } else {
+            None
+        };
         Ok(SignalDef {
             id,
             name,
@@ -265,12 +314,15 @@ impl SignalDef {
             windows,
             marks,
             preference,
+            affinity,
         })
     }
 }
 
 /// In a signal's encoded marks byte: a preference rate follows.
 const PREFERENCE_FLAG: u8 = 0x80;
+/// In a signal's encoded marks byte: an affinity weight follows (after the rate).
+const AFFINITY_FLAG: u8 = 0x40;
 
 /// Column types an entity table may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -692,10 +744,95 @@ pub enum SchemaChange {
     DropIndex {
         name: String,
     },
+    /// `CREATE RELATIONSHIP`. [`Schema::prepare`] sets the id.
+    CreateRelationship(RelationshipDef),
+    /// `DROP RELATIONSHIP`: its edges go with it. [`Schema::prepare`] fills in the id.
+    DropRelationship {
+        name: String,
+        id: u64,
+    },
 }
 
 /// Most vector indexes a database may have.
 pub const VECTOR_INDEXES_MAX: usize = 64;
+/// Most relationships a database may have.
+pub const RELATIONSHIPS_MAX: usize = 64;
+
+/// Names a relationship may not take: the tables every database has (a relationship is
+/// a table too) and the words `FILTER` reads as marks.
+pub const RELATIONSHIP_RESERVED_NAMES: [&str; 14] = [
+    "items",
+    "users",
+    "creators",
+    "signals",
+    "signal_state",
+    "signal_windows",
+    "affinities",
+    "cohort_windows",
+    "cohorts",
+    "seen",
+    "unseen",
+    "liked",
+    "unliked",
+    "hidden",
+];
+
+/// `CREATE RELATIONSHIP name FROM users TO users | creators | items` (SQL.md §8): a
+/// durable set of directed edges `(src, dst, created_at)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationshipDef {
+    /// Lower-case, unique among relationships and distinct from every table name.
+    pub name: String,
+    /// Always users today (FILTER reads the FOR USER user's out-edges).
+    pub from: EntityKind,
+    pub to: EntityKind,
+    /// The schema version this relationship was created at: keys its edges in the
+    /// store, so a dropped and re-created relationship never sees the old edges. Set
+    /// by [`Schema::prepare`].
+    pub id: u64,
+}
+
+impl RelationshipDef {
+    pub fn validate(&self) -> Result<(), CoreError> {
+        validate_identifier(&self.name)?;
+        let bad = |reason: String| CoreError::BadRelationship {
+            name: self.name.clone(),
+            reason,
+        };
+        if RELATIONSHIP_RESERVED_NAMES.contains(&self.name.as_str()) {
+            return Err(bad(format!(
+                "{:?} is reserved (a table, a state table or a FILTER mark word)",
+                self.name
+            )));
+        }
+        if self.from != EntityKind::User {
+            return Err(bad(format!(
+                "relationships go FROM users (FILTER reads the FOR USER user's edges), not FROM {}",
+                self.from.table_name()
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self, e: &mut Encoder) {
+        e.str(&self.name);
+        e.u8(self.from.tag());
+        e.u8(self.to.tag());
+        e.u64(self.id);
+    }
+
+    pub fn decode(d: &mut Decoder<'_>) -> Result<RelationshipDef, CoreError> {
+        let kind = |d: &mut Decoder<'_>| {
+            EntityKind::from_tag(d.u8()?).ok_or(CoreError::Decode("bad entity kind"))
+        };
+        Ok(RelationshipDef {
+            name: d.str()?.to_string(),
+            from: kind(d)?,
+            to: kind(d)?,
+            id: d.u64()?,
+        })
+    }
+}
 
 /// The distance an HNSW index orders by: its operator class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -855,6 +992,15 @@ impl SchemaChange {
                 e.u8(8);
                 e.str(name);
             }
+            SchemaChange::CreateRelationship(def) => {
+                e.u8(9);
+                def.encode(e);
+            }
+            SchemaChange::DropRelationship { name, id } => {
+                e.u8(10);
+                e.str(name);
+                e.u64(*id);
+            }
         }
     }
 
@@ -880,6 +1026,11 @@ impl SchemaChange {
             8 => SchemaChange::DropIndex {
                 name: d.str()?.to_string(),
             },
+            9 => SchemaChange::CreateRelationship(RelationshipDef::decode(d)?),
+            10 => SchemaChange::DropRelationship {
+                name: d.str()?.to_string(),
+                id: d.u64()?,
+            },
             _ => return Err(CoreError::Decode("unknown schema change")),
         })
     }
@@ -893,6 +1044,7 @@ pub struct Schema {
     profiles: BTreeMap<String, ProfileDef>,
     /// Vector indexes by name.
     indexes: BTreeMap<String, VectorIndexDef>,
+    relationships: BTreeMap<String, RelationshipDef>,
     next_signal_id: u32,
     /// Bumped by every applied change, so caches can tell a schema has moved on.
     pub version: u64,
@@ -951,6 +1103,23 @@ impl Schema {
             .ok_or_else(|| CoreError::UnknownIndex {
                 name: name.to_string(),
             })
+    }
+
+    pub fn relationship(&self, name: &str) -> Result<&RelationshipDef, CoreError> {
+        self.relationships
+            .get(&name.to_ascii_lowercase())
+            .ok_or_else(|| CoreError::UnknownRelationship {
+                name: name.to_string(),
+            })
+    }
+
+    pub fn relationship_by_id(&self, id: u64) -> Option<&RelationshipDef> {
+        self.relationships.values().find(|r| r.id == id)
+    }
+
+    /// Relationships in name order.
+    pub fn relationships(&self) -> impl Iterator<Item = &RelationshipDef> {
+        self.relationships.values()
     }
 
     /// Vector indexes in name order.
@@ -1102,6 +1271,30 @@ impl Schema {
                     name: i.name.clone(),
                 })
             }
+            SchemaChange::CreateRelationship(mut def) => {
+                def.name = def.name.to_ascii_lowercase();
+                def.validate()?;
+                if self.relationships.contains_key(&def.name) {
+                    return Err(CoreError::DuplicateRelationship { name: def.name });
+                }
+                if self.relationships.len() >= RELATIONSHIPS_MAX {
+                    return Err(CoreError::BadRelationship {
+                        name: def.name,
+                        reason: format!(
+                            "the database already has the maximum of {RELATIONSHIPS_MAX} relationships"
+                        ),
+                    });
+                }
+                def.id = self.version + 1;
+                Ok(SchemaChange::CreateRelationship(def))
+            }
+            SchemaChange::DropRelationship { name, .. } => {
+                let r = self.relationship(&name)?;
+                Ok(SchemaChange::DropRelationship {
+                    name: r.name.clone(),
+                    id: r.id,
+                })
+            }
         }
     }
 
@@ -1148,6 +1341,19 @@ impl Schema {
                     .remove(name)
                     .ok_or_else(|| CoreError::UnknownIndex { name: name.clone() })?;
             }
+            SchemaChange::CreateRelationship(def) => {
+                if self.relationships.contains_key(&def.name) {
+                    return Err(CoreError::DuplicateRelationship {
+                        name: def.name.clone(),
+                    });
+                }
+                self.relationships.insert(def.name.clone(), def.clone());
+            }
+            SchemaChange::DropRelationship { name, .. } => {
+                self.relationships
+                    .remove(name)
+                    .ok_or_else(|| CoreError::UnknownRelationship { name: name.clone() })?;
+            }
             SchemaChange::CreateProfile { def, .. } => {
                 self.profiles.insert(def.name.clone(), def.clone());
             }
@@ -1179,6 +1385,10 @@ impl Schema {
         e.u32(self.indexes.len() as u32);
         for i in self.indexes.values() {
             i.encode(e);
+        }
+        e.u32(self.relationships.len() as u32);
+        for r in self.relationships.values() {
+            r.encode(e);
         }
     }
 
@@ -1223,6 +1433,15 @@ impl Schema {
         for _ in 0..n {
             let i = VectorIndexDef::decode(d)?;
             schema.indexes.insert(i.name.clone(), i);
+        }
+        // Data directories written before relationships existed end here.
+        let n = if d.is_empty() { 0 } else { d.u32()? as usize };
+        if n > RELATIONSHIPS_MAX {
+            return Err(CoreError::Decode("too many relationships"));
+        }
+        for _ in 0..n {
+            let r = RelationshipDef::decode(d)?;
+            schema.relationships.insert(r.name.clone(), r);
         }
         Ok(schema)
     }

@@ -585,6 +585,41 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// Adds the edge `src → dst` to relationship `name` (a duplicate edge stays one
+    /// edge, with its first `created_at`). Targets need not exist (SQL.md §8).
+    pub fn edge_insert(
+        &mut self,
+        name: &str,
+        src: EntityId,
+        dst: EntityId,
+        created_at: Option<Timestamp>,
+    ) -> Result<(), EngineError> {
+        let rel = self.schema.relationship(name)?.id;
+        self.account(40)?;
+        self.rows += 1;
+        self.ops.push(Op::EdgeInsert {
+            rel,
+            src,
+            dst,
+            created_at: created_at.unwrap_or(self.now),
+        });
+        Ok(())
+    }
+
+    /// Removes the edge `src → dst` of relationship `name` (no error if absent).
+    pub fn edge_delete(
+        &mut self,
+        name: &str,
+        src: EntityId,
+        dst: EntityId,
+    ) -> Result<(), EngineError> {
+        let rel = self.schema.relationship(name)?.id;
+        self.account(32)?;
+        self.rows += 1;
+        self.ops.push(Op::EdgeDelete { rel, src, dst });
+        Ok(())
+    }
+
     /// Adds a schema change, validated against the schema as this transaction sees it.
     pub fn schema_change(&mut self, change: SchemaChange) -> Result<(), EngineError> {
         if self.ddl.is_none() {

@@ -575,6 +575,7 @@ fn check_schema(engine: &Engine) {
         windows: windows.to_vec(),
         marks,
         preference: None,
+        affinity: None,
     };
     let (item, user, all) = (EntityKind::Item, EntityKind::User, Window::All);
     let want = [

@@ -48,6 +48,7 @@ mod marks;
 mod preference;
 mod read;
 mod registry;
+mod social;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -65,6 +66,7 @@ pub use read::ReadView;
 pub use registry::Materializer;
 /// The bitmap type of [`ReadView::marked`], so users need no dependency of their own.
 pub use roaring;
+pub use social::{AffinityEntry, affinity_value};
 pub use store::StoreSnapshot;
 pub use text::TableText;
 /// The text index types of [`ReadView::text`], so users need no dependency of their own.

@@ -213,6 +213,24 @@ impl ReadView {
         self.store.preference(user)
     }
 
+    /// The targets of `user`'s edges in relationship `name` as of this view (SQL.md §8:
+    /// what `FILTER name` keeps).
+    pub fn out_edges(&self, name: &str, user: EntityId) -> Result<RoaringTreemap, EngineError> {
+        let rel = self.schema.relationship(name)?;
+        self.store.out_edges(rel.id, user)
+    }
+
+    /// `affinity(user, creator, at)` as of this view (SQL.md §8).
+    pub fn affinity(
+        &self,
+        user: EntityId,
+        creator: EntityId,
+        at: tidal_core::Timestamp,
+    ) -> Result<f64, EngineError> {
+        let entries = self.store.affinity_entries(user, creator)?;
+        Ok(crate::social::affinity_value(&entries, &self.schema, at))
+    }
+
     /// The text index of `kind`'s table (for `SEARCH`). Its snapshots show every write
     /// acknowledged before they are taken. Fails when the table has no text fields, or
     /// when it was re-created since this view was taken.

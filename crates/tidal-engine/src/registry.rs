@@ -257,6 +257,16 @@ impl Applier for Registry {
                     Self::check_row_target(base, *kind, None)?;
                     rows.insert((*kind, *id), false);
                 }
+                // The relationship may have been dropped since the edge was validated.
+                Op::EdgeInsert { rel, .. } | Op::EdgeDelete { rel, .. }
+                    if base.relationship_by_id(*rel).is_none() =>
+                {
+                    return Err(EngineError::Core(
+                        tidal_core::CoreError::UnknownRelationship {
+                            name: format!("#{rel} (dropped while the statement ran)"),
+                        },
+                    ));
+                }
                 _ => {}
             }
         }

@@ -13,11 +13,13 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use std::collections::HashMap;
 use tidal_core::codec::{Decoder, Encoder};
 
+use roaring::RoaringTreemap;
 use tidal_core::{EntityId, EntityKind, Row, Schema, SignalEvent, Value, decode_row, encode_row};
 use tidal_wal::{CommittedTxn, Lsn, Op};
 
 use crate::EngineError;
 use crate::preference;
+use crate::social::{self, AffinityEntry};
 
 const APPLIED_LSN_KEY: &[u8] = b"applied_lsn";
 /// Ids the change log remembers per kind. A reader whose cached rows are older than the
@@ -82,6 +84,10 @@ pub(crate) struct EntityStore {
     creators: Keyspace,
     /// Preference vectors by user id (see `preference.rs`).
     preferences: Keyspace,
+    /// Relationship edges, in-degrees and affinities (see `social.rs`).
+    edges: Keyspace,
+    edges_in: Keyspace,
+    affinities: Keyspace,
     /// Per kind, a sequence lock over the rows: odd while a batch touching the kind is
     /// being committed, bumped to the next even number after. A snapshot taken while
     /// the number stayed even and unchanged shows exactly the rows of that version, so
@@ -131,6 +137,9 @@ impl EntityStore {
             users: ks("users")?,
             creators: ks("creators")?,
             preferences: ks("preferences")?,
+            edges: ks("edges")?,
+            edges_in: ks("edges_in")?,
+            affinities: ks("affinities")?,
             db,
             versions: Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]),
             changes: Arc::new(Default::default()),
@@ -178,6 +187,10 @@ impl EntityStore {
         let mut batch = self.db.batch().durability(None);
         let mut touched = false;
         let mut prefs = PreferenceMoves::new(schema);
+        let mut affinity = AffinityMoves::new(schema);
+        let track_items = prefs.is_some() || affinity.is_some();
+        let mut items = TxnItems::default();
+        let mut edges = EdgeChanges::default();
         let mut kinds = [false; 3];
         // Ids written per kind; `None` once a kind's change is too large to list.
         let mut written: [Option<Vec<EntityId>>; 3] = Default::default();
@@ -197,14 +210,15 @@ impl EntityStore {
             match op {
                 Op::Signals(events) => {
                     if let Some(p) = prefs.as_mut() {
-                        p.apply(self, events)?;
+                        p.apply(self, &items, events)?;
+                    }
+                    if let Some(a) = affinity.as_mut() {
+                        a.apply(self, &items, events)?;
                     }
                 }
                 Op::Insert { kind, id, row } | Op::Upsert { kind, id, row } => {
-                    if *kind == EntityKind::Item
-                        && let Some(p) = prefs.as_mut()
-                    {
-                        p.items.insert(*id, Some(row));
+                    if *kind == EntityKind::Item && track_items {
+                        items.rows.insert(*id, Some(row));
                     }
                     enc.buf.clear();
                     encode_row(row, &mut enc);
@@ -214,10 +228,8 @@ impl EntityStore {
                     note(*kind, Some(*id));
                 }
                 Op::Delete { kind, id } => {
-                    if *kind == EntityKind::Item
-                        && let Some(p) = prefs.as_mut()
-                    {
-                        p.items.insert(*id, None);
+                    if *kind == EntityKind::Item && track_items {
+                        items.rows.insert(*id, None);
                     }
                     batch.remove(self.keyspace(*kind), id.to_key());
                     touched = true;
@@ -233,13 +245,72 @@ impl EntityStore {
                     touched = true;
                     kinds[kind_slot(*kind)] = true;
                     note(*kind, None);
-                    if *kind == EntityKind::Item
-                        && let Some(p) = prefs.as_mut()
-                    {
-                        p.items_dropped = true;
+                    if *kind == EntityKind::Item {
+                        items.rows.clear();
+                        items.dropped = true;
                     }
                 }
+                Op::EdgeInsert {
+                    rel,
+                    src,
+                    dst,
+                    created_at,
+                } if schema.relationship_by_id(*rel).is_some() => {
+                    edges.insert(self, *rel, *src, *dst, *created_at)?;
+                }
+                Op::EdgeDelete { rel, src, dst } if schema.relationship_by_id(*rel).is_some() => {
+                    edges.delete(self, *rel, *src, *dst)?;
+                }
+                Op::Schema(tidal_core::SchemaChange::DropRelationship { id, .. }) => {
+                    // The edges go with the relationship, in the same batch as the LSN.
+                    edges.drop_relationship(*id);
+                    let lo = social::edge_key(*id, EntityId(0), EntityId(0));
+                    let hi = social::edge_key(*id, EntityId(u64::MAX), EntityId(u64::MAX));
+                    for kv in self.edges.range(lo..=hi) {
+                        batch.remove(&self.edges, kv.key()?);
+                    }
+                    let lo = social::pair_key(*id, 0);
+                    let hi = social::pair_key(*id, u64::MAX);
+                    for kv in self.edges_in.range(lo..=hi) {
+                        batch.remove(&self.edges_in, kv.key()?);
+                    }
+                    touched = true;
+                }
                 _ => {}
+            }
+        }
+        for (key, v) in edges.edges {
+            match v {
+                Some(ts) => batch.insert(&self.edges, key, ts.to_le_bytes()),
+                None => batch.remove(&self.edges, key),
+            }
+            touched = true;
+        }
+        for ((rel, dst), delta) in edges.in_degree {
+            if delta == 0 {
+                continue;
+            }
+            let key = social::pair_key(rel, dst);
+            let old = match self.edges_in.get(key)? {
+                Some(v) => social::le_u64(&v, "edges_in")?,
+                None => 0,
+            };
+            let new = old.saturating_add_signed(delta);
+            if new == 0 {
+                batch.remove(&self.edges_in, key);
+            } else {
+                batch.insert(&self.edges_in, key, new.to_le_bytes());
+            }
+            touched = true;
+        }
+        if let Some(a) = affinity {
+            for ((user, creator), entries) in a.pairs {
+                batch.insert(
+                    &self.affinities,
+                    social::pair_key(user, creator),
+                    social::encode_affinity(&entries),
+                );
+                touched = true;
             }
         }
         if let Some(p) = prefs {
@@ -297,6 +368,21 @@ impl EntityStore {
         }
     }
 
+    /// The `creator_id` (column `column`) of item `id` as the store holds it now.
+    fn live_creator(&self, id: EntityId, column: usize) -> Result<Option<u64>, EngineError> {
+        match self.items.get(id.to_key())? {
+            Some(v) => Ok(creator_of(&decode_value(&v)?, column)),
+            None => Ok(None),
+        }
+    }
+
+    fn live_affinity(&self, user: u64, creator: u64) -> Result<Vec<AffinityEntry>, EngineError> {
+        match self.affinities.get(social::pair_key(user, creator))? {
+            Some(v) => social::decode_affinity(&v),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn live_preference(&self, user: EntityId) -> Result<Option<Vec<f32>>, EngineError> {
         self.preferences
             .get(user.to_key())?
@@ -320,23 +406,172 @@ impl EntityStore {
 }
 
 /// The moves one transaction makes to preference vectors, staged until its batch.
-struct PreferenceMoves<'a> {
+struct PreferenceMoves {
     /// Rate by signal, for the signals declared with PREFERENCE.
     rates: Vec<(tidal_core::SignalId, f64)>,
     /// Position of the items column preferences follow.
     column: usize,
-    /// Item rows written earlier in this transaction (`None`: deleted).
-    items: HashMap<EntityId, Option<&'a Row>>,
-    /// The transaction dropped the items table before (some of) its events.
-    items_dropped: bool,
     /// Vectors moved so far (`None`: cleared).
     users: HashMap<EntityId, Option<Vec<f32>>>,
 }
 
-impl<'a> PreferenceMoves<'a> {
+/// Item rows written earlier in the transaction being applied: events read an item's
+/// embedding and creator as the transaction has left them so far.
+#[derive(Default)]
+struct TxnItems<'a> {
+    /// `None`: deleted.
+    rows: HashMap<EntityId, Option<&'a Row>>,
+    /// The transaction dropped the items table before (some of) its events.
+    dropped: bool,
+}
+
+impl<'a> TxnItems<'a> {
+    /// `f` of item `id`'s row as the transaction sees it; `live` when the transaction
+    /// has not written it.
+    fn read<T>(
+        &self,
+        id: EntityId,
+        f: impl Fn(&Row) -> Option<T>,
+        live: impl FnOnce() -> Result<Option<T>, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        match self.rows.get(&id) {
+            Some(row) => Ok(row.and_then(f)),
+            None if self.dropped => Ok(None),
+            None => live(),
+        }
+    }
+}
+
+/// The affinity events of one transaction, staged until its batch.
+struct AffinityMoves {
+    /// Decay by signal, for the signals declared with AFFINITY.
+    signals: Vec<(tidal_core::SignalId, tidal_core::DecaySpec)>,
+    /// Position of items' `creator_id`.
+    column: usize,
+    /// The pairs touched so far, with all their entries.
+    pairs: HashMap<(u64, u64), Vec<AffinityEntry>>,
+}
+
+impl AffinityMoves {
+    /// `None` when no signal declares AFFINITY or items have no integer `creator_id`.
+    fn new(schema: &Schema) -> Option<AffinityMoves> {
+        let signals: Vec<_> = schema
+            .signals()
+            .filter(|s| s.affinity.is_some())
+            .map(|s| (s.id, s.decay))
+            .collect();
+        if signals.is_empty() {
+            return None;
+        }
+        let table = schema.table(EntityKind::Item).ok()?;
+        let column = table.column_index("creator_id")?;
+        if !matches!(
+            table.columns[column].ty,
+            tidal_core::ColumnType::BigInt | tidal_core::ColumnType::Int
+        ) {
+            return None;
+        }
+        Some(AffinityMoves {
+            signals,
+            column,
+            pairs: HashMap::new(),
+        })
+    }
+
+    fn apply(
+        &mut self,
+        store: &EntityStore,
+        items: &TxnItems<'_>,
+        events: &[SignalEvent],
+    ) -> Result<(), EngineError> {
+        for ev in events {
+            let Some(user) = ev.user else { continue };
+            let Some(&(_, decay)) = self.signals.iter().find(|(id, _)| *id == ev.signal) else {
+                continue;
+            };
+            let column = self.column;
+            let Some(creator) = items.read(
+                ev.entity,
+                |r| creator_of(r, column),
+                || store.live_creator(ev.entity, column),
+            )?
+            else {
+                continue;
+            };
+            let key = (user.0, creator);
+            let entries = match self.pairs.get_mut(&key) {
+                Some(e) => e,
+                None => {
+                    let live = store.live_affinity(user.0, creator)?;
+                    self.pairs.entry(key).or_insert(live)
+                }
+            };
+            social::add_event(entries, ev.signal, decay, ev.weight, ev.ts);
+        }
+        Ok(())
+    }
+}
+
+/// The edge changes of one transaction: final state per edge and in-degree deltas.
+#[derive(Default)]
+struct EdgeChanges {
+    /// `Some(created_at)`: present; `None`: removed.
+    edges: HashMap<[u8; 24], Option<i64>>,
+    in_degree: HashMap<(u64, u64), i64>,
+}
+
+impl EdgeChanges {
+    fn exists(&self, store: &EntityStore, key: &[u8; 24]) -> Result<bool, EngineError> {
+        match self.edges.get(key) {
+            Some(v) => Ok(v.is_some()),
+            None => Ok(store.edges.contains_key(key)?),
+        }
+    }
+
+    fn insert(
+        &mut self,
+        store: &EntityStore,
+        rel: u64,
+        src: EntityId,
+        dst: EntityId,
+        created_at: tidal_core::Timestamp,
+    ) -> Result<(), EngineError> {
+        let key = social::edge_key(rel, src, dst);
+        // A duplicate edge is the same edge: it keeps its first created_at.
+        if !self.exists(store, &key)? {
+            self.edges.insert(key, Some(created_at.0));
+            *self.in_degree.entry((rel, dst.0)).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    fn delete(
+        &mut self,
+        store: &EntityStore,
+        rel: u64,
+        src: EntityId,
+        dst: EntityId,
+    ) -> Result<(), EngineError> {
+        let key = social::edge_key(rel, src, dst);
+        if self.exists(store, &key)? {
+            self.edges.insert(key, None);
+            *self.in_degree.entry((rel, dst.0)).or_default() -= 1;
+        }
+        Ok(())
+    }
+
+    /// Forgets what this transaction staged for a relationship it then dropped.
+    fn drop_relationship(&mut self, rel: u64) {
+        self.edges
+            .retain(|k, _| social::key_u64(k, 0, "edges").ok() != Some(rel));
+        self.in_degree.retain(|(r, _), _| *r != rel);
+    }
+}
+
+impl PreferenceMoves {
     /// `None` when no signal of `schema` moves preferences (or items have no vector
     /// column), so transactions pay nothing for the feature they do not use.
-    fn new(schema: &Schema) -> Option<PreferenceMoves<'a>> {
+    fn new(schema: &Schema) -> Option<PreferenceMoves> {
         let rates: Vec<_> = schema
             .signals()
             .filter_map(|s| s.preference.map(|lr| (s.id, lr)))
@@ -348,24 +583,28 @@ impl<'a> PreferenceMoves<'a> {
         Some(PreferenceMoves {
             rates,
             column,
-            items: HashMap::new(),
-            items_dropped: false,
             users: HashMap::new(),
         })
     }
 
-    fn apply(&mut self, store: &EntityStore, events: &[SignalEvent]) -> Result<(), EngineError> {
+    fn apply(
+        &mut self,
+        store: &EntityStore,
+        items: &TxnItems<'_>,
+        events: &[SignalEvent],
+    ) -> Result<(), EngineError> {
         for ev in events {
             let Some(user) = ev.user else { continue };
             let Some(&(_, lr)) = self.rates.iter().find(|(id, _)| *id == ev.signal) else {
                 continue;
             };
             let step = lr * ev.weight;
-            let e = match self.items.get(&ev.entity) {
-                Some(row) => row.and_then(|r| embedding_of(r, self.column)),
-                None if self.items_dropped => None,
-                None => store.live_embedding(ev.entity, self.column)?,
-            };
+            let column = self.column;
+            let e = items.read(
+                ev.entity,
+                |r| embedding_of(r, column),
+                || store.live_embedding(ev.entity, column),
+            )?;
             let Some(e) = e.filter(|e| preference::moves(e, step)) else {
                 continue;
             };
@@ -377,6 +616,13 @@ impl<'a> PreferenceMoves<'a> {
             self.users.insert(user, next);
         }
         Ok(())
+    }
+}
+
+fn creator_of(row: &Row, column: usize) -> Option<u64> {
+    match row.get(column) {
+        Some(Value::Int(c)) => u64::try_from(*c).ok(),
+        _ => None,
     }
 }
 
@@ -417,6 +663,85 @@ impl StoreSnapshot {
             .get(&self.store.preferences, user.to_key())?
             .map(|v| preference::decode(user, &v))
             .transpose()
+    }
+
+    /// The targets of `src`'s edges in relationship `rel` (its id).
+    pub fn out_edges(&self, rel: u64, src: EntityId) -> Result<RoaringTreemap, EngineError> {
+        let mut set = RoaringTreemap::new();
+        for item in self.edges(rel, src, src) {
+            set.insert(item?.1.0);
+        }
+        Ok(set)
+    }
+
+    /// Edges `(src, dst, created_at)` of relationship `rel` with `lo ≤ src ≤ hi`, in
+    /// (src, dst) order.
+    pub fn edges(
+        &self,
+        rel: u64,
+        lo: EntityId,
+        hi: EntityId,
+    ) -> impl Iterator<Item = Result<(EntityId, EntityId, tidal_core::Timestamp), EngineError>> + '_
+    {
+        let from = social::edge_key(rel, lo, EntityId(0));
+        let to = social::edge_key(rel, hi, EntityId(u64::MAX));
+        self.snap.range(&self.store.edges, from..=to).map(|kv| {
+            let (k, v) = kv.into_inner()?;
+            let src = social::key_u64(&k, 8, "edges")?;
+            let dst = social::key_u64(&k, 16, "edges")?;
+            let ts = social::le_u64(&v, "edges")? as i64;
+            Ok((EntityId(src), EntityId(dst), tidal_core::Timestamp(ts)))
+        })
+    }
+
+    /// How many edges of relationship `rel` point at `dst` ("followers").
+    pub fn in_degree(&self, rel: u64, dst: EntityId) -> Result<u64, EngineError> {
+        match self
+            .snap
+            .get(&self.store.edges_in, social::pair_key(rel, dst.0))?
+        {
+            Some(v) => social::le_u64(&v, "edges_in"),
+            None => Ok(0),
+        }
+    }
+
+    /// The stored affinity state of one (user, creator) pair (empty without events).
+    pub fn affinity_entries(
+        &self,
+        user: EntityId,
+        creator: EntityId,
+    ) -> Result<Vec<AffinityEntry>, EngineError> {
+        match self
+            .snap
+            .get(&self.store.affinities, social::pair_key(user.0, creator.0))?
+        {
+            Some(v) => social::decode_affinity(&v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every pair with affinity state and users `lo ≤ user ≤ hi`, in (user, creator)
+    /// order.
+    pub fn affinity_pairs(
+        &self,
+        lo: EntityId,
+        hi: EntityId,
+    ) -> impl Iterator<Item = Result<(EntityId, EntityId, Vec<AffinityEntry>), EngineError>> + '_
+    {
+        let from = social::pair_key(lo.0, 0);
+        let to = social::pair_key(hi.0, u64::MAX);
+        self.snap
+            .range(&self.store.affinities, from..=to)
+            .map(|kv| {
+                let (k, v) = kv.into_inner()?;
+                let user = social::key_u64(&k, 0, "affinities")?;
+                let creator = social::key_u64(&k, 8, "affinities")?;
+                Ok((
+                    EntityId(user),
+                    EntityId(creator),
+                    social::decode_affinity(&v)?,
+                ))
+            })
     }
 
     /// One row by id.

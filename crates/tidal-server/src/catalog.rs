@@ -974,13 +974,14 @@ fn namespace_name(oid: i64) -> Option<&'static str> {
 }
 
 /// Tables of `public` in a fixed order, so their OIDs stay put across restarts.
-const KNOWN_TABLES: [&str; 6] = [
+const KNOWN_TABLES: [&str; 7] = [
     "items",
     "users",
     "creators",
     "signals",
     "signal_state",
     "signal_windows",
+    "affinities",
 ];
 
 /// The shared state behind the catalog tables and functions.

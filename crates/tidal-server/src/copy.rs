@@ -1,4 +1,4 @@
-//! COPY over the wire: `COPY signals|items|users|creators [(cols)] FROM STDIN` in text or
+//! COPY over the wire: `COPY signals|items|users|creators|<relationship> [(cols)] FROM STDIN` in text or
 //! CSV (one atomic engine write for the whole COPY; a bad row names its line and
 //! nothing is applied), and `COPY table|(query) TO STDOUT` streamed row by row.
 
@@ -208,6 +208,11 @@ enum Pending {
         ts: Option<Timestamp>,
     },
     Row(Vec<Value>),
+    Edge {
+        src: EntityId,
+        dst: EntityId,
+        created_at: Option<Timestamp>,
+    },
 }
 
 /// Where the rows go and how fields map to columns.
@@ -222,6 +227,12 @@ enum Target {
         /// For each input field: (column index, type).
         map: Vec<(usize, ColumnType)>,
         width: usize,
+    },
+    /// A relationship's edges.
+    Edges {
+        name: String,
+        /// For each input field: index into (src, dst, created_at).
+        map: Vec<usize>,
     },
 }
 
@@ -280,10 +291,48 @@ impl CopyIn {
                 }
             }
             Target::Signals { map }
+        } else if let Ok(rel) = schema.relationship(table) {
+            let names: Vec<&str> = if columns.is_empty() {
+                tidal_sql::EDGE_COLUMNS.to_vec()
+            } else {
+                columns.iter().map(String::as_str).collect()
+            };
+            let mut map = Vec::new();
+            for n in &names {
+                let i = tidal_sql::EDGE_COLUMNS
+                    .iter()
+                    .position(|c| c == n)
+                    .ok_or_else(|| {
+                        ServerError::Sql(tidal_sql::SqlError::Engine(
+                            tidal_core::CoreError::UnknownColumn {
+                                table: rel.name.clone(),
+                                column: n.to_string(),
+                            }
+                            .into(),
+                        ))
+                    })?;
+                if map.contains(&i) {
+                    return Err(syntax(format!("column \"{n}\" specified more than once")));
+                }
+                map.push(i);
+            }
+            for required in [0, 1] {
+                if !map.contains(&required) {
+                    return Err(syntax(format!(
+                        "COPY {} needs the column \"{}\"",
+                        rel.name,
+                        tidal_sql::EDGE_COLUMNS[required]
+                    )));
+                }
+            }
+            Target::Edges {
+                name: rel.name.clone(),
+                map,
+            }
         } else {
             let kind: EntityKind = table.parse().map_err(|_| {
                 ServerError::Sql(tidal_sql::SqlError::Engine(
-                    tidal_core::CoreError::UnknownTableName {
+                    tidal_core::CoreError::UnknownRelation {
                         name: table.to_string(),
                     }
                     .into(),
@@ -337,6 +386,7 @@ impl CopyIn {
         match &self.target {
             Target::Signals { map } => map.len(),
             Target::Entity { map, .. } => map.len(),
+            Target::Edges { map, .. } => map.len(),
         }
     }
 
@@ -468,6 +518,26 @@ impl CopyIn {
                 }
                 Ok(Pending::Row(row))
             }
+            Target::Edges { map, .. } => {
+                if fields.len() != map.len() {
+                    return Err(format!(
+                        "expected {} fields, got {}",
+                        map.len(),
+                        fields.len()
+                    ));
+                }
+                let mut v: [Option<&str>; 3] = [None; 3];
+                for (f, &i) in fields.iter().zip(map) {
+                    v[i] = f.as_deref();
+                }
+                Ok(Pending::Edge {
+                    src: parse_id(v[0].ok_or("src is NULL")?, "src")?,
+                    dst: parse_id(v[1].ok_or("dst is NULL")?, "dst")?,
+                    created_at: v[2]
+                        .map(|t| Timestamp::parse(t).map_err(|e| format!("created_at: {e}")))
+                        .transpose()?,
+                })
+            }
         }
     }
 
@@ -503,7 +573,15 @@ impl CopyIn {
                     _,
                 ) => txn.signal(&signal, entity, user, weight, ts),
                 (Pending::Row(row), Target::Entity { kind, .. }) => txn.insert(*kind, row),
-                (Pending::Row(_), Target::Signals { .. }) => Ok(()),
+                (
+                    Pending::Edge {
+                        src,
+                        dst,
+                        created_at,
+                    },
+                    Target::Edges { name, .. },
+                ) => txn.edge_insert(name, src, dst, created_at),
+                (Pending::Row(_) | Pending::Edge { .. }, _) => Ok(()),
             };
             r.map_err(|e| with_line(line, e))?;
         }

@@ -242,6 +242,20 @@ fn skipping_notice(stmt: &TidalStatement, schema: &tidal_core::Schema) -> Option
             "00000",
             format!("index \"{name}\" does not exist, skipping"),
         )),
+        TidalStatement::CreateRelationship {
+            def,
+            if_not_exists: true,
+        } if schema.relationship(&def.name).is_ok() => Some(notice(
+            "42710",
+            format!("relationship \"{}\" already exists, skipping", def.name),
+        )),
+        TidalStatement::DropRelationship {
+            name,
+            if_exists: true,
+        } if schema.relationship(name).is_err() => Some(notice(
+            "00000",
+            format!("relationship \"{name}\" does not exist, skipping"),
+        )),
         _ => None,
     }
 }
@@ -457,9 +471,16 @@ impl Conn {
         let guard = Running::new(self.shared.clone());
         let stmt = tidal_sql::parse_tidal_statement(sql)?;
         let tag = match &stmt {
-            Some(TidalStatement::InsertSignals { .. } | TidalStatement::InsertRows { .. }) => {
-                Some(Tag::new("INSERT").with_oid(0))
+            Some(
+                TidalStatement::InsertSignals { .. }
+                | TidalStatement::InsertRows { .. }
+                | TidalStatement::InsertEdges { .. },
+            ) => Some(Tag::new("INSERT").with_oid(0)),
+            Some(TidalStatement::DeleteEdges { .. }) => Some(Tag::new("DELETE")),
+            Some(TidalStatement::CreateRelationship { .. }) => {
+                Some(Tag::new("CREATE RELATIONSHIP"))
             }
+            Some(TidalStatement::DropRelationship { .. }) => Some(Tag::new("DROP RELATIONSHIP")),
             Some(TidalStatement::ChangeRows(c)) => {
                 Some(Tag::new(if c.delete { "DELETE" } else { "UPDATE" }))
             }
@@ -474,6 +495,7 @@ impl Conn {
             Some(
                 TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
+                | TidalStatement::ShowRelationships
                 | TidalStatement::Retrieve(_)
                 | TidalStatement::Search(_)
                 | TidalStatement::Suggest(_),
@@ -1130,6 +1152,7 @@ fn cursor_query(query: &str) -> Result<(), ServerError> {
             s,
             TidalStatement::ShowSignals
                 | TidalStatement::ShowProfiles
+                | TidalStatement::ShowRelationships
                 | TidalStatement::Retrieve(_)
                 | TidalStatement::Search(_)
                 | TidalStatement::Suggest(_)
@@ -1187,7 +1210,9 @@ fn counted(tag: Tag, stmt: Option<&TidalStatement>, batches: &[RecordBatch]) -> 
         Some(
             TidalStatement::InsertSignals { .. }
             | TidalStatement::InsertRows { .. }
-            | TidalStatement::ChangeRows(_),
+            | TidalStatement::ChangeRows(_)
+            | TidalStatement::InsertEdges { .. }
+            | TidalStatement::DeleteEdges { .. },
         ) => tag.with_rows(count_of(batches)),
         _ => tag,
     }
@@ -1593,6 +1618,7 @@ impl Parser {
                 Some(
                     stmt @ (TidalStatement::ShowSignals
                     | TidalStatement::ShowProfiles
+                    | TidalStatement::ShowRelationships
                     | TidalStatement::Retrieve(_)
                     | TidalStatement::Search(_)
                     | TidalStatement::Suggest(_)),

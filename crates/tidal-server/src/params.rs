@@ -38,6 +38,13 @@ fn column_type(session: &SqlSession, table: &str, column: &str) -> Option<Type> 
             _ => return None,
         });
     }
+    if session.engine().schema().relationship(table).is_ok() {
+        return Some(match column.as_str() {
+            "src" | "dst" => Type::INT8,
+            "created_at" => Type::TIMESTAMP,
+            _ => return None,
+        });
+    }
     let kind: EntityKind = table.parse().ok()?;
     let schema = session.engine().schema();
     let def = schema.table(kind).ok()?;
@@ -104,8 +111,10 @@ pub async fn infer_write(
     // WHERE clauses and SELECT sources: ask the planner about the compiled query.
     let query = match stmt {
         TidalStatement::ChangeRows(c) => Some(c.query.as_str()),
+        TidalStatement::DeleteEdges { query, .. } => Some(query.as_str()),
         TidalStatement::InsertRows { source, .. }
-        | TidalStatement::InsertSignals { source, .. } => Some(source.as_str()),
+        | TidalStatement::InsertSignals { source, .. }
+        | TidalStatement::InsertEdges { source, .. } => Some(source.as_str()),
         _ => None,
     };
     if let Some(query) = query
@@ -127,6 +136,9 @@ fn default_columns(session: &SqlSession, table: &str) -> Vec<String> {
         return ["signal", "entity_id", "user_id", "weight", "ts"]
             .map(String::from)
             .to_vec();
+    }
+    if session.engine().schema().relationship(table).is_ok() {
+        return tidal_sql::EDGE_COLUMNS.map(String::from).to_vec();
     }
     let Ok(kind) = table.parse::<EntityKind>() else {
         return Vec::new();

@@ -537,7 +537,10 @@ pub fn session_command(sql: &str) -> Result<Option<SessionCommand>, ServerError>
             value: None,
         },
         "show"
-            if !matches!(word(1).as_deref(), Some("signals" | "profiles")) && words.len() >= 2 =>
+            if !matches!(
+                word(1).as_deref(),
+                Some("signals" | "profiles" | "relationships")
+            ) && words.len() >= 2 =>
         {
             let name: String = words[1..].iter().map(|t| t.to_string()).collect();
             SessionCommand::Show {

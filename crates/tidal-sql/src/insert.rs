@@ -626,3 +626,154 @@ pub fn add_changes(
     }
     Ok(n)
 }
+
+/// The columns of a relationship's edge table, in table order (SQL.md §8).
+pub const EDGE_COLUMNS: [&str; 3] = ["src", "dst", "created_at"];
+
+/// One id of an edge: non-NULL and non-negative.
+fn edge_id(a: &Int64Array, r: usize, column: &str) -> Result<EntityId, SqlError> {
+    if a.is_null(r) {
+        return Err(SqlError::Engine(EngineError::NullColumn {
+            column: column.into(),
+        }));
+    }
+    EntityId::from_i64(a.value(r))
+        .ok_or_else(|| col_err(column, format!("ids are non-negative, got {}", a.value(r))))
+}
+
+/// Adds every row of `batches` as an edge of relationship `name` to `txn` (not
+/// committed); returns the rows. `created_at` defaults to the transaction's time.
+pub fn add_edges(
+    txn: &mut WriteTxn<'_>,
+    name: &str,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<u64, SqlError> {
+    relation_exists(txn.schema(), name)?;
+    let mut rows = 0u64;
+    for batch in batches {
+        let width = batch.num_columns();
+        let names: Vec<&str> = if columns.is_empty() {
+            EDGE_COLUMNS.iter().take(width).copied().collect()
+        } else {
+            columns.iter().map(String::as_str).collect()
+        };
+        if names.len() != width {
+            return Err(SqlError::Syntax {
+                message: format!(
+                    "INSERT has {} target columns but {width} values per row",
+                    names.len()
+                ),
+            });
+        }
+        let mut pos = [None; 3];
+        for (i, n) in names.iter().enumerate() {
+            let slot = EDGE_COLUMNS.iter().position(|c| c == n).ok_or_else(|| {
+                SqlError::from(CoreError::UnknownColumn {
+                    table: name.to_string(),
+                    column: n.to_string(),
+                })
+            })?;
+            if pos[slot].replace(i).is_some() {
+                return Err(col_err(n, "named twice"));
+            }
+        }
+        let (Some(src), Some(dst)) = (pos[0], pos[1]) else {
+            return Err(col_err(
+                if pos[0].is_none() { "src" } else { "dst" },
+                "is required",
+            ));
+        };
+        let src = as_type(batch, src, &DataType::Int64, "src")?;
+        let src = src
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| col_err("src", "must be a BIGINT"))?;
+        let dst = as_type(batch, dst, &DataType::Int64, "dst")?;
+        let dst = dst
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .ok_or_else(|| col_err("dst", "must be a BIGINT"))?;
+        let created = pos[2]
+            .map(|i| timestamps(batch.column(i), "created_at"))
+            .transpose()?;
+        for r in 0..batch.num_rows() {
+            let (s, d) = (edge_id(src, r, "src")?, edge_id(dst, r, "dst")?);
+            let at = match &created {
+                Some(t) if t.is_valid(r) => Some(Timestamp(t.value(r))),
+                _ => None,
+            };
+            txn.edge_insert(name, s, d, at)?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
+
+/// Adds the removal of every `(src, dst)` row of `rows` to `txn`; returns the count.
+pub fn add_edge_deletes(
+    txn: &mut WriteTxn<'_>,
+    name: &str,
+    rows: &[RecordBatch],
+) -> Result<u64, SqlError> {
+    relation_exists(txn.schema(), name)?;
+    let mut n = 0u64;
+    for batch in rows {
+        let src = as_type(batch, 0, &DataType::Int64, "src")?;
+        let dst = as_type(batch, 1, &DataType::Int64, "dst")?;
+        let (Some(src), Some(dst)) = (
+            src.as_any().downcast_ref::<Int64Array>(),
+            dst.as_any().downcast_ref::<Int64Array>(),
+        ) else {
+            return Err(col_err("src", "must be a BIGINT"));
+        };
+        for r in 0..batch.num_rows() {
+            txn.edge_delete(name, edge_id(src, r, "src")?, edge_id(dst, r, "dst")?)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `name` is a relationship (an unknown name is PostgreSQL's undefined table).
+pub(crate) fn relation_exists(schema: &tidal_core::Schema, name: &str) -> Result<(), SqlError> {
+    match schema.relationship(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(CoreError::UnknownRelation {
+            name: name.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// `INSERT INTO <relationship>`: every row of `batches` one edge, in one transaction.
+pub async fn insert_edges(
+    engine: &Engine,
+    name: &str,
+    columns: &[String],
+    batches: &[RecordBatch],
+) -> Result<RecordBatch, SqlError> {
+    let (n, commit) = {
+        let mut txn = engine.begin();
+        (
+            add_edges(&mut txn, name, columns, batches)?,
+            txn.commit_async(),
+        )
+    };
+    commit.await?;
+    count_batch(n)
+}
+
+/// `DELETE FROM <relationship>`: `rows` are the `(src, dst)` pairs found.
+pub async fn delete_edges(
+    engine: &Engine,
+    name: &str,
+    rows: &[RecordBatch],
+) -> Result<RecordBatch, SqlError> {
+    let (n, commit) = {
+        let mut txn = engine.begin();
+        (add_edge_deletes(&mut txn, name, rows)?, txn.commit_async())
+    };
+    commit.await?;
+    count_batch(n)
+}

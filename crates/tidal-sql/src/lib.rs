@@ -62,6 +62,7 @@ mod retrieve;
 mod scoring;
 mod search;
 mod session;
+mod social;
 mod state;
 mod statement;
 mod suggest;
@@ -83,8 +84,8 @@ pub use ann::{
 };
 pub use error::SqlError;
 pub use history::SignalsTable;
-pub use insert::SIGNAL_COLUMNS;
-pub use profile::{MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrieve};
+pub use insert::{EDGE_COLUMNS, SIGNAL_COLUMNS};
+pub use profile::{FilterTerm, MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrieve};
 pub use provider::{EntityTable, SCAN_BATCH_ROWS, SIGNALS_TABLE, TidalSchema};
 pub use retrieve::RankProfileUdf;
 pub use scoring::{ScoreFn, ScoreUdf};
@@ -96,6 +97,7 @@ pub use session::{
     CATALOG_NAME, QUERY_MEMORY_BYTES_MAX, SCHEMA_NAME, SqlSession, StatementFailed, explain_schema,
     explains_tidal_statement,
 };
+pub use social::{AFFINITIES_TABLE, AffinityUdf, InDegreeUdf, UserAffinityUdf, edge_schema};
 pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
 pub use suggest::{

@@ -56,6 +56,32 @@ impl MarkFilter {
     }
 }
 
+/// One `FILTER` term: a mark of the user's, or a relationship of theirs (SQL.md §5, §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterTerm {
+    Mark(MarkFilter),
+    /// `FILTER name` (`want`) / `FILTER not name`: items whose creator (or, for a
+    /// relationship TO items, whose id) is a target of the user's edges.
+    Relationship {
+        name: String,
+        want: bool,
+    },
+}
+
+impl FilterTerm {
+    pub fn text(&self) -> String {
+        match self {
+            FilterTerm::Mark(m) => m.text(),
+            FilterTerm::Relationship { name, want: true } => name.clone(),
+            FilterTerm::Relationship { name, want: false } => format!("not {name}"),
+        }
+    }
+
+    pub fn is_relationship(&self) -> bool {
+        matches!(self, FilterTerm::Relationship { .. })
+    }
+}
+
 /// A parsed `RETRIEVE`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retrieve {
@@ -64,7 +90,7 @@ pub struct Retrieve {
     pub profile: String,
     /// The WHERE predicate as SQL text.
     pub predicate: Option<String>,
-    pub filters: Vec<MarkFilter>,
+    pub filters: Vec<FilterTerm>,
     /// Overrides the profile's DIVERSITY.
     pub max_per_creator: Option<u32>,
     pub limit: usize,
@@ -203,28 +229,38 @@ pub(crate) fn user_id(p: &mut Parser<'_>) -> Result<i64, SqlError> {
     Ok(if negative { -n } else { n })
 }
 
-/// The terms after `FILTER`: `unseen`, `seen`, `liked`, `not liked`, … separated by
-/// commas or AND.
-pub(crate) fn filter_terms(p: &mut Parser<'_>) -> Result<Vec<MarkFilter>, SqlError> {
+/// The terms after `FILTER`: marks (`unseen`, `seen`, `liked`, `not liked`, …) and
+/// relationships (`follows`, `not blocks`), separated by commas or AND. A word that is
+/// not a mark names a relationship (checked when the statement is planned).
+pub(crate) fn filter_terms(p: &mut Parser<'_>) -> Result<Vec<FilterTerm>, SqlError> {
     let mut filters = Vec::new();
     loop {
         let not = is_word(&p.peek_token_ref().token, "NOT");
         if not {
             p.next_token();
         }
-        let word = ident(p, "unseen, seen, liked or hidden")?;
+        let word = ident(p, "unseen, seen, liked, hidden or a relationship name")?;
         let f = match (word.as_str(), not) {
-            ("unseen", false) => MarkFilter {
+            ("unseen", false) => FilterTerm::Mark(MarkFilter {
                 mark: Mark::Seen,
                 want: false,
-            },
-            ("unliked", false) => MarkFilter {
+            }),
+            ("unliked", false) => FilterTerm::Mark(MarkFilter {
                 mark: Mark::Liked,
                 want: false,
-            },
-            (w, not) => MarkFilter {
-                mark: w.parse()?,
-                want: !not,
+            }),
+            ("unseen" | "unliked", true) => {
+                return Err(syntax(format!(
+                    "FILTER not {word} is a double negative: write FILTER {}",
+                    word.trim_start_matches("un")
+                )));
+            }
+            (w, not) => match w.parse::<Mark>() {
+                Ok(mark) => FilterTerm::Mark(MarkFilter { mark, want: !not }),
+                Err(_) => FilterTerm::Relationship {
+                    name: w.to_string(),
+                    want: !not,
+                },
             },
         };
         filters.push(f);
@@ -233,6 +269,20 @@ pub(crate) fn filter_terms(p: &mut Parser<'_>) -> Result<Vec<MarkFilter>, SqlErr
             continue;
         }
         return Ok(filters);
+    }
+}
+
+/// FILTER reads the user's marks and edges: it needs FOR USER.
+pub(crate) fn require_user_for_filter(
+    filters: &[FilterTerm],
+    user: Option<i64>,
+) -> Result<(), SqlError> {
+    match filters.first() {
+        Some(f) if user.is_none() => Err(syntax(format!(
+            "FILTER {} needs FOR USER id (marks and relationships are per user)",
+            f.text()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -323,11 +373,7 @@ pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
         }
     }
     end(p)?;
-    if !r.filters.is_empty() && r.user.is_none() {
-        return Err(syntax(
-            "FILTER unseen|liked|hidden needs FOR USER id (marks are per user)",
-        ));
-    }
+    require_user_for_filter(&r.filters, r.user)?;
     Ok(r)
 }
 
@@ -361,6 +407,17 @@ pub(crate) struct Binding<'a> {
     pub at: Option<SqlExpr>,
     /// What `similarity()` becomes: the FOR USER user's preference vector, if any.
     pub preference: Option<&'a [f32]>,
+    /// What `affinity()` becomes: the FOR USER user's affinity state as hex, if any.
+    pub affinity: Option<&'a str>,
+}
+
+/// What the statement's FOR USER user brings to a profile's binding.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct UserState {
+    pub preference: Option<Vec<f32>>,
+    /// The user's affinity state as the hex digits of an `X'…'` literal
+    /// (`social::user_affinity_state`); `None` without a user or without pairs.
+    pub affinity: Option<String>,
 }
 
 impl Binding<'_> {
@@ -373,8 +430,13 @@ impl Binding<'_> {
         let _ = visit_expressions_mut(expr, |e| {
             if let SqlExpr::Function(f) = e {
                 let name = f.name.to_string().to_ascii_lowercase();
-                if name == "similarity" {
-                    match self.similarity(f) {
+                if name == "similarity" || (name == "affinity" && no_arguments(f)) {
+                    let bound = if name == "similarity" {
+                        self.similarity(f)
+                    } else {
+                        self.affinity()
+                    };
+                    match bound {
                         Ok(bound) => *e = bound,
                         Err(err) => {
                             error = Some(err);
@@ -397,6 +459,35 @@ impl Binding<'_> {
         match error {
             Some(e) => Err(e),
             None => Ok(signals),
+        }
+    }
+
+    /// `affinity()` (SQL.md §8): the FOR USER user's affinity for the row's creator, as
+    /// `user_affinity(creator_id, X'<state>', now())` — the state read once at planning,
+    /// evaluated at the statement's instant; the constant 0 without a user or pairs.
+    fn affinity(&self) -> Result<SqlExpr, SqlError> {
+        let table = self.schema.table(self.kind)?;
+        let creator = table
+            .column_index("creator_id")
+            .map(|i| table.columns[i].ty);
+        if !matches!(creator, Some(ColumnType::BigInt | ColumnType::Int)) {
+            return Err(SqlError::BadArgument {
+                function: "affinity",
+                reason: format!(
+                    "affinity() is the user's affinity for the row's creator, but {} has no \
+                     BIGINT column creator_id",
+                    self.kind.table_name()
+                ),
+            });
+        }
+        match self.affinity {
+            None => parse_expr("CAST(0.0 AS DOUBLE)"),
+            Some(hex) => parse_expr(&format!(
+                "user_affinity(creator_id, X'{hex}', {})",
+                self.at
+                    .as_ref()
+                    .map_or_else(|| "now()".to_string(), |e| e.to_string())
+            )),
         }
     }
 
@@ -528,6 +619,14 @@ impl Binding<'_> {
     }
 }
 
+fn no_arguments(f: &datafusion::sql::sqlparser::ast::Function) -> bool {
+    match &f.args {
+        FunctionArguments::None => true,
+        FunctionArguments::List(l) => l.args.is_empty(),
+        FunctionArguments::Subquery(_) => false,
+    }
+}
+
 /// Parses a stored clause back into an expression.
 pub(crate) fn parse_expr(text: &str) -> Result<SqlExpr, SqlError> {
     let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
@@ -560,7 +659,7 @@ pub(crate) fn bind_profile(
     def: &ProfileDef,
     schema: &Schema,
     at: Option<SqlExpr>,
-    preference: Option<&[f32]>,
+    user: &UserState,
 ) -> Result<BoundProfile, SqlError> {
     let table = schema.table(def.kind)?;
     let now = at
@@ -570,7 +669,8 @@ pub(crate) fn bind_profile(
         schema,
         kind: def.kind,
         at,
-        preference,
+        preference: user.preference.as_deref(),
+        affinity: user.affinity.as_deref(),
     };
     let mut signals = BTreeSet::new();
     let mut bind = |text: &str| -> Result<String, SqlError> {
@@ -666,7 +766,7 @@ pub(crate) fn require_creator(kind: EntityKind, schema: &Schema) -> Result<(), S
 /// Fills in the signals a new profile reads and checks the limit on profile count
 /// (the schema checks the rest when the change is prepared).
 pub(crate) fn complete_profile(def: &mut ProfileDef, schema: &Schema) -> Result<(), SqlError> {
-    let bound = bind_profile(def, schema, None, None)?;
+    let bound = bind_profile(def, schema, None, &UserState::default())?;
     def.signals = bound.signals.into_iter().collect();
     if schema.profiles().count() >= PROFILES_MAX && schema.profile(&def.name).is_err() {
         return Err(CoreError::BadProfile {

@@ -254,9 +254,11 @@ impl SchemaProvider for TidalSchema {
                 SIGNALS_TABLE,
                 StateTable::State.name(),
                 StateTable::Windows.name(),
+                crate::social::AFFINITIES_TABLE,
             ]
             .map(String::from),
         );
+        names.extend(self.engine.schema().relationships().map(|r| r.name.clone()));
         names
     }
 
@@ -271,6 +273,17 @@ impl SchemaProvider for TidalSchema {
                     t,
                 ))));
             }
+        }
+        if name.eq_ignore_ascii_case(crate::social::AFFINITIES_TABLE) {
+            return Ok(Some(Arc::new(crate::social::AffinitiesTable::new(
+                self.engine.clone(),
+            ))));
+        }
+        if let Some(rel) = crate::social::relationship_table(&self.engine.schema(), name) {
+            return Ok(Some(Arc::new(crate::social::EdgeTable::new(
+                self.engine.clone(),
+                rel,
+            ))));
         }
         let Ok(kind) = name.parse::<EntityKind>() else {
             return Ok(None);

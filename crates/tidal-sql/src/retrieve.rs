@@ -65,8 +65,8 @@ pub(crate) async fn plan_retrieve(
     let schema = view.schema().clone();
     let def = crate::profile::profile_on(&schema, &r.profile, r.kind, "RETRIEVE")?;
     let table = schema.table(r.kind)?.clone();
-    let preference = user_preference(&view, r.user)?;
-    let bound = bind_profile(def, &schema, None, preference.as_deref())?;
+    let user = user_state(&view, r.user, def)?;
+    let bound = bind_profile(def, &schema, None, &user)?;
     let max_per_creator = r.max_per_creator.or(def.max_per_creator);
     if max_per_creator.is_some() {
         require_creator(r.kind, &schema)?;
@@ -98,12 +98,37 @@ pub(crate) async fn plan_retrieve(
     }
     let mut plan = ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
     if let Some(user) = r.user {
-        let marks = mark_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
-        plan = mark_filters(plan, user, &marks)?;
+        let sets = filter_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
+        plan = scan_filters(plan, &sets)?;
     }
     let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
     let plan = FetchNode::plan(plan, view, table, &[])?;
     Ok(DataFrame::new(state, plan))
+}
+
+/// What the FOR USER user brings to profile `def`: the preference vector, and the
+/// affinity state when the profile calls `affinity()`.
+pub(crate) fn user_state(
+    view: &ReadView,
+    user: Option<i64>,
+    def: &ProfileDef,
+) -> Result<crate::profile::UserState, SqlError> {
+    let preference = user_preference(view, user)?;
+    let uses_affinity = [Some(&def.score), def.gate.as_ref(), def.filter.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|c| crate::social::mentions_affinity(c));
+    let affinity = match user.and_then(EntityId::from_i64) {
+        Some(u) if uses_affinity => {
+            let state = crate::social::user_affinity_state(view, u)?;
+            (!state.is_empty()).then(|| crate::social::hex(&state))
+        }
+        _ => None,
+    };
+    Ok(crate::profile::UserState {
+        preference,
+        affinity,
+    })
 }
 
 /// The preference vector of the statement's FOR USER user, if it has one.
@@ -117,60 +142,176 @@ pub(crate) fn user_preference(
     }
 }
 
-/// The user's marks of `filters` (checked to exist on `kind`) as bitmaps captured now.
-pub(crate) fn mark_sets(
+/// One FILTER term resolved for a user: the set captured when the statement is
+/// planned and the column it tests.
+#[derive(Debug, Clone)]
+pub(crate) struct FilterSet {
+    /// What EXPLAIN shows: `marked_by[user 7 seen]`, `edge_of[user 7 follows]`.
+    pub function: &'static str,
+    pub label: String,
+    /// `id`, or `creator_id` for a relationship to creators or users.
+    pub column: &'static str,
+    /// Keep rows in the set (else rows outside it).
+    pub want: bool,
+    /// What the set is, for EXPLAIN: `rows liked by the user`.
+    pub rows: String,
+    pub set: Arc<RoaringTreemap>,
+}
+
+impl FilterSet {
+    /// Whether a row passes, given the value of its [`FilterSet::column`].
+    pub(crate) fn keeps(&self, value: u64) -> bool {
+        self.set.contains(value) == self.want
+    }
+}
+
+/// The user's marks and edges of `filters` (checked to exist and to apply to `kind`)
+/// as sets captured now.
+pub(crate) fn filter_sets(
     view: &ReadView,
     kind: EntityKind,
     user: i64,
-    filters: &[crate::MarkFilter],
+    filters: &[crate::FilterTerm],
     what: &'static str,
-) -> Result<Vec<(crate::MarkFilter, Arc<RoaringTreemap>)>, SqlError> {
+) -> Result<Vec<FilterSet>, SqlError> {
     let schema = view.schema();
     let mut out = Vec::with_capacity(filters.len());
+    let uid = EntityId::from_i64(user);
     for f in filters {
-        if !schema
-            .signals()
-            .any(|s| s.kind == kind && s.marks == Some(f.mark))
-        {
-            return Err(bad_arg(
-                what,
-                format!(
-                    "FILTER {} needs a signal on {} declared with MARKS {}",
-                    f.text(),
-                    kind.table_name(),
-                    f.mark.as_str()
-                ),
-            )
-            .into());
+        match f {
+            crate::FilterTerm::Mark(m) => {
+                if !schema
+                    .signals()
+                    .any(|s| s.kind == kind && s.marks == Some(m.mark))
+                {
+                    return Err(bad_arg(
+                        what,
+                        format!(
+                            "FILTER {} needs a signal on {} declared with MARKS {}",
+                            m.text(),
+                            kind.table_name(),
+                            m.mark.as_str()
+                        ),
+                    )
+                    .into());
+                }
+                let set = match uid {
+                    Some(u) => view.marked(u, m.mark),
+                    None => RoaringTreemap::new(),
+                };
+                out.push(FilterSet {
+                    function: "marked_by",
+                    label: format!("user {user} {}", m.mark.as_str()),
+                    column: "id",
+                    want: m.want,
+                    rows: format!("rows {} by the user", m.mark.as_str()),
+                    set: Arc::new(set),
+                });
+            }
+            crate::FilterTerm::Relationship { name, want } => {
+                let rel = schema.relationship(name)?;
+                let column = if rel.to == kind {
+                    "id"
+                } else {
+                    if kind != EntityKind::Item || rel.to == EntityKind::Item {
+                        return Err(bad_arg(
+                            what,
+                            format!(
+                                "FILTER {} keeps {} by their creator, but relationship {} goes to {}",
+                                f.text(),
+                                kind.table_name(),
+                                rel.name,
+                                rel.to.table_name()
+                            ),
+                        )
+                        .into());
+                    }
+                    require_creator_column(kind, schema, &f.text())?;
+                    "creator_id"
+                };
+                let set = match uid {
+                    Some(u) => view.out_edges(&rel.name, u)?,
+                    None => RoaringTreemap::new(),
+                };
+                out.push(FilterSet {
+                    function: "edge_of",
+                    label: format!("user {user} {}", rel.name),
+                    column,
+                    want: *want,
+                    rows: format!("rows of the user's {}", rel.name),
+                    set: Arc::new(set),
+                });
+            }
         }
-        let set = match EntityId::from_i64(user) {
-            Some(u) => view.marked(u, f.mark),
-            None => RoaringTreemap::new(),
-        };
-        out.push((*f, Arc::new(set)));
     }
     Ok(out)
 }
 
-/// `plan` filtered by the user's marks (one bitmap membership test per FILTER term;
-/// the sets come from [`mark_sets`]).
-pub(crate) fn mark_filters(
-    mut plan: LogicalPlan,
-    user: i64,
-    marks: &[(crate::MarkFilter, Arc<RoaringTreemap>)],
-) -> Result<LogicalPlan, SqlError> {
-    for (f, set) in marks {
-        let label = format!("user {user} {}", f.mark.as_str());
-        let member = id_set_filter("marked_by", &label, set.clone());
-        let keep = if f.want { member } else { !member };
-        plan = LogicalPlanBuilder::from(plan).filter(keep)?.build()?;
+/// A relationship FILTER on items reads `creator_id`, which must be an integer column.
+fn require_creator_column(
+    kind: EntityKind,
+    schema: &tidal_core::Schema,
+    term: &str,
+) -> Result<(), SqlError> {
+    let table = schema.table(kind)?;
+    match table
+        .column_index("creator_id")
+        .map(|i| table.columns[i].ty)
+    {
+        Some(tidal_core::ColumnType::BigInt | tidal_core::ColumnType::Int) => Ok(()),
+        _ => Err(bad_arg(
+            "FILTER",
+            format!(
+                "FILTER {term} matches items by creator: {} needs a BIGINT column creator_id",
+                kind.table_name()
+            ),
+        )
+        .into()),
     }
-    Ok(plan)
+}
+
+/// `plan` with every FILTER set applied right above its entity-table scan (one
+/// bitmap membership test per term and row), so that rows a filter drops are never
+/// scored, and an index search under the filter applies them inside the search.
+pub(crate) fn scan_filters(plan: LogicalPlan, sets: &[FilterSet]) -> Result<LogicalPlan, SqlError> {
+    if sets.is_empty() {
+        return Ok(plan);
+    }
+    let plan = plan.transform_up(|n| match n {
+        LogicalPlan::TableScan(_) => {
+            let mut keep: Option<Expr> = None;
+            for f in sets {
+                let member = id_set_column_filter(f.function, &f.label, f.set.clone(), f.column);
+                let term = if f.want { member } else { !member };
+                keep = Some(match keep {
+                    Some(k) => k.and(term),
+                    None => term,
+                });
+            }
+            let Some(keep) = keep else {
+                return Ok(Transformed::no(n));
+            };
+            let filtered = LogicalPlanBuilder::from(n).filter(keep)?.build()?;
+            Ok(Transformed::new(filtered, true, TreeNodeRecursion::Jump))
+        }
+        other => Ok(Transformed::no(other)),
+    })?;
+    Ok(plan.data)
 }
 
 /// `<function>[<label>](id)`: whether the row's id is in `set` (captured at planning).
 /// The label is part of the function's name so that EXPLAIN shows which set it is.
 pub(crate) fn id_set_filter(function: &str, label: &str, set: Arc<RoaringTreemap>) -> Expr {
+    id_set_column_filter(function, label, set, "id")
+}
+
+/// [`id_set_filter`] over another integer column (`creator_id`).
+pub(crate) fn id_set_column_filter(
+    function: &str,
+    label: &str,
+    set: Arc<RoaringTreemap>,
+    column: &str,
+) -> Expr {
     let dense = DenseIds::of(&set);
     let udf = ScalarUDF::new_from_impl(MarkSetUdf {
         label: format!("{function}[{label}]"),
@@ -178,7 +319,7 @@ pub(crate) fn id_set_filter(function: &str, label: &str, set: Arc<RoaringTreemap
         dense,
         signature: Signature::exact(vec![DataType::Int64], Volatility::Immutable),
     });
-    udf.call(vec![col("id")])
+    udf.call(vec![col(column)])
 }
 
 /// Points every entity-table scan of `plan` at the cached rows in ledger order: the
@@ -272,19 +413,21 @@ impl ScalarUDFImpl for MarkSetUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let ids = args.args[0].to_array(args.number_rows)?;
-        let ids = ids
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| DataFusionError::Internal("marked_by: ids are not BIGINT".into()))?;
+        let ids = ids.as_any().downcast_ref::<Int64Array>().ok_or_else(|| {
+            DataFusionError::Internal(format!("{}: ids are not BIGINT", self.label))
+        })?;
         let values = ids.values();
+        // A NULL (an item without a creator) is in no set: `FILTER not blocks` keeps
+        // it, `FILTER follows` drops it.
         let member = |i: usize| {
-            u64::try_from(values[i]).is_ok_and(|u| match &self.dense {
-                Some(d) => d.contains(u),
-                None => self.set.contains(u),
-            })
+            ids.is_valid(i)
+                && u64::try_from(values[i]).is_ok_and(|u| match &self.dense {
+                    Some(d) => d.contains(u),
+                    None => self.set.contains(u),
+                })
         };
         let bits = datafusion::arrow::buffer::BooleanBuffer::collect_bool(values.len(), member);
-        let out = BooleanArray::new(bits, ids.nulls().cloned());
+        let out = BooleanArray::new(bits, None);
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
@@ -650,7 +793,8 @@ impl RankProfileUdf {
         let at = datafusion::sql::sqlparser::ast::Expr::Identifier(
             datafusion::sql::sqlparser::ast::Ident::new(AT_COLUMN),
         );
-        let bound = bind_profile(def, &schema, Some(at), None).map_err(SqlError::into_df)?;
+        let bound =
+            bind_profile(def, &schema, Some(at), &Default::default()).map_err(SqlError::into_df)?;
         let state = self
             .state
             .upgrade()
@@ -848,7 +992,7 @@ fn mark_name(m: Mark) -> &'static str {
 /// columns and functions are reported here too.
 pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Result<(), SqlError> {
     let schema = session.engine().schema();
-    let bound = bind_profile(def, &schema, None, None)?;
+    let bound = bind_profile(def, &schema, None, &Default::default())?;
     let table = def.kind.table_name();
     let check = |what: &'static str, text: &str| {
         let sql = format!("SELECT {text} AS v FROM {table}");
@@ -871,6 +1015,8 @@ pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Res
             kind: def.kind,
             at: None,
             preference: Some(&probe),
+            // affinity() is checked as it runs for a user with pairs (one zero record).
+            affinity: Some(&"00".repeat(40)),
         }
         .bind(&mut e)?;
         Ok(e.to_string())

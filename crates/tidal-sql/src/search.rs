@@ -60,8 +60,8 @@ use tidal_engine::{Engine, ReadView};
 
 use crate::error::{bad_arg, engine_err};
 use crate::profile::{
-    MarkFilter, RETRIEVE_LIMIT_DEFAULT, at_clause, bind_profile, diversity, entity_table,
-    filter_terms, limit, next_clause, require_creator, user_id, where_clause,
+    RETRIEVE_LIMIT_DEFAULT, at_clause, bind_profile, diversity, entity_table, filter_terms, limit,
+    next_clause, require_creator, user_id, where_clause,
 };
 use crate::statement::{end, expect_word, found, ident, string, syntax};
 use crate::{SqlError, SqlSession};
@@ -97,7 +97,7 @@ pub struct Search {
     pub user: Option<i64>,
     /// The WHERE predicate as SQL text.
     pub predicate: Option<String>,
-    pub filters: Vec<MarkFilter>,
+    pub filters: Vec<crate::FilterTerm>,
     pub max_per_creator: Option<u32>,
     pub fusion: Option<Fusion>,
     pub limit: usize,
@@ -175,11 +175,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         }
     }
     end(p)?;
-    if !s.filters.is_empty() && s.user.is_none() {
-        return Err(syntax(
-            "FILTER unseen|liked|hidden needs FOR USER id (marks are per user)",
-        ));
-    }
+    crate::profile::require_user_for_filter(&s.filters, s.user)?;
     if s.fusion.is_some() && s.profile.is_none() {
         return Err(syntax(
             "FUSION combines relevance with a profile's score: it needs USING PROFILE",
@@ -257,7 +253,7 @@ struct Matches {
 fn matches(
     snap: &TextSnapshot,
     s: &Search,
-    marks: &[(MarkFilter, Arc<RoaringTreemap>)],
+    marks: &[crate::retrieve::FilterSet],
     passing: Option<&RoaringTreemap>,
 ) -> Result<Matches, SqlError> {
     let q = snap.parse(&s.query).map_err(index_err)?;
@@ -271,10 +267,8 @@ fn matches(
                 hits,
             });
         }
-        let keep = |id: u64| {
-            passing.is_none_or(|p| p.contains(id))
-                && marks.iter().all(|(f, set)| set.contains(id) == f.want)
-        };
+        let keep =
+            |id: u64| passing.is_none_or(|p| p.contains(id)) && marks.iter().all(|f| f.keeps(id));
         let hits = snap.top_k_where(&q, s.limit, &keep).map_err(index_err)?;
         return Ok(Matches {
             how: format!(
@@ -293,9 +287,9 @@ fn matches(
     // score only the smallest known superset of the candidates when it is small.
     let mut smallest: Option<(String, &RoaringTreemap)> =
         passing.map(|p| ("rows passing WHERE".to_string(), p));
-    for (f, set) in marks.iter().filter(|(f, _)| f.want) {
-        if smallest.as_ref().is_none_or(|(_, s)| set.len() < s.len()) {
-            smallest = Some((format!("rows {} by the user", f.mark.as_str()), set));
+    for f in marks.iter().filter(|f| f.want && f.column == "id") {
+        if smallest.as_ref().is_none_or(|(_, s)| f.set.len() < s.len()) {
+            smallest = Some((f.rows.clone(), &f.set));
         }
     }
     if let Some((what, set)) = smallest
@@ -367,14 +361,17 @@ fn statement_state(
 /// A SEARCH whose score is the relevance (no profile, no diversity) needs no DataFusion
 /// plan: the index's top-k among the rows passing WHERE and FILTER is its answer.
 fn is_direct(s: &Search) -> bool {
-    s.profile.is_none() && s.max_per_creator.is_none()
+    // A relationship FILTER may test the creator, which the index does not hold.
+    s.profile.is_none()
+        && s.max_per_creator.is_none()
+        && !s.filters.iter().any(crate::FilterTerm::is_relationship)
 }
 
 /// The matches of a direct SEARCH (see [`is_direct`]).
 async fn direct_matches(session: &SqlSession, s: &Search) -> Result<Matches, SqlError> {
     let view = session.engine().read();
     let marks = match s.user {
-        Some(user) => crate::retrieve::mark_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
+        Some(user) => crate::retrieve::filter_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
         None => Vec::new(),
     };
     let passing = match &s.predicate {
@@ -489,11 +486,8 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     let profile = match &s.profile {
         Some(name) => {
             let def = crate::profile::profile_on(&schema, name, s.kind, "SEARCH")?;
-            let preference = crate::retrieve::user_preference(&view, s.user)?;
-            Some((
-                def.clone(),
-                bind_profile(def, &schema, None, preference.as_deref())?,
-            ))
+            let user = crate::retrieve::user_state(&view, s.user, def)?;
+            Some((def.clone(), bind_profile(def, &schema, None, &user)?))
         }
         None => None,
     };
@@ -504,7 +498,7 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         require_creator(s.kind, &schema)?;
     }
     let marks = match s.user {
-        Some(user) => crate::retrieve::mark_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
+        Some(user) => crate::retrieve::filter_sets(&view, s.kind, user, &s.filters, "SEARCH")?,
         None => Vec::new(),
     };
     let state = statement_state(session, s)?;
@@ -569,7 +563,7 @@ pub(crate) struct FusedSpec<'a> {
     pub profile: Option<&'a crate::profile::BoundProfile>,
     pub predicate: Option<&'a str>,
     pub user: Option<i64>,
-    pub marks: &'a [(MarkFilter, Arc<RoaringTreemap>)],
+    pub marks: &'a [crate::retrieve::FilterSet],
     pub max_per_creator: Option<u32>,
     pub fusion: Option<Fusion>,
     pub limit: usize,
@@ -631,8 +625,8 @@ pub(crate) async fn fused_plan(
         matched = col("id").in_list(list, false).and(matched);
     }
     let mut plan = LogicalPlanBuilder::from(plan).filter(matched)?.build()?;
-    if let Some(user) = spec.user {
-        plan = crate::retrieve::mark_filters(plan, user, spec.marks)?;
+    if spec.user.is_some() {
+        plan = crate::retrieve::scan_filters(plan, spec.marks)?;
     }
     let own = ScalarUDF::new_from_impl(RelevanceUdf {
         name: candidates.score_function,

@@ -116,6 +116,13 @@ impl SqlSession {
         ctx.register_udf(ScalarUDF::new_from_impl(crate::PreferenceUdf::new(
             engine.clone(),
         )));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::AffinityUdf::new(
+            engine.clone(),
+        )));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::InDegreeUdf::new(
+            engine.clone(),
+        )));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::UserAffinityUdf::default()));
         let catalog = MemoryCatalogProvider::new();
         catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
@@ -209,6 +216,7 @@ impl SqlSession {
                 | Some(
                     T::ShowSignals
                     | T::ShowProfiles
+                    | T::ShowRelationships
                     | T::Retrieve(_)
                     | T::Search(_)
                     | T::Suggest(_),
@@ -237,6 +245,8 @@ impl SqlSession {
                 self.read_only(source).await
             }
             T::ChangeRows(c) => self.read_only(&c.query).await,
+            T::InsertEdges { source, .. } => self.read_only(source).await,
+            T::DeleteEdges { query, .. } => self.read_only(query).await,
             _ => Ok(Vec::new()),
         };
         let rows = match rows {
@@ -265,6 +275,12 @@ impl SqlSession {
             }
             T::ChangeRows(c) => {
                 crate::insert::add_changes(&mut txn, &self.engine, c, &rows).map(Some)
+            }
+            T::InsertEdges { name, columns, .. } => {
+                crate::insert::add_edges(&mut txn, name, columns, &rows).map(Some)
+            }
+            T::DeleteEdges { name, .. } => {
+                crate::insert::add_edge_deletes(&mut txn, name, &rows).map(Some)
             }
             _ => crate::statement::add_statement(&mut txn, stmt).map(|()| None),
         };
@@ -438,7 +454,7 @@ impl SqlSession {
             )),
             T::Search(s) => crate::search::search_schema(self, s),
             T::Suggest(s) => crate::suggest::suggest_schema(self, s),
-            T::ShowSignals | T::ShowProfiles => {
+            T::ShowSignals | T::ShowProfiles | T::ShowRelationships => {
                 let batches = crate::statement::execute(&self.engine, stmt.clone())?;
                 batches
                     .first()
@@ -536,6 +552,20 @@ impl SqlSession {
                 // the statement's snapshot; the changes commit as one transaction.
                 let rows = self.read_only(&change.query).await?;
                 done(crate::insert::change_rows(&self.engine, &change, &rows).await?)
+            }
+            crate::TidalStatement::InsertEdges {
+                name,
+                columns,
+                source,
+            } => {
+                crate::insert::relation_exists(&self.engine.schema(), &name)?;
+                let rows = self.read_only(&source).await?;
+                done(crate::insert::insert_edges(&self.engine, &name, &columns, &rows).await?)
+            }
+            crate::TidalStatement::DeleteEdges { name, query } => {
+                crate::insert::relation_exists(&self.engine.schema(), &name)?;
+                let rows = self.read_only(&query).await?;
+                done(crate::insert::delete_edges(&self.engine, &name, &rows).await?)
             }
             crate::TidalStatement::Retrieve(r) => Ok(Output::Query(
                 crate::retrieve::plan_retrieve(self, &r).await?,
@@ -669,10 +699,46 @@ impl SqlSession {
                 ),
                 Some(c.query.as_str()),
             ),
+            T::CreateRelationship { def, .. } => (
+                format!(
+                    "CreateRelationship: {} FROM {} TO {}; schema change, {atomic}",
+                    def.name,
+                    def.from.table_name(),
+                    def.to.table_name()
+                ),
+                None,
+            ),
+            T::DropRelationship { name, if_exists } => (
+                format!(
+                    "DropRelationship: {name} if_exists={if_exists}; deletes every edge, {atomic}"
+                ),
+                None,
+            ),
+            T::ShowRelationships => ("ShowRelationships: reads the schema".to_string(), None),
+            T::InsertEdges {
+                name,
+                columns,
+                source,
+            } => (
+                format!(
+                    "InsertEdges: {name} columns=[{}]; rows of the query below are {atomic}",
+                    columns.join(", ")
+                ),
+                Some(source.as_str()),
+            ),
+            T::DeleteEdges { name, query } => (
+                format!("DeleteEdges: {name}; edges found by the query below are {atomic}"),
+                Some(query.as_str()),
+            ),
         };
         let is_write = !matches!(
             stmt,
-            T::ShowSignals | T::ShowProfiles | T::Retrieve(_) | T::Search(_) | T::Suggest(_)
+            T::ShowSignals
+                | T::ShowProfiles
+                | T::ShowRelationships
+                | T::Retrieve(_)
+                | T::Search(_)
+                | T::Suggest(_)
         );
         if analyze && is_write {
             return Err(SqlError::Syntax {

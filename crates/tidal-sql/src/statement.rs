@@ -20,6 +20,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Float64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::parser::DFParserBuilder;
+use datafusion::sql::sqlparser::ast::Ident;
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
@@ -102,6 +103,32 @@ pub enum TidalStatement {
     DropIndex {
         name: String,
         if_exists: bool,
+    },
+    /// `CREATE RELATIONSHIP [IF NOT EXISTS] name FROM users TO users|creators|items`
+    /// (SQL.md §8).
+    CreateRelationship {
+        def: tidal_core::RelationshipDef,
+        if_not_exists: bool,
+    },
+    DropRelationship {
+        name: String,
+        if_exists: bool,
+    },
+    /// `SHOW RELATIONSHIPS`: name, from, to, edges.
+    ShowRelationships,
+    /// `INSERT INTO <relationship> [(src, dst[, created_at])] <query>`: every row one
+    /// edge, all in one transaction. Parsed for any table name that is not one of
+    /// tidalDB's own: whether it is a relationship is decided when it runs.
+    InsertEdges {
+        name: String,
+        columns: Vec<String>,
+        source: String,
+    },
+    /// `DELETE FROM <relationship> [WHERE …]`, compiled to the query finding the edges:
+    /// `SELECT src, dst FROM <name> [WHERE …]`.
+    DeleteEdges {
+        name: String,
+        query: String,
     },
 }
 
@@ -441,6 +468,97 @@ fn insert_rows(
     })
 }
 
+/// `users`, `creators` or `items` in CREATE RELATIONSHIP.
+fn relationship_end(p: &mut Parser<'_>) -> Result<EntityKind, SqlError> {
+    let word = ident(p, "users, creators or items")?;
+    EntityKind::ALL
+        .into_iter()
+        .find(|k| k.table_name() == word)
+        .ok_or_else(|| SqlError::from(CoreError::UnknownTableName { name: word }))
+}
+
+/// The unqualified, lower-cased name of a table in INSERT/DELETE (`public.follows`
+/// is `follows`).
+fn table_name_of(name: &datafusion::sql::sqlparser::ast::ObjectName) -> String {
+    name.0
+        .last()
+        .map(|p| match p.as_ident() {
+            Some(i) if i.quote_style.is_some() => i.value.clone(),
+            Some(i) => i.value.to_ascii_lowercase(),
+            None => p.to_string().to_ascii_lowercase(),
+        })
+        .unwrap_or_default()
+}
+
+fn insert_edges(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{Statement, TableObject};
+    let usage =
+        "expected INSERT INTO relationship [(src, dst[, created_at])] VALUES ... | SELECT ...";
+    let DFStatement::Statement(stmt) = df.parse_statement()? else {
+        return Err(syntax(usage));
+    };
+    let Statement::Insert(insert) = *stmt else {
+        return Err(syntax(usage));
+    };
+    let TableObject::TableName(table) = &insert.table else {
+        return Err(syntax(usage));
+    };
+    if insert.returning.is_some() || insert.on.is_some() {
+        return Err(syntax(
+            "INSERT INTO a relationship takes no ON CONFLICT or RETURNING: a duplicate edge is \
+             already the same edge",
+        ));
+    }
+    let source = insert.source.ok_or_else(|| syntax(usage))?;
+    Ok(TidalStatement::InsertEdges {
+        name: table_name_of(table),
+        columns: insert
+            .columns
+            .iter()
+            .map(|c| c.to_string().to_ascii_lowercase())
+            .collect(),
+        source: source.to_string(),
+    })
+}
+
+fn delete_edges(
+    df: &mut datafusion::sql::parser::DFParser<'_>,
+) -> Result<TidalStatement, SqlError> {
+    use datafusion::sql::parser::Statement as DFStatement;
+    use datafusion::sql::sqlparser::ast::{FromTable, Statement, TableFactor};
+    let DFStatement::Statement(stmt) = df.parse_statement()? else {
+        return Err(syntax("expected DELETE FROM relationship [WHERE ...]"));
+    };
+    let Statement::Delete(d) = *stmt else {
+        return Err(syntax("expected DELETE FROM relationship [WHERE ...]"));
+    };
+    let tables = match &d.from {
+        FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+    };
+    if tables.len() != 1 || !tables[0].joins.is_empty() || d.using.is_some() {
+        return Err(syntax("DELETE works on one table, without USING or joins"));
+    }
+    if d.returning.is_some() || d.limit.is_some() || !d.order_by.is_empty() {
+        return Err(syntax("DELETE takes no RETURNING, ORDER BY or LIMIT"));
+    }
+    let TableFactor::Table { name, .. } = &tables[0].relation else {
+        return Err(syntax("DELETE FROM needs a table name"));
+    };
+    let name = table_name_of(name);
+    let filter = d
+        .selection
+        .map(|e| format!(" WHERE {e}"))
+        .unwrap_or_default();
+    let query = format!(
+        "SELECT src, dst FROM {}{filter}",
+        Ident::with_quote('"', &name)
+    );
+    Ok(TidalStatement::DeleteEdges { name, query })
+}
+
 /// Maps a column type as the SQL parser prints it to a tidalDB column type.
 fn column_type(column: &str, printed: &str) -> Result<ColumnType, SqlError> {
     let t = printed.trim().to_ascii_uppercase();
@@ -746,6 +864,49 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
             return change_rows(&mut df, kind).map(Some);
         }
     }
+    if peek_words(p, &["INSERT", "INTO"]) {
+        return insert_edges(&mut df).map(Some);
+    }
+    if peek_words(p, &["DELETE", "FROM"]) {
+        return delete_edges(&mut df).map(Some);
+    }
+    if peek_words(p, &["SHOW", "RELATIONSHIPS"]) {
+        p.next_token();
+        p.next_token();
+        end(p)?;
+        return Ok(Some(TidalStatement::ShowRelationships));
+    }
+    if let Some((name, if_exists)) = drop_target(p, "RELATIONSHIP", "a relationship name")? {
+        end(p)?;
+        return Ok(Some(TidalStatement::DropRelationship { name, if_exists }));
+    }
+    if peek_words(p, &["CREATE", "RELATIONSHIP"]) {
+        p.next_token();
+        p.next_token();
+        let if_not_exists = peek_words(p, &["IF", "NOT", "EXISTS"]);
+        if if_not_exists {
+            for _ in 0..3 {
+                p.next_token();
+            }
+        }
+        let name = ident(p, "a relationship name")?;
+        expect_word(p, "FROM")?;
+        let from = relationship_end(p)?;
+        expect_word(p, "TO")?;
+        let to = relationship_end(p)?;
+        end(p)?;
+        let def = tidal_core::RelationshipDef {
+            name,
+            from,
+            to,
+            id: 0,
+        };
+        def.validate()?;
+        return Ok(Some(TidalStatement::CreateRelationship {
+            def,
+            if_not_exists,
+        }));
+    }
     if peek_words(p, &["CREATE", "TABLE"]) {
         return create_table(&mut df).map(Some);
     }
@@ -803,6 +964,11 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         p.next_token();
         let lr = crate::search::number(p, "the learning rate after PREFERENCE")?;
         def = def.with_preference(lr)?;
+    }
+    if is_word(&p.peek_token_ref().token, "AFFINITY") {
+        p.next_token();
+        let delta = crate::search::number(p, "the weight after AFFINITY")?;
+        def = def.with_affinity(delta)?;
     }
     end(p)?;
     Ok(Some(TidalStatement::CreateSignal { def, if_not_exists }))
@@ -994,7 +1160,14 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             txn.commit()?;
             Ok(Vec::new())
         }
-        stmt @ (TidalStatement::CreateIndex { .. } | TidalStatement::DropIndex { .. }) => {
+        TidalStatement::ShowRelationships => Ok(vec![show_relationships(engine)?]),
+        TidalStatement::InsertEdges { .. } | TidalStatement::DeleteEdges { .. } => {
+            Err(syntax("INSERT and DELETE run through SqlSession::sql"))
+        }
+        stmt @ (TidalStatement::CreateIndex { .. }
+        | TidalStatement::DropIndex { .. }
+        | TidalStatement::CreateRelationship { .. }
+        | TidalStatement::DropRelationship { .. }) => {
             let mut txn = engine.begin();
             add_statement(&mut txn, stmt)?;
             txn.commit()?;
@@ -1069,10 +1242,41 @@ pub fn add_statement(
             }
             SchemaChange::DropIndex { name }
         }
+        TidalStatement::CreateRelationship { def, if_not_exists } => {
+            if if_not_exists && txn.schema().relationship(&def.name).is_ok() {
+                return Ok(());
+            }
+            SchemaChange::CreateRelationship(def)
+        }
+        TidalStatement::DropRelationship { name, if_exists } => {
+            if if_exists && txn.schema().relationship(&name).is_err() {
+                return Ok(());
+            }
+            SchemaChange::DropRelationship { name, id: 0 }
+        }
         _ => return Err(syntax("not a schema statement")),
     };
     txn.schema_change(change)?;
     Ok(())
+}
+
+/// `SHOW RELATIONSHIPS`: name, from, to.
+fn show_relationships(engine: &Engine) -> Result<RecordBatch, SqlError> {
+    let schema = engine.schema();
+    let rels: Vec<&tidal_core::RelationshipDef> = schema.relationships().collect();
+    let names: StringArray = rels.iter().map(|r| Some(r.name.as_str())).collect();
+    let from: StringArray = rels.iter().map(|r| Some(r.from.table_name())).collect();
+    let to: StringArray = rels.iter().map(|r| Some(r.to.table_name())).collect();
+    let out = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("from", DataType::Utf8, false),
+        Field::new("to", DataType::Utf8, false),
+    ]));
+    RecordBatch::try_new(
+        out,
+        vec![Arc::new(names) as ArrayRef, Arc::new(from), Arc::new(to)],
+    )
+    .map_err(|e| SqlError::DataFusion(e.into()))
 }
 
 /// `SHOW PROFILES`: name, entity, version, definition.
@@ -1117,6 +1321,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         .collect();
     let marks: StringArray = signals.iter().map(|s| s.marks.map(Mark::as_str)).collect();
     let preference: Float64Array = signals.iter().map(|s| s.preference).collect();
+    let affinity: Float64Array = signals.iter().map(|s| s.affinity).collect();
     let out = Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("entity", DataType::Utf8, false),
@@ -1125,6 +1330,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         Field::new("windows", DataType::Utf8, false),
         Field::new("marks", DataType::Utf8, true),
         Field::new("preference", DataType::Float64, true),
+        Field::new("affinity", DataType::Float64, true),
     ]);
     let columns = vec![
         text(&|s| s.name.clone()),
@@ -1140,6 +1346,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         }),
         Arc::new(marks) as ArrayRef,
         Arc::new(preference) as ArrayRef,
+        Arc::new(affinity) as ArrayRef,
     ];
     Ok(RecordBatch::try_new(Arc::new(out), columns)
         .map_err(datafusion::error::DataFusionError::from)?)

@@ -40,7 +40,6 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{
@@ -52,11 +51,10 @@ use datafusion::sql::sqlparser::ast::Ident;
 use datafusion::sql::sqlparser::parser::Parser;
 use tidal_core::{EntityId, EntityKind, TableDef, Timestamp};
 use tidal_engine::Engine;
-use tidal_engine::roaring::RoaringTreemap;
 
 use crate::error::{bad_arg, engine_err};
 use crate::profile::{
-    MarkFilter, RETRIEVE_LIMIT_DEFAULT, Retrieve, at_clause, bind_profile, diversity, entity_table,
+    RETRIEVE_LIMIT_DEFAULT, Retrieve, at_clause, bind_profile, diversity, entity_table,
     filter_terms, limit, next_clause, require_creator, user_id, where_clause,
 };
 use crate::search::{Candidates, FusedSpec, Fusion, fused_plan, fusion};
@@ -79,7 +77,7 @@ pub struct Suggest {
     pub profile: Option<String>,
     /// The WHERE predicate as SQL text.
     pub predicate: Option<String>,
-    pub filters: Vec<MarkFilter>,
+    pub filters: Vec<crate::FilterTerm>,
     pub max_per_creator: Option<u32>,
     pub fusion: Option<Fusion>,
     pub candidates: Option<usize>,
@@ -215,7 +213,7 @@ enum How {
 /// Everything the ranking step needs besides the candidates.
 struct Ranking {
     profile: Option<crate::profile::BoundProfile>,
-    marks: Vec<(MarkFilter, Arc<RoaringTreemap>)>,
+    marks: Vec<crate::retrieve::FilterSet>,
     max_per_creator: Option<u32>,
 }
 
@@ -272,7 +270,7 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         require_creator(s.kind, &schema)?;
     }
     // Checked (the signals exist and mark) even when the user has no vector.
-    let marks = crate::retrieve::mark_sets(&view, s.kind, s.user, &s.filters, "SUGGEST")?;
+    let marks = crate::retrieve::filter_sets(&view, s.kind, s.user, &s.filters, "SUGGEST")?;
     let state = statement_state(session, s)?;
     let preference = crate::retrieve::user_preference(&view, Some(s.user))?
         .filter(|p| dims == 0 || p.len() == dims as usize);
@@ -285,7 +283,11 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
     };
     let profile = profile_def
         .as_ref()
-        .map(|d| bind_profile(d, &schema, None, Some(&preference)))
+        .map(|d| {
+            let mut user = crate::retrieve::user_state(&view, Some(s.user), d)?;
+            user.preference = Some(preference.clone());
+            bind_profile(d, &schema, None, &user)
+        })
         .transpose()?;
 
     let mut conds = Vec::new();
@@ -307,21 +309,9 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         },
         candidate_count(s)
     );
-    let mut plan = state.create_logical_plan(&sql).await?;
-    if !marks.is_empty() {
-        // The marks go right above the scan, with WHERE, so that the index search
-        // applies them inside the search too.
-        plan = plan
-            .transform_up(|n| match n {
-                LogicalPlan::TableScan(_) => {
-                    let filtered = crate::retrieve::mark_filters(n, s.user, &marks)
-                        .map_err(SqlError::into_df)?;
-                    Ok(Transformed::new(filtered, true, TreeNodeRecursion::Jump))
-                }
-                other => Ok(Transformed::no(other)),
-            })?
-            .data;
-    }
+    // The FILTER sets go right above the scan, with WHERE, so that the index search
+    // applies them inside the search too.
+    let plan = crate::retrieve::scan_filters(state.create_logical_plan(&sql).await?, &marks)?;
     let frame = DataFrame::new(state.clone(), plan);
     let task = Arc::new(frame.task_ctx());
     let physical = frame.create_physical_plan().await?;

@@ -28,6 +28,20 @@ pub enum Op {
     Delete { kind: EntityKind, id: EntityId },
     /// A schema change (already validated by the engine).
     Schema(SchemaChange),
+    /// Add the edge `src → dst` to relationship `rel` (its id); an existing edge stays
+    /// as it is, `created_at` included.
+    EdgeInsert {
+        rel: u64,
+        src: EntityId,
+        dst: EntityId,
+        created_at: Timestamp,
+    },
+    /// Remove the edge `src → dst` of relationship `rel` (no error if absent).
+    EdgeDelete {
+        rel: u64,
+        src: EntityId,
+        dst: EntityId,
+    },
 }
 
 /// A transaction as read back from the log (or just made durable).
@@ -80,6 +94,24 @@ impl Op {
                 e.u8(5);
                 change.encode(e);
             }
+            Op::EdgeInsert {
+                rel,
+                src,
+                dst,
+                created_at,
+            } => {
+                e.u8(6);
+                e.u64(*rel);
+                e.u64(src.0);
+                e.u64(dst.0);
+                e.i64(created_at.0);
+            }
+            Op::EdgeDelete { rel, src, dst } => {
+                e.u8(7);
+                e.u64(*rel);
+                e.u64(src.0);
+                e.u64(dst.0);
+            }
         }
     }
 
@@ -114,6 +146,17 @@ impl Op {
                 id: EntityId(d.u64()?),
             },
             5 => Op::Schema(SchemaChange::decode(d)?),
+            6 => Op::EdgeInsert {
+                rel: d.u64()?,
+                src: EntityId(d.u64()?),
+                dst: EntityId(d.u64()?),
+                created_at: Timestamp(d.i64()?),
+            },
+            7 => Op::EdgeDelete {
+                rel: d.u64()?,
+                src: EntityId(d.u64()?),
+                dst: EntityId(d.u64()?),
+            },
             _ => return Err(CoreError::Decode("unknown op tag")),
         })
     }

@@ -223,7 +223,13 @@ async fn driver_metadata_queries() {
     let names: Vec<&str> = tables.iter().map(|r| r[1].as_str()).collect();
     assert_eq!(
         names,
-        ["items", "signals", "signal_state", "signal_windows"]
+        [
+            "items",
+            "signals",
+            "signal_state",
+            "signal_windows",
+            "affinities"
+        ]
     );
     assert_eq!(
         rows(
@@ -255,6 +261,7 @@ async fn driver_metadata_queries() {
         )
         .await,
         strs(&[
+            &["affinities", "VIEW"],
             &["items", "BASE TABLE"],
             &["signal_state", "VIEW"],
             &["signal_windows", "VIEW"],

@@ -1,0 +1,816 @@
+//! Relationships and affinity in SQL (SQL.md §8): the edge tables, the `affinities`
+//! state table, `affinity(user, creator [, at])`, `in_degree(relationship, dst)`, and
+//! what `affinity()` inside a profile binds to.
+//!
+//! Each relationship is a table `(src, dst, created_at)` read from the statement's
+//! store snapshot; `src = n` and `src IN (…)` read just those users' key ranges (the
+//! predicate stays in the plan, so the pushdown is only an optimisation).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Float64Builder, Int64Array, Int64Builder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, TableProviderFilterPushDown, Volatility, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use tidal_core::{DecaySpec, EntityId, RelationshipDef, Schema as TidalSchema, Timestamp};
+use tidal_engine::{AffinityEntry, Engine, EngineError, ReadView};
+
+use crate::SqlError;
+use crate::error::{bad_arg, engine_err};
+
+/// Rows per batch of an edge or affinity scan.
+const SOCIAL_BATCH_ROWS: usize = 8_192;
+/// Batches a scan's producer may run ahead of its consumer.
+const SOCIAL_SCAN_QUEUE_BATCHES: usize = 2;
+/// Largest `src IN (…)` / `user_id IN (…)` list read as separate key ranges.
+const SOCIAL_POINT_KEYS_MAX: usize = 4_096;
+/// The name of the affinity state table.
+pub const AFFINITIES_TABLE: &str = "affinities";
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, None)
+}
+
+/// The ids an `col = n` / `col IN (…)` conjunct restricts a scan to (sorted), if any.
+fn key_points(filters: &[Expr], column: &str) -> Option<Vec<u64>> {
+    let mut out: Option<BTreeSet<u64>> = None;
+    for f in filters {
+        let Some(ids) = points_of(f, column) else {
+            continue;
+        };
+        out = Some(match out {
+            None => ids,
+            Some(prev) => prev.intersection(&ids).copied().collect(),
+        });
+    }
+    out.map(|s| s.into_iter().collect())
+}
+
+fn literal_id(e: &Expr) -> Option<Option<u64>> {
+    match e {
+        Expr::Literal(v, _) => match v {
+            ScalarValue::Int64(Some(n)) => Some(u64::try_from(*n).ok()),
+            ScalarValue::Int32(Some(n)) => Some(u64::try_from(*n).ok()),
+            ScalarValue::UInt64(Some(n)) => Some(Some(*n)),
+            _ => None,
+        },
+        Expr::Cast(c) => literal_id(&c.expr),
+        _ => None,
+    }
+}
+
+fn is_column(e: &Expr, column: &str) -> bool {
+    match e {
+        Expr::Column(c) => c.name == column,
+        Expr::Cast(c) => is_column(&c.expr, column),
+        _ => false,
+    }
+}
+
+/// A negative id matches nothing: it contributes no point but still restricts.
+fn points_of(e: &Expr, column: &str) -> Option<BTreeSet<u64>> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq,
+            right,
+        }) => {
+            let v = if is_column(left, column) {
+                literal_id(right)?
+            } else if is_column(right, column) {
+                literal_id(left)?
+            } else {
+                return None;
+            };
+            Some(v.into_iter().collect())
+        }
+        Expr::InList(l) if !l.negated && is_column(&l.expr, column) => {
+            if l.list.len() > SOCIAL_POINT_KEYS_MAX {
+                return None;
+            }
+            let mut out = BTreeSet::new();
+            for v in &l.list {
+                if let Some(id) = literal_id(v)? {
+                    out.insert(id);
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+fn pushdown(filters: &[&Expr], column: &str) -> Vec<TableProviderFilterPushDown> {
+    filters
+        .iter()
+        .map(|f| {
+            if points_of(f, column).is_some() {
+                TableProviderFilterPushDown::Inexact
+            } else {
+                TableProviderFilterPushDown::Unsupported
+            }
+        })
+        .collect()
+}
+
+/// A relationship's edge table.
+#[derive(Debug)]
+pub(crate) struct EdgeTable {
+    engine: Arc<Engine>,
+    rel: RelationshipDef,
+    schema: SchemaRef,
+}
+
+impl EdgeTable {
+    pub(crate) fn new(engine: Arc<Engine>, rel: RelationshipDef) -> EdgeTable {
+        EdgeTable {
+            engine,
+            rel,
+            schema: edge_schema(),
+        }
+    }
+}
+
+/// `(src BIGINT, dst BIGINT, created_at TIMESTAMP)`, none NULL.
+pub fn edge_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("src", DataType::Int64, false),
+        Field::new("dst", DataType::Int64, false),
+        Field::new("created_at", ts_type(), false),
+    ]))
+}
+
+#[async_trait]
+impl TableProvider for EdgeTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(pushdown(filters, "src"))
+    }
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let part = SocialScan {
+            view: self.engine.read(),
+            what: Scan::Edges(self.rel.id),
+            points: key_points(filters, "src"),
+            schema: self.schema.clone(),
+            at: Timestamp(0),
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            vec![Arc::new(part)],
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
+    }
+}
+
+/// `affinities(user_id, creator_id, weight)`: every pair with events, its weight at
+/// the statement's instant.
+#[derive(Debug)]
+pub(crate) struct AffinitiesTable {
+    engine: Arc<Engine>,
+    schema: SchemaRef,
+}
+
+impl AffinitiesTable {
+    pub(crate) fn new(engine: Arc<Engine>) -> AffinitiesTable {
+        AffinitiesTable {
+            engine,
+            schema: Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Int64, false),
+                Field::new("creator_id", DataType::Int64, false),
+                Field::new("weight", DataType::Float64, false),
+            ])),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for AffinitiesTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(pushdown(filters, "user_id"))
+    }
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let at = state
+            .execution_props()
+            .query_execution_start_time
+            .map_or_else(|| self.engine.now(), |t| Timestamp(t.timestamp_micros()));
+        let part = SocialScan {
+            view: self.engine.read(),
+            what: Scan::Affinities,
+            points: key_points(filters, "user_id"),
+            schema: self.schema.clone(),
+            at,
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(
+            self.schema.clone(),
+            vec![Arc::new(part)],
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    Edges(u64),
+    Affinities,
+}
+
+/// One scan of edges or affinities over a snapshot, produced on a blocking thread.
+struct SocialScan {
+    view: ReadView,
+    what: Scan,
+    /// Only these keys (sorted), when the WHERE clause names them.
+    points: Option<Vec<u64>>,
+    schema: SchemaRef,
+    /// The instant affinity weights are read at.
+    at: Timestamp,
+}
+
+impl fmt::Debug for SocialScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocialScan")
+            .field("what", &self.what)
+            .field("points", &self.points.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartitionStream for SocialScan {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(SOCIAL_SCAN_QUEUE_BATCHES);
+        let view = self.view.clone();
+        let what = self.what;
+        let points = self.points.clone();
+        let schema = self.schema.clone();
+        let at = self.at;
+        tokio::task::spawn_blocking(move || {
+            let r = produce(&view, what, points.as_deref(), &schema, at, &tx);
+            if let Err(e) = r {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
+}
+
+/// Key ranges to read: one per point, or everything.
+fn ranges(points: Option<&[u64]>) -> Vec<(EntityId, EntityId)> {
+    match points {
+        Some(p) => p.iter().map(|&k| (EntityId(k), EntityId(k))).collect(),
+        None => vec![(EntityId(0), EntityId(u64::MAX))],
+    }
+}
+
+fn produce(
+    view: &ReadView,
+    what: Scan,
+    points: Option<&[u64]>,
+    schema: &SchemaRef,
+    at: Timestamp,
+    tx: &tokio::sync::mpsc::Sender<Result<RecordBatch>>,
+) -> Result<()> {
+    let store = view.store();
+    let mut a = Int64Builder::with_capacity(SOCIAL_BATCH_ROWS);
+    let mut b = Int64Builder::with_capacity(SOCIAL_BATCH_ROWS);
+    let mut ts = TimestampMicrosecondBuilder::with_capacity(SOCIAL_BATCH_ROWS);
+    let mut w = Float64Builder::with_capacity(SOCIAL_BATCH_ROWS);
+    let mut rows = 0usize;
+    // Returns false when the consumer has gone.
+    let flush = |a: &mut Int64Builder,
+                 b: &mut Int64Builder,
+                 ts: &mut TimestampMicrosecondBuilder,
+                 w: &mut Float64Builder|
+     -> Result<bool> {
+        let third: ArrayRef = match what {
+            Scan::Edges(_) => Arc::new(ts.finish()),
+            Scan::Affinities => Arc::new(w.finish()),
+        };
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(a.finish()), Arc::new(b.finish()), third],
+        )?;
+        Ok(tx.blocking_send(Ok(batch)).is_ok())
+    };
+    for (lo, hi) in ranges(points) {
+        match what {
+            Scan::Edges(rel) => {
+                for e in store.edges(rel, lo, hi) {
+                    let (src, dst, created) = e.map_err(engine_err)?;
+                    a.append_value(src.0 as i64);
+                    b.append_value(dst.0 as i64);
+                    ts.append_value(created.0);
+                    rows += 1;
+                    if rows.is_multiple_of(SOCIAL_BATCH_ROWS)
+                        && !flush(&mut a, &mut b, &mut ts, &mut w)?
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            Scan::Affinities => {
+                for p in store.affinity_pairs(lo, hi) {
+                    let (user, creator, entries) = p.map_err(engine_err)?;
+                    a.append_value(user.0 as i64);
+                    b.append_value(creator.0 as i64);
+                    w.append_value(tidal_engine::affinity_value(&entries, view.schema(), at));
+                    rows += 1;
+                    if rows.is_multiple_of(SOCIAL_BATCH_ROWS)
+                        && !flush(&mut a, &mut b, &mut ts, &mut w)?
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    if !rows.is_multiple_of(SOCIAL_BATCH_ROWS) {
+        flush(&mut a, &mut b, &mut ts, &mut w)?;
+    }
+    Ok(())
+}
+
+fn ids_of(v: &ColumnarValue, n: usize, what: &str) -> Result<Int64Array> {
+    let a = v.to_array(n)?;
+    let a = datafusion::arrow::compute::cast(&a, &DataType::Int64)?;
+    a.as_any()
+        .downcast_ref::<Int64Array>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal(format!("{what}: ids are not BIGINT")))
+}
+
+fn timestamps_of(v: &ColumnarValue, n: usize) -> Result<TimestampMicrosecondArray> {
+    let a = v.to_array(n)?;
+    let a = datafusion::arrow::compute::cast(&a, &ts_type())?;
+    a.as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("affinity: `at` is not a TIMESTAMP".into()))
+}
+
+/// `affinity(user, creator [, at])`. Starts unbound and volatile, like the signal
+/// functions (udf.rs): `simplify` fills in the statement's instant, then it is stable.
+#[derive(Debug)]
+pub struct AffinityUdf {
+    engine: Arc<Engine>,
+    bound: bool,
+    signature: Signature,
+}
+
+impl AffinityUdf {
+    pub fn new(engine: Arc<Engine>) -> AffinityUdf {
+        AffinityUdf::with_binding(engine, false)
+    }
+    fn with_binding(engine: Arc<Engine>, bound: bool) -> AffinityUdf {
+        AffinityUdf {
+            engine,
+            bound,
+            signature: Signature::user_defined(if bound {
+                Volatility::Stable
+            } else {
+                Volatility::Volatile
+            }),
+        }
+    }
+}
+
+impl PartialEq for AffinityUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.engine, &other.engine) && self.bound == other.bound
+    }
+}
+impl Eq for AffinityUdf {}
+impl Hash for AffinityUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.engine).hash(state);
+        self.bound.hash(state);
+    }
+}
+
+const AFFINITY_USAGE: &str = "affinity(user BIGINT, creator BIGINT [, at TIMESTAMP])";
+
+impl ScalarUDFImpl for AffinityUdf {
+    fn name(&self) -> &str {
+        "affinity"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        let id = |t: &DataType| t.is_integer() || *t == DataType::Null;
+        match args {
+            [u, c] if id(u) && id(c) => Ok(vec![DataType::Int64, DataType::Int64]),
+            [u, c, at]
+                if id(u)
+                    && id(c)
+                    && matches!(
+                        at,
+                        DataType::Timestamp(..)
+                            | DataType::Date32
+                            | DataType::Utf8
+                            | DataType::Null
+                    ) =>
+            {
+                Ok(vec![DataType::Int64, DataType::Int64, ts_type()])
+            }
+            [] => Err(bad_arg(
+                "affinity",
+                format!(
+                    "affinity() without arguments is only for profiles (the FOR USER user and \
+                     the row's creator); elsewhere write {AFFINITY_USAGE}"
+                ),
+            )),
+            _ => Err(bad_arg("affinity", format!("takes {AFFINITY_USAGE}"))),
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn simplify(&self, mut args: Vec<Expr>, info: &SimplifyContext) -> Result<ExprSimplifyResult> {
+        if self.bound {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
+        if args.len() == 2 {
+            let Some(start) = info.query_execution_start_time() else {
+                return Ok(ExprSimplifyResult::Original(args));
+            };
+            args.push(lit(ScalarValue::TimestampMicrosecond(
+                Some(start.timestamp_micros()),
+                None,
+            )));
+        }
+        Ok(ExprSimplifyResult::Simplified(Expr::ScalarFunction(
+            datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                Arc::new(ScalarUDF::new_from_impl(AffinityUdf::with_binding(
+                    self.engine.clone(),
+                    true,
+                ))),
+                args,
+            ),
+        )))
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let view = self.engine.read();
+        let users = ids_of(&args.args[0], n, "affinity")?;
+        let creators = ids_of(&args.args[1], n, "affinity")?;
+        let at = match args.args.get(2) {
+            Some(a) => Some(timestamps_of(a, n)?),
+            None => None,
+        };
+        let now = self.engine.now();
+        let mut out = Float64Builder::with_capacity(n);
+        for i in 0..n {
+            let (Some(u), Some(c)) = (
+                users.is_valid(i).then(|| users.value(i)),
+                creators.is_valid(i).then(|| creators.value(i)),
+            ) else {
+                out.append_null();
+                continue;
+            };
+            let t = match &at {
+                Some(a) if a.is_null(i) => {
+                    out.append_null();
+                    continue;
+                }
+                Some(a) => Timestamp(a.value(i)),
+                None => now,
+            };
+            // A negative id has no pairs: 0, as for a pair without events.
+            let v = match (EntityId::from_i64(u), EntityId::from_i64(c)) {
+                (Some(u), Some(c)) => view.affinity(u, c, t).map_err(engine_err)?,
+                _ => 0.0,
+            };
+            out.append_value(v);
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        Ok(
+            if args
+                .args
+                .iter()
+                .all(|a| matches!(a, ColumnarValue::Scalar(_)))
+            {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+            } else {
+                ColumnarValue::Array(array)
+            },
+        )
+    }
+}
+
+/// `in_degree(relationship, dst)`: how many edges of the relationship point at `dst`
+/// (a creator's followers), as of the statement's snapshot.
+#[derive(Debug)]
+pub struct InDegreeUdf {
+    engine: Arc<Engine>,
+    signature: Signature,
+}
+
+impl InDegreeUdf {
+    pub fn new(engine: Arc<Engine>) -> InDegreeUdf {
+        InDegreeUdf {
+            engine,
+            signature: Signature::user_defined(Volatility::Stable),
+        }
+    }
+}
+
+impl PartialEq for InDegreeUdf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.engine, &other.engine)
+    }
+}
+impl Eq for InDegreeUdf {}
+impl Hash for InDegreeUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Arc::as_ptr(&self.engine).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for InDegreeUdf {
+    fn name(&self) -> &str {
+        "in_degree"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        match args {
+            [DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8, t]
+                if t.is_integer() || *t == DataType::Null =>
+            {
+                Ok(vec![DataType::Utf8, DataType::Int64])
+            }
+            _ => Err(bad_arg(
+                "in_degree",
+                "takes in_degree(relationship TEXT, dst BIGINT), e.g. in_degree('follows', creator_id)",
+            )),
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let name = match &args.args[0] {
+            ColumnarValue::Scalar(ScalarValue::Utf8(Some(s))) => s.clone(),
+            _ => {
+                return Err(bad_arg(
+                    "in_degree",
+                    "the relationship must be a quoted name such as 'follows'",
+                ));
+            }
+        };
+        let view = self.engine.read();
+        let rel = view
+            .schema()
+            .relationship(&name)
+            .map_err(|e| engine_err(EngineError::Core(e)))?
+            .id;
+        let dst = ids_of(&args.args[1], n, "in_degree")?;
+        let mut out = Int64Builder::with_capacity(n);
+        for d in dst.iter() {
+            match d {
+                None => out.append_null(),
+                Some(d) => match EntityId::from_i64(d) {
+                    Some(d) => {
+                        out.append_value(view.store().in_degree(rel, d).map_err(engine_err)? as i64)
+                    }
+                    None => out.append_value(0),
+                },
+            }
+        }
+        let array: ArrayRef = Arc::new(out.finish());
+        Ok(match &args.args[1] {
+            ColumnarValue::Scalar(_) => {
+                ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
+            }
+            _ => ColumnarValue::Array(array),
+        })
+    }
+}
+
+/// Bytes of one (creator, signal) record of a bound affinity.
+const BOUND_RECORD_BYTES: usize = 40;
+
+/// A user's affinity state, captured at planning, as the binary literal that
+/// `user_affinity(creator_id, <state>, at)` evaluates: per (creator, signal) the
+/// creator, δ, half-life (0 for no decay), t_ref and score, little-endian.
+pub(crate) fn user_affinity_state(view: &ReadView, user: EntityId) -> Result<Vec<u8>, SqlError> {
+    let schema = view.schema();
+    let mut out = Vec::new();
+    for p in view.store().affinity_pairs(user, user) {
+        let (_, creator, entries) = p?;
+        for AffinityEntry {
+            signal,
+            t_ref,
+            score,
+        } in entries
+        {
+            let Some(def) = schema.signal_by_id(signal) else {
+                continue;
+            };
+            let Some(delta) = def.affinity else { continue };
+            out.extend_from_slice(&creator.0.to_le_bytes());
+            out.extend_from_slice(&delta.to_le_bytes());
+            out.extend_from_slice(&def.decay.half_life_us().unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&t_ref.to_le_bytes());
+            out.extend_from_slice(&score.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+/// The value per creator at `at` of a state from [`user_affinity_state`].
+fn bound_values(state: &[u8], at: i64) -> Result<HashMap<u64, f64>> {
+    if !state.len().is_multiple_of(BOUND_RECORD_BYTES) {
+        return Err(DataFusionError::Internal(
+            "user_affinity: malformed state".into(),
+        ));
+    }
+    let mut out: HashMap<u64, f64> = HashMap::with_capacity(state.len() / BOUND_RECORD_BYTES);
+    let word = |c: &[u8], i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&c[i..i + 8]);
+        b
+    };
+    for c in state.chunks_exact(BOUND_RECORD_BYTES) {
+        let creator = u64::from_le_bytes(word(c, 0));
+        let delta = f64::from_le_bytes(word(c, 8));
+        let hl = i64::from_le_bytes(word(c, 16));
+        let t_ref = i64::from_le_bytes(word(c, 24));
+        let score = f64::from_le_bytes(word(c, 32));
+        let decay = if hl == 0 {
+            DecaySpec::None
+        } else {
+            DecaySpec::exponential_micros(hl)
+                .map_err(|e| DataFusionError::Internal(format!("user_affinity: {e}")))?
+        };
+        let e = AffinityEntry {
+            signal: tidal_core::SignalId(0),
+            t_ref,
+            score,
+        };
+        *out.entry(creator).or_default() += delta * e.at(decay, at);
+    }
+    Ok(out)
+}
+
+/// `user_affinity(creator_id, <state>, at)`: what `affinity()` inside a profile binds
+/// to for the statement's FOR USER user — one map lookup per row, no store reads.
+#[derive(Debug)]
+pub struct UserAffinityUdf {
+    signature: Signature,
+}
+
+impl Default for UserAffinityUdf {
+    fn default() -> Self {
+        UserAffinityUdf {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl PartialEq for UserAffinityUdf {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for UserAffinityUdf {}
+impl Hash for UserAffinityUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "user_affinity".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for UserAffinityUdf {
+    fn name(&self) -> &str {
+        "user_affinity"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
+        match args {
+            [
+                c,
+                DataType::Binary | DataType::BinaryView | DataType::LargeBinary,
+                _,
+            ] if c.is_integer() || *c == DataType::Null => {
+                Ok(vec![DataType::Int64, DataType::Binary, ts_type()])
+            }
+            _ => Err(bad_arg(
+                "user_affinity",
+                "takes user_affinity(creator BIGINT, state BYTEA, at TIMESTAMP); a profile's \
+                 affinity() binds it",
+            )),
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let (
+            ColumnarValue::Scalar(ScalarValue::Binary(Some(state))),
+            ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(Some(at), _)),
+        ) = (&args.args[1], &args.args[2])
+        else {
+            return Err(bad_arg(
+                "user_affinity",
+                "the state and the instant must be constants (it is bound by a profile's affinity())",
+            ));
+        };
+        let values = bound_values(state, *at)?;
+        let creators = ids_of(&args.args[0], n, "user_affinity")?;
+        // A row without a creator has no affinity: 0 (NULL would void the score).
+        let out: Float64Array = (0..n)
+            .map(|i| {
+                if creators.is_null(i) {
+                    return 0.0;
+                }
+                u64::try_from(creators.value(i))
+                    .ok()
+                    .and_then(|c| values.get(&c).copied())
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// Whether a profile clause calls `affinity()` (the binding needs the user's state).
+pub(crate) fn mentions_affinity(text: &str) -> bool {
+    text.to_ascii_lowercase().contains("affinity")
+}
+
+/// The relationship a catalog name stands for, if any.
+pub(crate) fn relationship_table(schema: &TidalSchema, name: &str) -> Option<RelationshipDef> {
+    schema.relationship(name).ok().cloned()
+}
+
+/// Bytes as the hex digits of an SQL `X'…'` literal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
