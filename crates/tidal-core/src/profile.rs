@@ -31,6 +31,8 @@ pub struct ProfileDef {
     pub recency: Option<(String, i64)>,
     /// `DIVERSITY max_per_creator n`.
     pub max_per_creator: Option<u32>,
+    /// `EXPLORE fraction`: the default share of cold items (SQL.md §10), in (0, 1].
+    pub explore: Option<f64>,
     /// Lower-case names of the signals the clauses read (dependencies).
     pub signals: Vec<String>,
 }
@@ -51,6 +53,9 @@ impl ProfileDef {
         if let Some(n) = self.max_per_creator {
             parts.push(format!("DIVERSITY max_per_creator {n}"));
         }
+        if let Some(f) = self.explore {
+            parts.push(format!("EXPLORE {f}"));
+        }
         format!("ON {} ({})", self.kind.table_name(), parts.join(", "))
     }
 
@@ -68,6 +73,14 @@ impl ProfileDef {
                     ),
                 });
             }
+        }
+        if let Some(f) = self.explore
+            && !(f.is_finite() && f > 0.0 && f <= 1.0)
+        {
+            return Err(CoreError::BadProfile {
+                name: self.name.clone(),
+                reason: format!("EXPLORE takes a fraction in (0, 1], not {f}"),
+            });
         }
         if let Some(n) = self.max_per_creator
             && !(1..=PROFILE_MAX_PER_CREATOR_MAX).contains(&n)
@@ -104,12 +117,16 @@ impl ProfileDef {
             }
             None => e.u8(0),
         }
-        match self.max_per_creator {
-            Some(n) => {
-                e.u8(1);
-                e.u32(n);
-            }
-            None => e.u8(0),
+        // Bit 0 of this tag: max_per_creator follows; bit 1: an EXPLORE fraction
+        // follows (definitions written before EXPLORE existed have 0 or 1).
+        let tag =
+            u8::from(self.max_per_creator.is_some()) | (u8::from(self.explore.is_some()) << 1);
+        e.u8(tag);
+        if let Some(n) = self.max_per_creator {
+            e.u32(n);
+        }
+        if let Some(f) = self.explore {
+            e.f64(f);
         }
         e.u32(self.signals.len() as u32);
         for s in &self.signals {
@@ -136,10 +153,19 @@ impl ProfileDef {
             1 => Some((d.str()?.to_string(), d.i64()?)),
             _ => return Err(CoreError::Decode("bad option tag")),
         };
-        let max_per_creator = match d.u8()? {
-            0 => None,
-            1 => Some(d.u32()?),
-            _ => return Err(CoreError::Decode("bad option tag")),
+        let tag = d.u8()?;
+        if tag > 3 {
+            return Err(CoreError::Decode("bad option tag"));
+        }
+        let max_per_creator = if tag & 1 != 0 { Some(d.u32()?) } else { None };
+        let explore = if tag & 2 != 0 {
+            let f = d.f64()?;
+            if !(f.is_finite() && f > 0.0 && f <= 1.0) {
+                return Err(CoreError::Decode("bad EXPLORE fraction"));
+            }
+            Some(f)
+        } else {
+            None
         };
         let n = d.u32()? as usize;
         if n > crate::schema::SIGNALS_MAX {
@@ -158,6 +184,7 @@ impl ProfileDef {
             filter,
             recency,
             max_per_creator,
+            explore,
             signals,
         })
     }

@@ -53,6 +53,7 @@
 mod ann;
 mod coop;
 mod error;
+mod explore;
 mod history;
 mod insert;
 mod profile;
@@ -83,6 +84,7 @@ pub use ann::{
     VECTOR_EXACT_PASSING_ROWS_MAX, parse_ef_search, with_ef_search,
 };
 pub use error::SqlError;
+pub use explore::{EXPLORE_COLD_EVENTS_MIN, EXPLORED_COLUMN};
 pub use history::SignalsTable;
 pub use insert::{EDGE_COLUMNS, SIGNAL_COLUMNS};
 pub use profile::{FilterTerm, MarkFilter, RETRIEVE_LIMIT_DEFAULT, RETRIEVE_LIMIT_MAX, Retrieve};

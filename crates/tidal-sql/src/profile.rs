@@ -93,6 +93,8 @@ pub struct Retrieve {
     pub filters: Vec<FilterTerm>,
     /// Overrides the profile's DIVERSITY.
     pub max_per_creator: Option<u32>,
+    /// `EXPLORE fraction` (overrides the profile's).
+    pub explore: Option<f64>,
     pub limit: usize,
     pub at: Option<Timestamp>,
 }
@@ -156,11 +158,12 @@ pub(crate) fn parse_create_profile(
         filter: None,
         recency: None,
         max_per_creator: None,
+        explore: None,
         signals: Vec::new(),
     };
     let mut seen = BTreeSet::new();
     loop {
-        let clause = ident(p, "SCORE, GATE, FILTER, RECENCY or DIVERSITY")?;
+        let clause = ident(p, "SCORE, GATE, FILTER, RECENCY, DIVERSITY or EXPLORE")?;
         if !seen.insert(clause.clone()) {
             return Err(syntax(format!("{} is given twice", clause.to_uppercase())));
         }
@@ -178,9 +181,10 @@ pub(crate) fn parse_create_profile(
                 def.recency = Some((text, us));
             }
             "diversity" => def.max_per_creator = Some(max_per_creator(p)?),
+            "explore" => def.explore = Some(explore_clause(p, "CREATE PROFILE")?),
             other => {
                 return Err(syntax(format!(
-                    "expected SCORE, GATE, FILTER, RECENCY or DIVERSITY, found {other}"
+                    "expected SCORE, GATE, FILTER, RECENCY, DIVERSITY or EXPLORE, found {other}"
                 )));
             }
         }
@@ -331,6 +335,12 @@ pub(crate) fn diversity(p: &mut Parser<'_>) -> Result<u32, SqlError> {
     max_per_creator(p)
 }
 
+/// The fraction after `EXPLORE`, in (0, 1].
+pub(crate) fn explore_clause(p: &mut Parser<'_>, what: &'static str) -> Result<f64, SqlError> {
+    let f = crate::search::number(p, "the fraction after EXPLORE")?;
+    crate::explore::check_fraction(f, what)
+}
+
 pub(crate) fn at_clause(p: &mut Parser<'_>) -> Result<Timestamp, SqlError> {
     Ok(Timestamp::parse(&string(p, "the AT timestamp")?)?)
 }
@@ -354,19 +364,21 @@ pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
         predicate: None,
         filters: Vec::new(),
         max_per_creator: None,
+        explore: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
         at: None,
     };
     let mut seen = BTreeSet::new();
     while let Some(clause) = next_clause(
         p,
-        &["WHERE", "FILTER", "DIVERSITY", "LIMIT", "AT"],
+        &["WHERE", "FILTER", "DIVERSITY", "EXPLORE", "LIMIT", "AT"],
         &mut seen,
     )? {
         match clause.as_str() {
             "WHERE" => r.predicate = Some(where_clause(p)?),
             "FILTER" => r.filters = filter_terms(p)?,
             "DIVERSITY" => r.max_per_creator = Some(max_per_creator(p)?),
+            "EXPLORE" => r.explore = Some(explore_clause(p, "RETRIEVE")?),
             "LIMIT" => r.limit = limit(p, "RETRIEVE")?,
             "AT" => r.at = Some(at_clause(p)?),
             _ => unreachable!("clause words are checked above"),
@@ -650,6 +662,11 @@ pub(crate) struct BoundProfile {
     pub score: String,
     /// Every condition an entity must meet (FILTER and GATE), or `None`.
     pub keep: Option<String>,
+    /// The profile's FILTER alone (EXPLORE keeps GATE-dropped items as cold).
+    pub filter: Option<String>,
+    /// `(GATE) AND <events over the profile's signals> >= 10`: the item is warm
+    /// (SQL.md §10; without a GATE only the events count).
+    pub warm: String,
     pub signals: BTreeSet<String>,
 }
 
@@ -680,11 +697,13 @@ pub(crate) fn bind_profile(
     };
     let mut score = format!("CAST(({}) AS DOUBLE)", bind(&def.score)?);
     let mut keep = Vec::new();
-    if let Some(f) = &def.filter {
-        keep.push(format!("({})", bind(f)?));
+    let filter = def.filter.as_ref().map(|f| bind(f)).transpose()?;
+    let gate = def.gate.as_ref().map(|g| bind(g)).transpose()?;
+    if let Some(f) = &filter {
+        keep.push(format!("({f})"));
     }
-    if let Some(g) = &def.gate {
-        keep.push(format!("({})", bind(g)?));
+    if let Some(g) = &gate {
+        keep.push(format!("({g})"));
     }
     if let Some((_, us)) = &def.recency {
         match table
@@ -714,9 +733,27 @@ pub(crate) fn bind_profile(
     if def.max_per_creator.is_some() {
         require_creator(def.kind, schema)?;
     }
+    let events = if signals.is_empty() {
+        "0.0".to_string()
+    } else {
+        signals
+            .iter()
+            .map(|s| format!("signal_total('{}', id)", s.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let mut warm = format!(
+        "(({events}) >= {:?})",
+        crate::explore::EXPLORE_COLD_EVENTS_MIN
+    );
+    if let Some(g) = &gate {
+        warm = format!("(COALESCE(({g}), false) AND {warm})");
+    }
     Ok(BoundProfile {
         score,
         keep: (!keep.is_empty()).then(|| keep.join(" AND ")),
+        filter: filter.map(|f| format!("({f})")),
+        warm,
         signals,
     })
 }

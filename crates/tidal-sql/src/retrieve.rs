@@ -71,18 +71,28 @@ pub(crate) async fn plan_retrieve(
     if max_per_creator.is_some() {
         require_creator(r.kind, &schema)?;
     }
-    let mut conds: Vec<String> = bound.keep.into_iter().collect();
+    let explore = crate::explore::fraction(r.explore, Some(def));
+    // Exploring keeps the items GATE drops: they are cold, not gone.
+    let mut conds: Vec<String> = match explore {
+        Some(_) => bound.filter.clone().into_iter().collect(),
+        None => bound.keep.clone().into_iter().collect(),
+    };
     if let Some(p) = &r.predicate {
         conds.push(format!("({p})"));
     }
+    let mut select = vec!["id".to_string()];
+    match (explore, crate::explore::creator_select(&table)) {
+        (Some(_), Some(creator)) => select.push(creator.to_string()),
+        _ if max_per_creator.is_some() => select.push("creator_id".to_string()),
+        _ => {}
+    }
+    select.push(format!("{} AS score", bound.score));
+    if explore.is_some() {
+        select.push(format!("{} AS {}", bound.warm, crate::explore::WARM_COLUMN));
+    }
     let sql = format!(
-        "SELECT id, {}{} AS score FROM {}{}",
-        if max_per_creator.is_some() {
-            "creator_id, "
-        } else {
-            ""
-        },
-        bound.score,
+        "SELECT {} FROM {}{}",
+        select.join(", "),
         r.kind.table_name(),
         if conds.is_empty() {
             String::new()
@@ -101,8 +111,19 @@ pub(crate) async fn plan_retrieve(
         let sets = filter_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
         plan = scan_filters(plan, &sets)?;
     }
-    let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
-    let plan = FetchNode::plan(plan, view, table, &[])?;
+    let plan = match explore {
+        Some(fraction) => {
+            let at = r.at.unwrap_or_else(|| engine.now());
+            let spec = crate::explore::spec(fraction, r.limit, max_per_creator, r.user, at);
+            let plan = crate::explore::explore_plan(plan, spec)?;
+            let plan = FetchNode::plan(plan, view, table, &[crate::explore::explored_field()])?;
+            crate::explore::explored_last(plan)?
+        }
+        None => {
+            let plan = crate::rank::rank_plan(plan, r.limit, max_per_creator)?;
+            FetchNode::plan(plan, view, table, &[])?
+        }
+    };
     Ok(DataFrame::new(state, plan))
 }
 

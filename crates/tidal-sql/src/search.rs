@@ -99,6 +99,8 @@ pub struct Search {
     pub predicate: Option<String>,
     pub filters: Vec<crate::FilterTerm>,
     pub max_per_creator: Option<u32>,
+    /// `EXPLORE fraction` (overrides the profile's; needs USING PROFILE).
+    pub explore: Option<f64>,
     pub fusion: Option<Fusion>,
     pub limit: usize,
     pub at: Option<Timestamp>,
@@ -140,6 +142,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         predicate: None,
         filters: Vec::new(),
         max_per_creator: None,
+        explore: None,
         fusion: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
         at: None,
@@ -150,6 +153,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         "WHERE",
         "FILTER",
         "DIVERSITY",
+        "EXPLORE",
         "FUSION",
         "LIMIT",
         "AT",
@@ -168,6 +172,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
             "WHERE" => s.predicate = Some(where_clause(p)?),
             "FILTER" => s.filters = filter_terms(p)?,
             "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
+            "EXPLORE" => s.explore = Some(crate::profile::explore_clause(p, "SEARCH")?),
             "FUSION" => s.fusion = Some(fusion(p, "SEARCH", "the relevance weight")?),
             "LIMIT" => s.limit = limit(p, "SEARCH")?,
             "AT" => s.at = Some(at_clause(p)?),
@@ -176,6 +181,11 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
     }
     end(p)?;
     crate::profile::require_user_for_filter(&s.filters, s.user)?;
+    if s.explore.is_some() && s.profile.is_none() {
+        return Err(syntax(
+            "EXPLORE judges items cold by a profile's signals and GATE: it needs USING PROFILE",
+        ));
+    }
     if s.fusion.is_some() && s.profile.is_none() {
         return Err(syntax(
             "FUSION combines relevance with a profile's score: it needs USING PROFILE",
@@ -336,7 +346,15 @@ pub(crate) fn search_schema(session: &SqlSession, s: &Search) -> Result<SchemaRe
     let view = session.engine().read();
     let table = view.schema().table(s.kind)?.clone();
     view.text(s.kind)?;
-    Ok(crate::retrieve::fetch_schema(&table, &[relevance_field()]))
+    let schema = crate::retrieve::fetch_schema(&table, &[relevance_field()]);
+    let profile = match &s.profile {
+        Some(p) => Some(view.schema().profile(p)?),
+        None => None,
+    };
+    Ok(match crate::explore::fraction(s.explore, profile) {
+        Some(_) => crate::explore::with_explored(schema),
+        None => schema,
+    })
 }
 
 fn relevance_field() -> Field {
@@ -527,6 +545,10 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         score_function: "text_relevance",
         column: "relevance",
     };
+    let explore = crate::explore::fraction(s.explore, profile.as_ref().map(|(d, _)| d)).map(|f| {
+        let at = s.at.unwrap_or_else(|| engine.now());
+        crate::explore::spec(f, s.limit, max_per_creator, s.user, at)
+    });
     let spec = FusedSpec {
         kind: s.kind,
         profile: profile.as_ref().map(|(_, b)| b),
@@ -536,9 +558,19 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
         max_per_creator,
         fusion: s.fusion,
         limit: s.limit,
+        explore,
+        creator: crate::explore::creator_select(&table),
     };
     let plan = fused_plan(&state, &spec, &candidates).await?;
-    let plan = crate::retrieve::FetchNode::plan(plan, view, table, &[relevance_field()])?;
+    let plan = match explore {
+        Some(_) => crate::explore::explored_last(crate::retrieve::FetchNode::plan(
+            plan,
+            view,
+            table,
+            &[relevance_field(), crate::explore::explored_field()],
+        )?)?,
+        None => crate::retrieve::FetchNode::plan(plan, view, table, &[relevance_field()])?,
+    };
     Ok(DataFrame::new(state, plan))
 }
 
@@ -567,6 +599,11 @@ pub(crate) struct FusedSpec<'a> {
     pub max_per_creator: Option<u32>,
     pub fusion: Option<Fusion>,
     pub limit: usize,
+    /// Exploring (SQL.md §10): the ranking is an Explore node, GATE marks items cold
+    /// instead of dropping them, and the result gains `explored`.
+    pub explore: Option<crate::explore::ExploreSpec>,
+    /// How to select `creator_id` when exploring (`None`: the table has none).
+    pub creator: Option<&'static str>,
 }
 
 /// The ranked plan of a statement that fuses candidates' own scores with a profile
@@ -580,23 +617,35 @@ pub(crate) async fn fused_plan(
     let mut ids = RoaringTreemap::new();
     ids.extend(candidates.scores.keys().copied());
     let mut conds = Vec::new();
-    if let Some(keep) = spec.profile.and_then(|b| b.keep.as_ref()) {
+    // Exploring keeps the items GATE drops: they are cold, not gone.
+    let keep = match spec.explore {
+        Some(_) => spec.profile.and_then(|b| b.filter.as_ref()),
+        None => spec.profile.and_then(|b| b.keep.as_ref()),
+    };
+    if let Some(keep) = keep {
         conds.push(keep.clone());
     }
     if let Some(p) = spec.predicate {
         conds.push(format!("({p})"));
     }
+    let creator = match (spec.explore, spec.creator) {
+        (Some(_), Some(c)) => Some(c),
+        _ if spec.max_per_creator.is_some() => Some("creator_id"),
+        _ => None,
+    };
+    let warm = match (spec.explore, spec.profile) {
+        (Some(_), Some(b)) => Some(&b.warm),
+        _ => None,
+    };
     let sql = format!(
-        "SELECT id{}{} FROM {}{}",
-        if spec.max_per_creator.is_some() {
-            ", creator_id"
-        } else {
-            ""
-        },
+        "SELECT id{}{}{} FROM {}{}",
+        creator.map(|c| format!(", {c}")).unwrap_or_default(),
         match spec.profile {
             Some(bound) => format!(", {} AS profile_score", bound.score),
             None => String::new(),
         },
+        warm.map(|w| format!(", {w} AS {}", crate::explore::WARM_COLUMN))
+            .unwrap_or_default(),
         spec.kind.table_name(),
         if conds.is_empty() {
             String::new()
@@ -637,8 +686,11 @@ pub(crate) async fn fused_plan(
     .call(vec![col("id")]);
     let column = candidates.column;
     let mut keep = vec![col("id")];
-    if spec.max_per_creator.is_some() {
+    if creator.is_some() {
         keep.push(col("creator_id"));
+    }
+    if warm.is_some() {
+        keep.push(col(crate::explore::WARM_COLUMN));
     }
     let mut with_own = keep.clone();
     with_own.push(own.alias(column));
@@ -679,11 +731,10 @@ pub(crate) async fn fused_plan(
     out.push(score.alias("score"));
     out.push(col(column));
     let plan = plan.project(out)?.build()?;
-    Ok(crate::rank::rank_plan(
-        plan,
-        spec.limit,
-        spec.max_per_creator,
-    )?)
+    Ok(match spec.explore {
+        Some(e) => crate::explore::explore_plan(plan, e)?,
+        None => crate::rank::rank_plan(plan, spec.limit, spec.max_per_creator)?,
+    })
 }
 
 /// `text_relevance(id)` (SEARCH), `suggest_similarity(id)` (SUGGEST): the candidate's

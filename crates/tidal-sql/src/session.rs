@@ -84,8 +84,10 @@ impl SqlSession {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
             .build_arc()?;
-        let planner =
-            crate::rank::TidalQueryPlanner::new(vec![Arc::new(crate::retrieve::FetchPlanner)]);
+        let planner = crate::rank::TidalQueryPlanner::new(vec![
+            Arc::new(crate::retrieve::FetchPlanner),
+            Arc::new(crate::explore::ExplorePlanner),
+        ]);
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(runtime)

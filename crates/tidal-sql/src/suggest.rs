@@ -79,6 +79,8 @@ pub struct Suggest {
     pub predicate: Option<String>,
     pub filters: Vec<crate::FilterTerm>,
     pub max_per_creator: Option<u32>,
+    /// `EXPLORE fraction` (overrides the profile's; needs USING PROFILE).
+    pub explore: Option<f64>,
     pub fusion: Option<Fusion>,
     pub candidates: Option<usize>,
     pub limit: usize,
@@ -113,6 +115,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
         predicate: None,
         filters: Vec::new(),
         max_per_creator: None,
+        explore: None,
         fusion: None,
         candidates: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
@@ -123,6 +126,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
         "WHERE",
         "FILTER",
         "DIVERSITY",
+        "EXPLORE",
         "FUSION",
         "CANDIDATES",
         "LIMIT",
@@ -138,6 +142,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
             "WHERE" => s.predicate = Some(where_clause(p)?),
             "FILTER" => s.filters = filter_terms(p)?,
             "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
+            "EXPLORE" => s.explore = Some(crate::profile::explore_clause(p, "SUGGEST")?),
             "FUSION" => s.fusion = Some(fusion(p, "SUGGEST", "the similarity weight")?),
             "CANDIDATES" => {
                 let n = limit(p, "SUGGEST")?;
@@ -156,6 +161,11 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
         }
     }
     end(p)?;
+    if s.explore.is_some() && s.profile.is_none() {
+        return Err(syntax(
+            "EXPLORE judges items cold by a profile's signals and GATE: it needs USING PROFILE",
+        ));
+    }
     if s.fusion.is_some() && s.profile.is_none() {
         return Err(syntax(
             "FUSION combines similarity with a profile's score: it needs USING PROFILE",
@@ -172,7 +182,15 @@ fn similarity_field() -> Field {
 pub(crate) fn suggest_schema(session: &SqlSession, s: &Suggest) -> Result<SchemaRef, SqlError> {
     let view = session.engine().read();
     let table = view.schema().table(s.kind)?.clone();
-    Ok(crate::retrieve::fetch_schema(&table, &[similarity_field()]))
+    let schema = crate::retrieve::fetch_schema(&table, &[similarity_field()]);
+    let profile = match &s.profile {
+        Some(p) => Some(view.schema().profile(p)?),
+        None => None,
+    };
+    Ok(match crate::explore::fraction(s.explore, profile) {
+        Some(_) => crate::explore::with_explored(schema),
+        None => schema,
+    })
 }
 
 /// The score is the similarity itself: the nearest candidates are the answer.
@@ -215,6 +233,8 @@ struct Ranking {
     profile: Option<crate::profile::BoundProfile>,
     marks: Vec<crate::retrieve::FilterSet>,
     max_per_creator: Option<u32>,
+    explore: Option<crate::explore::ExploreSpec>,
+    creator: Option<&'static str>,
 }
 
 /// The statement's session state: its instant fixed by AT.
@@ -290,8 +310,18 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         })
         .transpose()?;
 
+    let creator = crate::explore::creator_select(&table);
+    let explore = crate::explore::fraction(s.explore, profile_def.as_ref()).map(|f| {
+        let at = s.at.unwrap_or_else(|| session.engine().now());
+        crate::explore::spec(f, s.limit, max_per_creator, Some(s.user), at)
+    });
     let mut conds = Vec::new();
-    if let Some(keep) = profile.as_ref().and_then(|b| b.keep.as_ref()) {
+    // Exploring keeps the items GATE drops among the candidates: they are cold.
+    let keep = match explore {
+        Some(_) => profile.as_ref().and_then(|b| b.filter.as_ref()),
+        None => profile.as_ref().and_then(|b| b.keep.as_ref()),
+    };
+    if let Some(keep) = keep {
         conds.push(keep.clone());
     }
     if let Some(p) = &s.predicate {
@@ -351,6 +381,8 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
                 profile,
                 marks,
                 max_per_creator,
+                explore,
+                creator,
             }),
         },
     })
@@ -381,6 +413,7 @@ async fn fallback(session: &SqlSession, s: &Suggest, profile: &str) -> Result<Da
         predicate: s.predicate.clone(),
         filters: s.filters.clone(),
         max_per_creator: s.max_per_creator,
+        explore: s.explore,
         limit: s.limit,
         at: s.at,
     };
@@ -416,8 +449,20 @@ pub(crate) async fn run_suggest(
             }
             let plan = ranked(&planned.state, s, &found, &spec).await?;
             let view = session.engine().read();
-            let plan =
-                crate::retrieve::FetchNode::plan(plan, view, planned.table, &[similarity_field()])?;
+            let plan = match spec.explore {
+                Some(_) => crate::explore::explored_last(crate::retrieve::FetchNode::plan(
+                    plan,
+                    view,
+                    planned.table,
+                    &[similarity_field(), crate::explore::explored_field()],
+                )?)?,
+                None => crate::retrieve::FetchNode::plan(
+                    plan,
+                    view,
+                    planned.table,
+                    &[similarity_field()],
+                )?,
+            };
             Ok(SuggestOutput::Frame(DataFrame::new(planned.state, plan)))
         }
     }
@@ -491,6 +536,8 @@ async fn ranked(
         max_per_creator: spec.max_per_creator,
         fusion: s.fusion,
         limit: s.limit,
+        explore: spec.explore,
+        creator: spec.creator,
     };
     fused_plan(state, &fused, &candidates).await
 }

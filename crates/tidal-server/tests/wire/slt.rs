@@ -202,6 +202,13 @@ fn same_token(a: &str, b: &str) -> bool {
     if a == b {
         return true;
     }
+    // PostgreSQL's text form of a BOOLEAN is t / f.
+    if matches!(
+        (a, b),
+        ("t", "true") | ("true", "t") | ("f", "false") | ("false", "f")
+    ) {
+        return true;
+    }
     let num = |s: &str| match s {
         "NaN" => Some(f64::NAN),
         "Infinity" | "inf" => Some(f64::INFINITY),
