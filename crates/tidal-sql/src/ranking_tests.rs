@@ -20,6 +20,9 @@ struct World {
     /// (user, item) pairs with a positive view (seen) / hide (hidden) event.
     seen: HashSet<(i64, i64)>,
     hidden: HashSet<(i64, i64)>,
+    /// (user, creator) edges of the relationships `follows` and `blocks`.
+    follows: HashSet<(i64, i64)>,
+    blocks: HashSet<(i64, i64)>,
 }
 
 const CATEGORIES: [&str; 3] = ["music", "talk", "spam"];
@@ -35,6 +38,8 @@ async fn build(rng: &mut impl Rng) -> (tempfile::TempDir, SqlSession, World) {
         "CREATE SIGNAL view ON items DECAY NONE WINDOWS ('all') MARKS seen",
         "CREATE SIGNAL like ON items DECAY NONE WINDOWS ('all')",
         "CREATE SIGNAL hide ON items DECAY NONE WINDOWS ('all') MARKS hidden",
+        "CREATE RELATIONSHIP follows FROM users TO creators",
+        "CREATE RELATIONSHIP blocks FROM users TO creators",
     ] {
         sql.sql(s).await.unwrap();
     }
@@ -44,6 +49,8 @@ async fn build(rng: &mut impl Rng) -> (tempfile::TempDir, SqlSession, World) {
         views: HashMap::new(),
         seen: HashSet::new(),
         hidden: HashSet::new(),
+        follows: HashSet::new(),
+        blocks: HashSet::new(),
     };
     let n_items = rng.random_range(1..60i64);
     let n_creators = rng.random_range(1..8i64);
@@ -60,6 +67,35 @@ async fn build(rng: &mut impl Rng) -> (tempfile::TempDir, SqlSession, World) {
     sql.sql(&format!("INSERT INTO items VALUES {}", values.join(", ")))
         .await
         .unwrap();
+    // Edges, some to creators no item has, some inserted twice, some deleted again.
+    for (name, set) in [("follows", &mut w.follows), ("blocks", &mut w.blocks)] {
+        let mut edges = Vec::new();
+        for _ in 0..rng.random_range(0..12) {
+            let e = (
+                rng.random_range(1..5i64),
+                rng.random_range(0..n_creators + 2),
+            );
+            set.insert(e);
+            edges.push(format!("({}, {})", e.0, e.1));
+        }
+        if !edges.is_empty() {
+            edges.push(edges[0].clone());
+            sql.sql(&format!(
+                "INSERT INTO {name} (src, dst) VALUES {}",
+                edges.join(", ")
+            ))
+            .await
+            .unwrap();
+        }
+        if let Some(&(u, c)) = set.iter().next()
+            && rng.random_bool(0.5)
+        {
+            set.remove(&(u, c));
+            sql.sql(&format!("DELETE FROM {name} WHERE src = {u} AND dst = {c}"))
+                .await
+                .unwrap();
+        }
+    }
     let mut events = Vec::new();
     for _ in 0..rng.random_range(0..200) {
         let item = rng.random_range(1..=n_items + 3); // a few events of unknown items
@@ -105,6 +141,7 @@ fn reference(
     no_spam: bool,
     only_creator: Option<i64>,
     user_filter: Option<(i64, bool, bool)>,
+    rel: Option<(i64, &str, bool)>,
     max_per: Option<usize>,
     limit: usize,
 ) -> Vec<(i64, f64)> {
@@ -123,6 +160,18 @@ fn reference(
                 || (not_hidden && w.hidden.contains(&(user, id))))
         {
             continue;
+        }
+        // A relationship term tests the creator; an item without one is in no set.
+        if let Some((user, name, want)) = rel {
+            let set = if name == "follows" {
+                &w.follows
+            } else {
+                &w.blocks
+            };
+            let member = creator.is_some_and(|c| set.contains(&(user, c)));
+            if member != want {
+                continue;
+            }
         }
         cands.push((id, (coef * likes + views) as f64, creator));
     }
@@ -204,10 +253,16 @@ async fn retrieve_matches_a_brute_force_reference() {
                 2 => Some((user, true, true)),
                 _ => None,
             };
+            let rel = match rng.random_range(0..5) {
+                0 => Some((user, "follows", true)),
+                1 => Some((user, "follows", false)),
+                2 => Some((user, "blocks", false)),
+                _ => None,
+            };
             let stmt_div = (rng.random_range(0..3) == 0).then(|| rng.random_range(1..4usize));
             let limit = rng.random_range(0..25usize);
             let mut stmt = "RETRIEVE items".to_string();
-            if user_filter.is_some() {
+            if user_filter.is_some() || rel.is_some() {
                 stmt += &format!(" FOR USER {user}");
             }
             stmt += " USING PROFILE p";
@@ -219,6 +274,18 @@ async fn retrieve_matches_a_brute_force_reference() {
                 Some((_, false, true)) => stmt += " FILTER not hidden",
                 Some((_, true, true)) => stmt += " FILTER unseen, not hidden",
                 _ => {}
+            }
+            if let Some((_, name, want)) = rel {
+                let term = if want {
+                    name.to_string()
+                } else {
+                    format!("not {name}")
+                };
+                stmt += &if user_filter.is_some() {
+                    format!(", {term}")
+                } else {
+                    format!(" FILTER {term}")
+                };
             }
             if let Some(n) = stmt_div {
                 stmt += &format!(" DIVERSITY max_per_creator {n}");
@@ -236,6 +303,7 @@ async fn retrieve_matches_a_brute_force_reference() {
                 no_spam,
                 only_creator,
                 user_filter,
+                rel,
                 stmt_div.or(profile_div),
                 limit,
             );
@@ -244,7 +312,10 @@ async fn retrieve_matches_a_brute_force_reference() {
             let ranks: Vec<i64> = got.iter().map(|r| r.0).collect();
             assert_eq!(ranks, (1..=got.len() as i64).collect::<Vec<_>>(), "{stmt}");
             // rank_profile orders the same way when nothing is user-specific.
-            if user_filter.is_none() && only_creator.is_none() && stmt_div.or(profile_div).is_none()
+            if user_filter.is_none()
+                && rel.is_none()
+                && only_creator.is_none()
+                && stmt_div.or(profile_div).is_none()
             {
                 let q = format!(
                     "SELECT id, rank_profile('p', id) s FROM items ORDER BY s DESC, id LIMIT {limit}"
