@@ -270,9 +270,12 @@ fn is_vector_operator(op: &BinaryOperator) -> bool {
     }
 }
 
-/// Argument types of the signal functions (SQL.md §4) and `preference(user)` (§7).
+/// Argument types of the signal functions (SQL.md §4), `preference(user)` (§7),
+/// `affinity(user, creator [, at])` and `in_degree(relationship, dst)` (§8).
 fn signal_function_args(name: &str) -> Option<&'static [Type]> {
     Some(match name {
+        "affinity" => &[Type::INT8, Type::INT8, Type::TIMESTAMP],
+        "in_degree" => &[Type::TEXT, Type::INT8],
         "decay" => &[Type::TEXT, Type::INT8, Type::TIMESTAMP],
         "window_count" | "velocity" | "acceleration" => {
             &[Type::TEXT, Type::INT8, Type::TEXT, Type::TIMESTAMP]

@@ -13,6 +13,7 @@ mod common;
 mod drivers;
 mod durability;
 mod errors;
+mod feedback;
 mod limits;
 mod preference;
 mod protocol;
