@@ -428,7 +428,9 @@ impl CopyIn {
                 self.header_pending = false;
                 continue;
             }
-            if !self.format.csv && raw == "\\." {
+            // End-of-data, as PostgreSQL reads it in both formats (psql may pass it
+            // on); a quoted "\." in CSV is data.
+            if raw == "\\." {
                 self.ended = true;
                 break;
             }

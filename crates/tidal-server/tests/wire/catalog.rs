@@ -279,12 +279,7 @@ async fn driver_metadata_queries() {
     server.stop().await;
 }
 
-fn psql_available() -> bool {
-    Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use crate::common::psql_available;
 
 /// Runs `psql -X` with one `-c` per command; returns (success, stdout, stderr).
 async fn psql(addr: SocketAddr, commands: &[&str]) -> (bool, String, String) {

@@ -315,6 +315,14 @@ impl tokio_postgres::types::ToSql for PgVector {
 /// One COPY script through psql (the simple protocol, as libpq clients send it):
 /// whether it was acknowledged. A server killed mid-COPY closes the pipe: not
 /// acknowledged.
+/// Whether `psql` runs here.
+pub fn psql_available() -> bool {
+    Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 pub async fn psql_copy(addr: SocketAddr, script: String) -> bool {
     tokio::task::spawn_blocking(move || {
         let child = Command::new("psql")

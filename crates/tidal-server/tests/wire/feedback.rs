@@ -440,3 +440,118 @@ fn every_state_a_like_moves_survives_sigkill() {
         a.done.len()
     );
 }
+
+/// `COPY follows (src, dst) FROM STDIN` text for edges `(u, c)` with `u` in `users`.
+fn edges_copy(users: std::ops::Range<i64>, per_user: i64) -> (String, BTreeSet<(i64, i64)>) {
+    let mut s = String::from("COPY follows (src, dst) FROM STDIN (FORMAT csv);\n");
+    let mut set = BTreeSet::new();
+    for u in users {
+        for k in 0..per_user {
+            let c = (mix((u as u64) << 20 | k as u64) % 1000) as i64;
+            set.insert((u, c));
+            s.push_str(&format!("{u},{c}\n"));
+        }
+    }
+    s.push_str("\\.\n");
+    (s, set)
+}
+
+async fn edge_count(c: &Client) -> i64 {
+    c.query_one("SELECT count(*) FROM follows", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Edges loaded with psql's COPY are all there after kill -9; a COPY killed midway
+/// is all or nothing; FILTER and in_degree read the recovered edges.
+#[test]
+fn edges_copied_with_psql_survive_sigkill() {
+    if !crate::drivers::present(
+        crate::common::psql_available(),
+        "psql",
+        "apt-get install postgresql-client",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("tidal.log");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (small, small_set) = edges_copy(0..50, 40);
+    let (big, big_set) = edges_copy(50..5050, 40);
+    let mut proc = Proc::spawn(&data, &log);
+    let killed_mid_copy = rt.block_on(async {
+        let c = connect(proc.addr).await;
+        setup(&c).await;
+        c.batch_execute("CREATE RELATIONSHIP follows FROM users TO creators")
+            .await
+            .unwrap();
+        assert!(crate::common::psql_copy(proc.addr, small).await);
+        assert_eq!(edge_count(&c).await, small_set.len() as i64);
+        let addr = proc.addr;
+        let copy = tokio::spawn(crate::common::psql_copy(addr, big));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        proc.kill9();
+        !copy.await.unwrap()
+    });
+    let mut proc = Proc::spawn(&data, &log);
+    rt.block_on(async {
+        let c = connect(proc.addr).await;
+        let n = edge_count(&c).await;
+        let all: BTreeSet<(i64, i64)> = small_set.union(&big_set).copied().collect();
+        let want = if n == small_set.len() as i64 {
+            &small_set
+        } else {
+            assert!(
+                !killed_mid_copy || n == all.len() as i64,
+                "a COPY applied in part: {n} edges"
+            );
+            &all
+        };
+        assert_eq!(n, want.len() as i64);
+        for u in [0i64, 7, 49, 50, 3000] {
+            let got: BTreeSet<i64> = c
+                .query("SELECT dst FROM follows WHERE src = $1", &[&u])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let model: BTreeSet<i64> = want.iter().filter(|e| e.0 == u).map(|e| e.1).collect();
+            assert_eq!(got, model, "user {u}");
+            // FILTER follows keeps the items of the creators followed (creators 0..5).
+            let kept: BTreeSet<i64> = c
+                .query(
+                    "RETRIEVE items FOR USER $1 USING PROFILE by_id FILTER follows LIMIT 100",
+                    &[&u],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, i64>("id"))
+                .collect();
+            let model: BTreeSet<i64> = (0..ITEMS)
+                .filter(|i| want.contains(&(u, creator(*i))))
+                .collect();
+            assert_eq!(kept, model, "FILTER follows for user {u}");
+        }
+        for cr in [0i64, 3, 999] {
+            let got: i64 = c
+                .query_one("SELECT in_degree('follows', $1)", &[&cr])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                got,
+                want.iter().filter(|e| e.1 == cr).count() as i64,
+                "creator {cr}"
+            );
+        }
+    });
+    proc.kill9();
+}

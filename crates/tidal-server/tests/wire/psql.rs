@@ -6,12 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use crate::common::{connect, start, start_with};
 
-fn psql_available() -> bool {
-    Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+use crate::common::psql_available;
 
 macro_rules! require_psql {
     () => {

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -327,11 +326,11 @@ async fn verify(c: &Client, acked: &Acked, cycle: u64) -> bool {
 
 #[test]
 fn copy_of_text_rows_survives_sigkill_without_a_rebuild() {
-    let psql = Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !crate::drivers::present(psql, "psql", "apt-get install postgresql-client") {
+    if !crate::drivers::present(
+        crate::common::psql_available(),
+        "psql",
+        "apt-get install postgresql-client",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
