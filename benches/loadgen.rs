@@ -40,7 +40,8 @@
 //!   data for every dialect) and loaded with COPY. tidal: the signals and the profile
 //!   `trending` (`rank::PROFILE_SQL`); postgres: `items` and `events` tables, indexes built
 //!   after the load, `VACUUM ANALYZE`. `--export-dir` also writes the data as CSV (and
-//!   `meta.json`) for the DuckDB peer.
+//!   `meta.json`) for the DuckDB peer. `--personal` (tidal) declares `view … MARKS seen`
+//!   and `like … MARKS liked AFFINITY 0.15`, for `benches/peers/personal_bench.sh`.
 //! * `query` — one statement (`--sql` or `--sql-file`) `--runs` times from `--clients`
 //!   connections after `--warmup-runs` unmeasured runs per connection, over the simple
 //!   or extended protocol (`--protocol`); p50/p99/mean latency and qps. `--result-csv`
@@ -259,6 +260,10 @@ struct Args {
     /// rank-setup: half-life of the `skip` signal's decay, in hours.
     #[arg(long, default_value_t = 6.0)]
     skip_half_life_hours: f64,
+    /// rank-setup (tidal): declare per-user state on the signals — `view … MARKS seen`,
+    /// `like … MARKS liked AFFINITY 0.15` — so the events fill marks and affinities.
+    #[arg(long)]
+    personal: bool,
     /// rank-setup: events per COPY (spread over `--copy-streams` connections).
     #[arg(long, default_value_t = 500_000)]
     event_chunk: u64,
@@ -1046,6 +1051,11 @@ mod rank {
         let c = connect(&args.url).await?;
         let tz = match args.dialect {
             Dialect::Tidal => {
+                let (view_opts, like_opts) = if args.personal {
+                    ("MARKS seen", "MARKS liked AFFINITY 0.15")
+                } else {
+                    ("", "")
+                };
                 let ddl = format!(
                     "DROP PROFILE IF EXISTS trending;
                      DROP TABLE IF EXISTS items;
@@ -1055,9 +1065,9 @@ mod rank {
                      CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT,
                          created_at TIMESTAMP, category TEXT) WITH (kind = 'item');
                      CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '1 day'
-                         WINDOWS ('1h', '24h');
+                         WINDOWS ('1h', '24h') {view_opts};
                      CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '7 days'
-                         WINDOWS ('24h');
+                         WINDOWS ('24h') {like_opts};
                      CREATE SIGNAL skip ON items DECAY EXPONENTIAL HALF_LIFE '{hl_us} microseconds';"
                 );
                 c.batch_execute(&ddl).await.context("creating the schema")?;
