@@ -127,7 +127,9 @@ fn open_personal() -> (tempfile::TempDir, Arc<Database>) {
     for chunk in 0..PERSONAL_ITEMS / 10_000 {
         let mut txn = db.engine().begin();
         for id in chunk * 10_000..(chunk + 1) * 10_000 {
-            let v: Vec<f32> = (0..PERSONAL_DIMS).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let v: Vec<f32> = (0..PERSONAL_DIMS)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             txn.insert(
                 EntityKind::Item,
                 vec![

@@ -419,17 +419,16 @@ pub(crate) struct Binding<'a> {
     pub at: Option<SqlExpr>,
     /// What `similarity()` becomes: the FOR USER user's preference vector, if any.
     pub preference: Option<&'a [f32]>,
-    /// What `affinity()` becomes: the FOR USER user's affinity state as hex, if any.
-    pub affinity: Option<&'a str>,
+    /// Whether `affinity()` reads a FOR USER user's pairs (else it is 0).
+    pub affinity: bool,
 }
 
 /// What the statement's FOR USER user brings to a profile's binding.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct UserState {
     pub preference: Option<Vec<f32>>,
-    /// The user's affinity state as the hex digits of an `X'…'` literal
-    /// (`social::user_affinity_state`); `None` without a user or without pairs.
-    pub affinity: Option<String>,
+    /// The user's affinity pairs, read at planning; `None` without a user or pairs.
+    pub affinity: Option<std::sync::Arc<crate::social::UserAffinity>>,
 }
 
 impl Binding<'_> {
@@ -475,8 +474,9 @@ impl Binding<'_> {
     }
 
     /// `affinity()` (SQL.md §8): the FOR USER user's affinity for the row's creator, as
-    /// `user_affinity(creator_id, X'<state>', now())` — the state read once at planning,
-    /// evaluated at the statement's instant; the constant 0 without a user or pairs.
+    /// `user_affinity(creator_id, now())`, which the statement's plan then binds to the
+    /// user's pairs read once at planning (`social::bind_user_affinity`); the constant 0
+    /// without a user or pairs.
     fn affinity(&self) -> Result<SqlExpr, SqlError> {
         let table = self.schema.table(self.kind)?;
         let creator = table
@@ -492,15 +492,16 @@ impl Binding<'_> {
                 ),
             });
         }
-        match self.affinity {
-            None => parse_expr("CAST(0.0 AS DOUBLE)"),
-            Some(hex) => parse_expr(&format!(
-                "user_affinity(creator_id, X'{hex}', {})",
-                self.at
-                    .as_ref()
-                    .map_or_else(|| "now()".to_string(), |e| e.to_string())
-            )),
+        if !self.affinity {
+            return parse_expr("CAST(0.0 AS DOUBLE)");
         }
+        parse_expr(&format!(
+            "{}(creator_id, {})",
+            crate::social::USER_AFFINITY_FUNCTION,
+            self.at
+                .as_ref()
+                .map_or_else(|| "now()".to_string(), |e| e.to_string())
+        ))
     }
 
     /// `similarity()` (SQL.md §7): the cosine similarity of the user's preference
@@ -668,6 +669,22 @@ pub(crate) struct BoundProfile {
     /// (SQL.md §10; without a GATE only the events count).
     pub warm: String,
     pub signals: BTreeSet<String>,
+    /// The FOR USER user's affinity pairs `affinity()` reads (bind them into the plan
+    /// with [`BoundProfile::bind_plan`]).
+    pub affinity: Option<std::sync::Arc<crate::social::UserAffinity>>,
+}
+
+impl BoundProfile {
+    /// A plan of this profile's SQL with its user state bound (see `affinity()`).
+    pub(crate) fn bind_plan(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+    ) -> datafusion::error::Result<datafusion::logical_expr::LogicalPlan> {
+        match &self.affinity {
+            Some(a) => crate::social::bind_user_affinity(plan, a),
+            None => Ok(plan),
+        }
+    }
 }
 
 /// Binds a profile's clauses. `at` is `None` for the statement's instant (RETRIEVE) or
@@ -687,7 +704,7 @@ pub(crate) fn bind_profile(
         kind: def.kind,
         at,
         preference: user.preference.as_deref(),
-        affinity: user.affinity.as_deref(),
+        affinity: user.affinity.is_some(),
     };
     let mut signals = BTreeSet::new();
     let mut bind = |text: &str| -> Result<String, SqlError> {
@@ -755,6 +772,7 @@ pub(crate) fn bind_profile(
         filter: filter.map(|f| format!("({f})")),
         warm,
         signals,
+        affinity: user.affinity.clone(),
     })
 }
 

@@ -106,7 +106,8 @@ pub(crate) async fn plan_retrieve(
         state.execution_props_mut().query_execution_start_time =
             Some(chrono_utc(at).ok_or_else(|| bad_arg("RETRIEVE", "AT is out of range"))?);
     }
-    let mut plan = ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
+    let plan = bound.bind_plan(state.create_logical_plan(&sql).await?)?;
+    let mut plan = ledger_ordered_scans(plan)?;
     if let Some(user) = r.user {
         let sets = filter_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
         plan = scan_filters(plan, &sets)?;
@@ -140,10 +141,7 @@ pub(crate) fn user_state(
         .flatten()
         .any(|c| crate::social::mentions_affinity(c));
     let affinity = match user.and_then(EntityId::from_i64) {
-        Some(u) if uses_affinity => {
-            let state = crate::social::user_affinity_state(view, u)?;
-            (!state.is_empty()).then(|| crate::social::hex(&state))
-        }
+        Some(u) if uses_affinity => crate::social::UserAffinity::read(view, u)?,
         _ => None,
     };
     Ok(crate::profile::UserState {
@@ -1036,8 +1034,8 @@ pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Res
             kind: def.kind,
             at: None,
             preference: Some(&probe),
-            // affinity() is checked as it runs for a user with pairs (one zero record).
-            affinity: Some(&"00".repeat(40)),
+            // affinity() is checked as it runs for a user with pairs.
+            affinity: true,
         }
         .bind(&mut e)?;
         Ok(e.to_string())

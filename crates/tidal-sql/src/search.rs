@@ -653,7 +653,11 @@ pub(crate) async fn fused_plan(
             format!(" WHERE {}", conds.join(" AND "))
         }
     );
-    let plan = crate::retrieve::ledger_ordered_scans(state.create_logical_plan(&sql).await?)?;
+    let mut plan = state.create_logical_plan(&sql).await?;
+    if let Some(bound) = spec.profile {
+        plan = bound.bind_plan(plan)?;
+    }
+    let plan = crate::retrieve::ledger_ordered_scans(plan)?;
     // The candidate filter goes under the projection (DataFusion pushes it into the
     // scan's filter), so profile scores are computed for candidates only.
     let mut matched = crate::retrieve::id_set_filter(

@@ -647,119 +647,132 @@ impl ScalarUDFImpl for InDegreeUdf {
     }
 }
 
-/// Bytes of one (creator, signal) record of a bound affinity.
-const BOUND_RECORD_BYTES: usize = 40;
+/// A user's affinity state, captured when a statement is planned: per creator, the
+/// `(δ, decay, t_ref, score)` of each AFFINITY signal the schema declares.
+#[derive(Debug, Default)]
+pub(crate) struct UserAffinity {
+    pairs: HashMap<u64, Vec<(f64, DecaySpec, AffinityEntry)>>,
+    /// The creators with pairs, as a bitmap: most rows' creators have none.
+    dense: Option<crate::retrieve::DenseIds>,
+    /// The values at the last instant asked for (one statement reads at one instant).
+    at: parking_lot::Mutex<Option<(i64, Arc<CreatorValues>)>>,
+}
 
-/// A user's affinity state, captured at planning, as the binary literal that
-/// `user_affinity(creator_id, <state>, at)` evaluates: per (creator, signal) the
-/// creator, δ, half-life (0 for no decay), t_ref and score, little-endian.
-pub(crate) fn user_affinity_state(view: &ReadView, user: EntityId) -> Result<Vec<u8>, SqlError> {
-    let schema = view.schema();
-    let mut out = Vec::new();
-    for p in view.store().affinity_pairs(user, user) {
-        let (_, creator, entries) = p?;
-        for AffinityEntry {
-            signal,
-            t_ref,
-            score,
-        } in entries
-        {
-            let Some(def) = schema.signal_by_id(signal) else {
-                continue;
-            };
-            let Some(delta) = def.affinity else { continue };
-            out.extend_from_slice(&creator.0.to_le_bytes());
-            out.extend_from_slice(&delta.to_le_bytes());
-            out.extend_from_slice(&def.decay.half_life_us().unwrap_or(0).to_le_bytes());
-            out.extend_from_slice(&t_ref.to_le_bytes());
-            out.extend_from_slice(&score.to_le_bytes());
+/// Affinity by creator at one instant.
+type CreatorValues = HashMap<u64, f64>;
+
+impl UserAffinity {
+    /// `user`'s pairs as of `view`; `None` when there are none.
+    pub(crate) fn read(
+        view: &ReadView,
+        user: EntityId,
+    ) -> Result<Option<Arc<UserAffinity>>, SqlError> {
+        let schema = view.schema();
+        let mut pairs: HashMap<u64, Vec<(f64, DecaySpec, AffinityEntry)>> = HashMap::new();
+        for p in view.store().affinity_pairs(user, user) {
+            let (_, creator, entries) = p?;
+            for e in entries {
+                let Some(def) = schema.signal_by_id(e.signal) else {
+                    continue;
+                };
+                let Some(delta) = def.affinity else { continue };
+                pairs
+                    .entry(creator.0)
+                    .or_default()
+                    .push((delta, def.decay, e));
+            }
         }
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let mut set = tidal_engine::roaring::RoaringTreemap::new();
+        set.extend(pairs.keys().copied());
+        Ok(Some(Arc::new(UserAffinity {
+            dense: crate::retrieve::DenseIds::of(&set),
+            pairs,
+            at: parking_lot::Mutex::new(None),
+        })))
     }
-    Ok(out)
+
+    /// The affinity per creator at `at`.
+    fn values(&self, at: i64) -> Arc<CreatorValues> {
+        let mut cached = self.at.lock();
+        if let Some((t, v)) = cached.as_ref()
+            && *t == at
+        {
+            return v.clone();
+        }
+        let v: Arc<CreatorValues> = Arc::new(
+            self.pairs
+                .iter()
+                .map(|(c, es)| {
+                    (
+                        *c,
+                        es.iter().map(|(d, decay, e)| d * e.at(*decay, at)).sum(),
+                    )
+                })
+                .collect(),
+        );
+        *cached = Some((at, v.clone()));
+        v
+    }
 }
 
-/// The value per creator at `at` of a state from [`user_affinity_state`].
-fn bound_values(state: &[u8], at: i64) -> Result<HashMap<u64, f64>> {
-    if !state.len().is_multiple_of(BOUND_RECORD_BYTES) {
-        return Err(DataFusionError::Internal(
-            "user_affinity: malformed state".into(),
-        ));
-    }
-    let mut out: HashMap<u64, f64> = HashMap::with_capacity(state.len() / BOUND_RECORD_BYTES);
-    let word = |c: &[u8], i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&c[i..i + 8]);
-        b
-    };
-    for c in state.chunks_exact(BOUND_RECORD_BYTES) {
-        let creator = u64::from_le_bytes(word(c, 0));
-        let delta = f64::from_le_bytes(word(c, 8));
-        let hl = i64::from_le_bytes(word(c, 16));
-        let t_ref = i64::from_le_bytes(word(c, 24));
-        let score = f64::from_le_bytes(word(c, 32));
-        let decay = if hl == 0 {
-            DecaySpec::None
-        } else {
-            DecaySpec::exponential_micros(hl)
-                .map_err(|e| DataFusionError::Internal(format!("user_affinity: {e}")))?
-        };
-        let e = AffinityEntry {
-            signal: tidal_core::SignalId(0),
-            t_ref,
-            score,
-        };
-        *out.entry(creator).or_default() += delta * e.at(decay, at);
-    }
-    Ok(out)
-}
+/// The name `affinity()` in a profile binds to; [`bind_user_affinity`] swaps in an
+/// instance holding the statement's [`UserAffinity`].
+pub(crate) const USER_AFFINITY_FUNCTION: &str = "user_affinity";
 
-/// `user_affinity(creator_id, <state>, at)`: what `affinity()` inside a profile binds
-/// to for the statement's FOR USER user — one map lookup per row, no store reads.
+/// `user_affinity(creator_id, at)`: the FOR USER user's affinity for the row's creator,
+/// from the state captured at planning — one bit test (and, for the few creators with
+/// pairs, one map lookup) per row, no store reads. The registered instance has no
+/// state: called directly it is an error, as the function exists only for profiles.
 #[derive(Debug)]
 pub struct UserAffinityUdf {
+    state: Option<Arc<UserAffinity>>,
     signature: Signature,
 }
 
 impl Default for UserAffinityUdf {
     fn default() -> Self {
         UserAffinityUdf {
+            state: None,
             signature: Signature::user_defined(Volatility::Immutable),
         }
     }
 }
 
 impl PartialEq for UserAffinityUdf {
-    fn eq(&self, _: &Self) -> bool {
-        true
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.state, &other.state) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        }
     }
 }
 impl Eq for UserAffinityUdf {}
 impl Hash for UserAffinityUdf {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        "user_affinity".hash(state);
+        USER_AFFINITY_FUNCTION.hash(state);
+        self.state.as_ref().map(Arc::as_ptr).hash(state);
     }
 }
 
 impl ScalarUDFImpl for UserAffinityUdf {
     fn name(&self) -> &str {
-        "user_affinity"
+        USER_AFFINITY_FUNCTION
     }
     fn signature(&self) -> &Signature {
         &self.signature
     }
     fn coerce_types(&self, args: &[DataType]) -> Result<Vec<DataType>> {
         match args {
-            [
-                c,
-                DataType::Binary | DataType::BinaryView | DataType::LargeBinary,
-                _,
-            ] if c.is_integer() || *c == DataType::Null => {
-                Ok(vec![DataType::Int64, DataType::Binary, ts_type()])
+            [c, _] if c.is_integer() || *c == DataType::Null => {
+                Ok(vec![DataType::Int64, ts_type()])
             }
             _ => Err(bad_arg(
                 "user_affinity",
-                "takes user_affinity(creator BIGINT, state BYTEA, at TIMESTAMP); a profile's \
-                 affinity() binds it",
+                "takes user_affinity(creator BIGINT, at TIMESTAMP); a profile's affinity() binds it",
             )),
         }
     }
@@ -768,32 +781,65 @@ impl ScalarUDFImpl for UserAffinityUdf {
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let n = args.number_rows;
-        let (
-            ColumnarValue::Scalar(ScalarValue::Binary(Some(state))),
-            ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(Some(at), _)),
-        ) = (&args.args[1], &args.args[2])
+        let Some(state) = &self.state else {
+            return Err(bad_arg(
+                "user_affinity",
+                "user_affinity() is what a profile's affinity() becomes for the statement's FOR \
+                 USER user; call affinity(user, creator) instead",
+            ));
+        };
+        let ColumnarValue::Scalar(ScalarValue::TimestampMicrosecond(Some(at), _)) = &args.args[1]
         else {
             return Err(bad_arg(
                 "user_affinity",
-                "the state and the instant must be constants (it is bound by a profile's affinity())",
+                "the instant must be a constant (the statement's)",
             ));
         };
-        let values = bound_values(state, *at)?;
+        let values = state.values(*at);
         let creators = ids_of(&args.args[0], n, "user_affinity")?;
+        let raw = creators.values();
         // A row without a creator has no affinity: 0 (NULL would void the score).
         let out: Float64Array = (0..n)
             .map(|i| {
-                if creators.is_null(i) {
+                let Ok(c) = u64::try_from(raw[i]) else {
+                    return 0.0;
+                };
+                if creators.is_null(i) || state.dense.as_ref().is_some_and(|d| !d.contains(c)) {
                     return 0.0;
                 }
-                u64::try_from(creators.value(i))
-                    .ok()
-                    .and_then(|c| values.get(&c).copied())
-                    .unwrap_or(0.0)
+                values.get(&c).copied().unwrap_or(0.0)
             })
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
+}
+
+/// `plan` with every `user_affinity(…)` call holding `state` (see [`UserAffinityUdf`]).
+pub(crate) fn bind_user_affinity(
+    plan: datafusion::logical_expr::LogicalPlan,
+    state: &Arc<UserAffinity>,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let udf = Arc::new(ScalarUDF::new_from_impl(UserAffinityUdf {
+        state: Some(state.clone()),
+        signature: Signature::user_defined(Volatility::Immutable),
+    }));
+    let plan = plan.transform_up(|node| {
+        node.map_expressions(|e| {
+            e.transform_up(|e| match e {
+                Expr::ScalarFunction(f) if f.func.name() == USER_AFFINITY_FUNCTION => {
+                    Ok(Transformed::yes(Expr::ScalarFunction(
+                        datafusion::logical_expr::expr::ScalarFunction::new_udf(
+                            udf.clone(),
+                            f.args,
+                        ),
+                    )))
+                }
+                other => Ok(Transformed::no(other)),
+            })
+        })
+    })?;
+    Ok(plan.data)
 }
 
 /// Whether a profile clause calls `affinity()` (the binding needs the user's state).
@@ -804,13 +850,4 @@ pub(crate) fn mentions_affinity(text: &str) -> bool {
 /// The relationship a catalog name stands for, if any.
 pub(crate) fn relationship_table(schema: &TidalSchema, name: &str) -> Option<RelationshipDef> {
     schema.relationship(name).ok().cloned()
-}
-
-/// Bytes as the hex digits of an SQL `X'…'` literal.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }

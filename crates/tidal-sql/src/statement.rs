@@ -870,6 +870,15 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
     if peek_words(p, &["DELETE", "FROM"]) {
         return delete_edges(&mut df).map(Some);
     }
+    if peek_words(p, &["UPDATE"]) {
+        return Err(SqlError::DataFusion(
+            datafusion::error::DataFusionError::NotImplemented(
+                "UPDATE works on items, users and creators; a relationship's edges are \
+                 inserted and deleted, not updated"
+                    .into(),
+            ),
+        ));
+    }
     if peek_words(p, &["SHOW", "RELATIONSHIPS"]) {
         p.next_token();
         p.next_token();
