@@ -56,6 +56,7 @@ mod error;
 mod explore;
 mod history;
 mod insert;
+mod mask;
 mod profile;
 mod provider;
 mod rank;

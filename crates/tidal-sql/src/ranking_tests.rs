@@ -336,3 +336,42 @@ async fn retrieve_matches_a_brute_force_reference() {
         }
     }
 }
+
+/// The plan says which sets FILTER tests, that affinity() is bound to the user's pairs,
+/// and that EXPLORE replaced the ranking (with its slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_filters_affinity_and_exploration() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (_dir, sql, _w) = build(&mut rng).await;
+    for s in [
+        "CREATE SIGNAL tip ON items DECAY NONE WINDOWS ('all') AFFINITY 0.5",
+        "INSERT INTO signals (signal, entity_id, user_id) VALUES ('tip', 1, 2)",
+        "CREATE PROFILE fy ON items (SCORE signal_total('like') + affinity())",
+    ] {
+        sql.sql(s).await.unwrap();
+    }
+    let plan = |q: &'static str| {
+        let sql = &sql;
+        async move {
+            let batches = sql.sql(&format!("EXPLAIN {q}")).await.unwrap();
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .unwrap()
+                .to_string();
+            text
+        }
+    };
+    let p = plan("RETRIEVE items FOR USER 2 USING PROFILE fy FILTER follows, not blocks, unseen EXPLORE 0.2 LIMIT 10").await;
+    for want in [
+        // Keeping terms filter the scan; removing terms mask the scored candidates.
+        "Filter: edge_of[user 2 follows](items.creator_id)",
+        "Mask: NOT edge_of[user 2 blocks](creator_id), NOT marked_by[user 2 seen](id)",
+        "MaskExec: NOT edge_of[user 2 blocks](creator_id)",
+        "user_affinity(items.creator_id",
+        "Explore: limit=10, max_per_creator=none, fraction=0.2, slots=2 at ranks [5, 10], user=2",
+    ] {
+        assert!(p.contains(want), "no {want:?} in\n{p}");
+    }
+    // Without FOR USER affinity() is the constant 0, and without EXPLORE it is a Rank.
+    let p = plan("RETRIEVE items USING PROFILE fy LIMIT 10").await;
+    assert!(!p.contains("user_affinity") && p.contains("Rank: limit=10"), "{p}");
+}

@@ -80,10 +80,21 @@ pub(crate) async fn plan_retrieve(
     if let Some(p) = &r.predicate {
         conds.push(format!("({p})"));
     }
+    // FILTER terms that keep a set restrict the scan; those that remove one mask the
+    // scored candidates (mask.rs says why).
+    let (restrict, exclude): (Vec<FilterSet>, Vec<FilterSet>) = match r.user {
+        Some(user) => filter_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?
+            .into_iter()
+            .partition(|f| f.want),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mask_reads_creator = exclude.iter().any(|f| f.column == "creator_id");
     let mut select = vec!["id".to_string()];
     match (explore, crate::explore::creator_select(&table)) {
         (Some(_), Some(creator)) => select.push(creator.to_string()),
-        _ if max_per_creator.is_some() => select.push("creator_id".to_string()),
+        _ if max_per_creator.is_some() || mask_reads_creator => {
+            select.push("creator_id".to_string())
+        }
         _ => {}
     }
     select.push(format!("{} AS score", bound.score));
@@ -107,11 +118,8 @@ pub(crate) async fn plan_retrieve(
             Some(chrono_utc(at).ok_or_else(|| bad_arg("RETRIEVE", "AT is out of range"))?);
     }
     let plan = bound.bind_plan(state.create_logical_plan(&sql).await?)?;
-    let mut plan = ledger_ordered_scans(plan)?;
-    if let Some(user) = r.user {
-        let sets = filter_sets(&view, r.kind, user, &r.filters, "RETRIEVE")?;
-        plan = scan_filters(plan, &sets)?;
-    }
+    let plan = scan_filters(ledger_ordered_scans(plan)?, &restrict)?;
+    let plan = crate::mask::mask_plan(plan, exclude)?;
     let plan = match explore {
         Some(fraction) => {
             let at = r.at.unwrap_or_else(|| engine.now());
@@ -175,12 +183,40 @@ pub(crate) struct FilterSet {
     /// What the set is, for EXPLAIN: `rows liked by the user`.
     pub rows: String,
     pub set: Arc<RoaringTreemap>,
+    /// The same set as a plain bitmap when its values are small enough.
+    dense: Arc<Option<DenseIds>>,
 }
 
 impl FilterSet {
+    fn new(
+        function: &'static str,
+        label: String,
+        column: &'static str,
+        want: bool,
+        rows: String,
+        set: RoaringTreemap,
+    ) -> FilterSet {
+        FilterSet {
+            function,
+            label,
+            column,
+            want,
+            rows,
+            dense: Arc::new(DenseIds::of(&set)),
+            set: Arc::new(set),
+        }
+    }
+
+    pub(crate) fn contains(&self, value: u64) -> bool {
+        match self.dense.as_ref() {
+            Some(d) => d.contains(value),
+            None => self.set.contains(value),
+        }
+    }
+
     /// Whether a row passes, given the value of its [`FilterSet::column`].
     pub(crate) fn keeps(&self, value: u64) -> bool {
-        self.set.contains(value) == self.want
+        self.contains(value) == self.want
     }
 }
 
@@ -218,14 +254,14 @@ pub(crate) fn filter_sets(
                     Some(u) => view.marked(u, m.mark),
                     None => RoaringTreemap::new(),
                 };
-                out.push(FilterSet {
-                    function: "marked_by",
-                    label: format!("user {user} {}", m.mark.as_str()),
-                    column: "id",
-                    want: m.want,
-                    rows: format!("rows {} by the user", m.mark.as_str()),
-                    set: Arc::new(set),
-                });
+                out.push(FilterSet::new(
+                    "marked_by",
+                    format!("user {user} {}", m.mark.as_str()),
+                    "id",
+                    m.want,
+                    format!("rows {} by the user", m.mark.as_str()),
+                    set,
+                ));
             }
             crate::FilterTerm::Relationship { name, want } => {
                 let rel = schema.relationship(name)?;
@@ -252,14 +288,14 @@ pub(crate) fn filter_sets(
                     Some(u) => view.out_edges(&rel.name, u)?,
                     None => RoaringTreemap::new(),
                 };
-                out.push(FilterSet {
-                    function: "edge_of",
-                    label: format!("user {user} {}", rel.name),
+                out.push(FilterSet::new(
+                    "edge_of",
+                    format!("user {user} {}", rel.name),
                     column,
-                    want: *want,
-                    rows: format!("rows of the user's {}", rel.name),
-                    set: Arc::new(set),
-                });
+                    *want,
+                    format!("rows of the user's {}", rel.name),
+                    set,
+                ));
             }
         }
     }

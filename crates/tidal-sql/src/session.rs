@@ -87,6 +87,7 @@ impl SqlSession {
         let planner = crate::rank::TidalQueryPlanner::new(vec![
             Arc::new(crate::retrieve::FetchPlanner),
             Arc::new(crate::explore::ExplorePlanner),
+            Arc::new(crate::mask::MaskPlanner),
         ]);
         let state = SessionStateBuilder::new()
             .with_config(config)
