@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::Int64Type;
 use datafusion::catalog::Session;
@@ -270,20 +271,33 @@ impl ExecutionPlan for MaskExec {
 
 fn mask(batch: &RecordBatch, sets: &[FilterSet], columns: &[usize]) -> Result<RecordBatch> {
     let n = batch.num_rows();
-    let mut keep = vec![true; n];
+    let mut keep: Option<BooleanBuffer> = None;
     for (s, &c) in sets.iter().zip(columns) {
         let Some(values) = batch.column(c).as_primitive_opt::<Int64Type>() else {
             return internal_err!("MaskExec: column {} is not BIGINT", s.column);
         };
-        for (i, k) in keep.iter_mut().enumerate() {
-            // A NULL (an item without a creator) is in no set.
-            let member = values.is_valid(i)
-                && u64::try_from(values.value(i)).is_ok_and(|v| s.contains(v));
-            *k &= member == s.want;
-        }
+        // Ids are non-negative, so a negative value (read as a huge u64) is in no set;
+        // a NULL (an item without a creator) is in no set either.
+        let raw = values.values();
+        let nulls = values.nulls();
+        let bits = match (s.dense(), nulls) {
+            (Some(d), None) => {
+                BooleanBuffer::collect_bool(n, |i| d.contains(raw[i] as u64) == s.want)
+            }
+            _ => BooleanBuffer::collect_bool(n, |i| {
+                (nulls.is_none_or(|m| m.is_valid(i)) && s.contains(raw[i] as u64)) == s.want
+            }),
+        };
+        keep = Some(match keep {
+            Some(k) => &k & &bits,
+            None => bits,
+        });
     }
-    if keep.iter().all(|k| *k) {
+    let Some(keep) = keep else {
+        return Ok(batch.clone());
+    };
+    if keep.count_set_bits() == n {
         return Ok(batch.clone());
     }
-    Ok(filter_record_batch(batch, &BooleanArray::from(keep))?)
+    Ok(filter_record_batch(batch, &BooleanArray::new(keep, None))?)
 }

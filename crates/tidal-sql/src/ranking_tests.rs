@@ -354,10 +354,9 @@ async fn explain_shows_filters_affinity_and_exploration() {
         let sql = &sql;
         async move {
             let batches = sql.sql(&format!("EXPLAIN {q}")).await.unwrap();
-            let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
                 .unwrap()
-                .to_string();
-            text
+                .to_string()
         }
     };
     let p = plan("RETRIEVE items FOR USER 2 USING PROFILE fy FILTER follows, not blocks, unseen EXPLORE 0.2 LIMIT 10").await;
@@ -373,5 +372,8 @@ async fn explain_shows_filters_affinity_and_exploration() {
     }
     // Without FOR USER affinity() is the constant 0, and without EXPLORE it is a Rank.
     let p = plan("RETRIEVE items USING PROFILE fy LIMIT 10").await;
-    assert!(!p.contains("user_affinity") && p.contains("Rank: limit=10"), "{p}");
+    assert!(
+        !p.contains("user_affinity") && p.contains("Rank: limit=10"),
+        "{p}"
+    );
 }

@@ -207,6 +207,11 @@ impl FilterSet {
         }
     }
 
+    /// The set as a plain bitmap, when it has one.
+    pub(crate) fn dense(&self) -> Option<&DenseIds> {
+        self.dense.as_ref().as_ref()
+    }
+
     pub(crate) fn contains(&self, value: u64) -> bool {
         match self.dense.as_ref() {
             Some(d) => d.contains(value),
@@ -419,14 +424,35 @@ struct MarkSetUdf {
 /// Largest id a [`DenseIds`] bitmap covers (8 MiB of bits).
 const DENSE_IDS_MAX: u64 = 1 << 26;
 
+/// Sets of at most this many ids are tested through a small filter that stays in L1.
+const SMALL_IDS_MAX: u64 = 1_024;
+/// Bits of the small sets' filter (on the low bits of the id).
+const SMALL_FILTER_BITS: u64 = 1 << 14;
+
+/// A set of ids tested once per scanned row, so the test must not leave the CPU's
+/// first-level cache: small sets (a user's marks, blocks) as a 2 KiB filter on the
+/// id's low bits plus the sorted ids, larger ones as a plain bitmap. Rows come in
+/// ledger order, so a bitmap spanning all ids would be probed at random.
 #[derive(Debug)]
-pub(crate) struct DenseIds {
-    words: Vec<u64>,
+pub(crate) enum DenseIds {
+    Small { filter: Vec<u64>, sorted: Vec<u64> },
+    Bits(Vec<u64>),
 }
 
 impl DenseIds {
     pub(crate) fn of(set: &RoaringTreemap) -> Option<DenseIds> {
         let max = set.max()?;
+        if set.len() <= SMALL_IDS_MAX {
+            let mut filter = vec![0u64; (SMALL_FILTER_BITS / 64) as usize];
+            for id in set.iter() {
+                let b = id % SMALL_FILTER_BITS;
+                filter[(b / 64) as usize] |= 1 << (b % 64);
+            }
+            return Some(DenseIds::Small {
+                filter,
+                sorted: set.iter().collect(),
+            });
+        }
         if max > DENSE_IDS_MAX {
             return None;
         }
@@ -434,13 +460,21 @@ impl DenseIds {
         for id in set.iter() {
             words[(id / 64) as usize] |= 1 << (id % 64);
         }
-        Some(DenseIds { words })
+        Some(DenseIds::Bits(words))
     }
 
+    #[inline]
     pub(crate) fn contains(&self, id: u64) -> bool {
-        self.words
-            .get((id / 64) as usize)
-            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        match self {
+            DenseIds::Small { filter, sorted } => {
+                let b = id % SMALL_FILTER_BITS;
+                filter[(b / 64) as usize] & (1 << (b % 64)) != 0
+                    && sorted.binary_search(&id).is_ok()
+            }
+            DenseIds::Bits(words) => words
+                .get((id / 64) as usize)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0),
+        }
     }
 }
 

@@ -658,8 +658,26 @@ pub(crate) struct UserAffinity {
     at: parking_lot::Mutex<Option<(i64, Arc<CreatorValues>)>>,
 }
 
-/// Affinity by creator at one instant.
-type CreatorValues = HashMap<u64, f64>;
+/// Affinity by creator at one instant, sorted by creator. Rows reach it only past the
+/// creator filter (`UserAffinity::dense`), which stays in L1; a plain array indexed by
+/// creator was measured slower (random probes of a 400 KB array under a zipfian
+/// catalogue, where the creators with pairs own many rows).
+#[derive(Debug)]
+struct CreatorValues(Vec<(u64, f64)>);
+
+impl CreatorValues {
+    fn of(mut pairs: Vec<(u64, f64)>) -> CreatorValues {
+        pairs.sort_unstable_by_key(|p| p.0);
+        CreatorValues(pairs)
+    }
+
+    #[inline]
+    fn get(&self, c: u64) -> f64 {
+        self.0
+            .binary_search_by_key(&c, |x| x.0)
+            .map_or(0.0, |i| self.0[i].1)
+    }
+}
 
 impl UserAffinity {
     /// `user`'s pairs as of `view`; `None` when there are none.
@@ -702,7 +720,7 @@ impl UserAffinity {
         {
             return v.clone();
         }
-        let v: Arc<CreatorValues> = Arc::new(
+        let v = Arc::new(CreatorValues::of(
             self.pairs
                 .iter()
                 .map(|(c, es)| {
@@ -712,7 +730,7 @@ impl UserAffinity {
                     )
                 })
                 .collect(),
-        );
+        ));
         *cached = Some((at, v.clone()));
         v
     }
@@ -797,19 +815,25 @@ impl ScalarUDFImpl for UserAffinityUdf {
         };
         let values = state.values(*at);
         let creators = ids_of(&args.args[0], n, "user_affinity")?;
+        // Ids are non-negative, so a negative value (read as a huge u64) has no pair.
+        let value = |c: i64| -> f64 {
+            let c = c as u64;
+            if state.dense.as_ref().is_some_and(|d| !d.contains(c)) {
+                return 0.0;
+            }
+            values.get(c)
+        };
         let raw = creators.values();
-        // A row without a creator has no affinity: 0 (NULL would void the score).
-        let out: Float64Array = (0..n)
-            .map(|i| {
-                let Ok(c) = u64::try_from(raw[i]) else {
-                    return 0.0;
-                };
-                if creators.is_null(i) || state.dense.as_ref().is_some_and(|d| !d.contains(c)) {
-                    return 0.0;
-                }
-                values.get(&c).copied().unwrap_or(0.0)
-            })
-            .collect();
+        let out: Vec<f64> = match creators.nulls() {
+            None => raw.iter().map(|&c| value(c)).collect(),
+            // A row without a creator has no affinity: 0 (NULL would void the score).
+            Some(nulls) => raw
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| if nulls.is_valid(i) { value(c) } else { 0.0 })
+                .collect(),
+        };
+        let out = Float64Array::from(out);
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
