@@ -275,14 +275,14 @@ impl SchemaProvider for TidalSchema {
             }
         }
         if name.eq_ignore_ascii_case(crate::social::AFFINITIES_TABLE) {
-            return Ok(Some(Arc::new(crate::social::AffinitiesTable::new(
+            return Ok(Some(Arc::new(crate::social::SocialTable::affinities(
                 self.engine.clone(),
             ))));
         }
         if let Some(rel) = crate::social::relationship_table(&self.engine.schema(), name) {
-            return Ok(Some(Arc::new(crate::social::EdgeTable::new(
+            return Ok(Some(Arc::new(crate::social::SocialTable::edges(
                 self.engine.clone(),
-                rel,
+                &rel,
             ))));
         }
         let Ok(kind) = name.parse::<EntityKind>() else {

@@ -132,20 +132,44 @@ fn pushdown(filters: &[&Expr], column: &str) -> Vec<TableProviderFilterPushDown>
         .collect()
 }
 
-/// A relationship's edge table.
+/// A relationship's edge table, or the `affinities` state table: both read key
+/// ranges of the statement's store snapshot on a blocking thread.
 #[derive(Debug)]
-pub(crate) struct EdgeTable {
+pub(crate) struct SocialTable {
     engine: Arc<Engine>,
-    rel: RelationshipDef,
+    what: Scan,
     schema: SchemaRef,
 }
 
-impl EdgeTable {
-    pub(crate) fn new(engine: Arc<Engine>, rel: RelationshipDef) -> EdgeTable {
-        EdgeTable {
+impl SocialTable {
+    /// The edge table of relationship `rel`.
+    pub(crate) fn edges(engine: Arc<Engine>, rel: &RelationshipDef) -> SocialTable {
+        SocialTable {
             engine,
-            rel,
+            what: Scan::Edges(rel.id),
             schema: edge_schema(),
+        }
+    }
+
+    /// `affinities(user_id, creator_id, weight)`: every pair with events, its weight at
+    /// the statement's instant.
+    pub(crate) fn affinities(engine: Arc<Engine>) -> SocialTable {
+        SocialTable {
+            engine,
+            what: Scan::Affinities,
+            schema: Arc::new(Schema::new(vec![
+                Field::new("user_id", DataType::Int64, false),
+                Field::new("creator_id", DataType::Int64, false),
+                Field::new("weight", DataType::Float64, false),
+            ])),
+        }
+    }
+
+    /// The column whose `=` / `IN` predicates narrow the scan to key ranges.
+    fn key_column(&self) -> &'static str {
+        match self.what {
+            Scan::Edges(_) => "src",
+            Scan::Affinities => "user_id",
         }
     }
 }
@@ -160,78 +184,21 @@ pub fn edge_schema() -> SchemaRef {
 }
 
 #[async_trait]
-impl TableProvider for EdgeTable {
+impl TableProvider for SocialTable {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
     fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, "src"))
-    }
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let part = SocialScan {
-            view: self.engine.read(),
-            what: Scan::Edges(self.rel.id),
-            points: key_points(filters, "src"),
-            schema: self.schema.clone(),
-            at: Timestamp(0),
-        };
-        Ok(Arc::new(StreamingTableExec::try_new(
-            self.schema.clone(),
-            vec![Arc::new(part)],
-            projection,
-            Vec::new(),
-            false,
-            limit,
-        )?))
-    }
-}
-
-/// `affinities(user_id, creator_id, weight)`: every pair with events, its weight at
-/// the statement's instant.
-#[derive(Debug)]
-pub(crate) struct AffinitiesTable {
-    engine: Arc<Engine>,
-    schema: SchemaRef,
-}
-
-impl AffinitiesTable {
-    pub(crate) fn new(engine: Arc<Engine>) -> AffinitiesTable {
-        AffinitiesTable {
-            engine,
-            schema: Arc::new(Schema::new(vec![
-                Field::new("user_id", DataType::Int64, false),
-                Field::new("creator_id", DataType::Int64, false),
-                Field::new("weight", DataType::Float64, false),
-            ])),
+        match self.what {
+            Scan::Edges(_) => TableType::Base,
+            Scan::Affinities => TableType::View,
         }
     }
-}
-
-#[async_trait]
-impl TableProvider for AffinitiesTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-    fn table_type(&self) -> TableType {
-        TableType::View
-    }
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(pushdown(filters, "user_id"))
+        Ok(pushdown(filters, self.key_column()))
     }
     async fn scan(
         &self,
@@ -240,14 +207,15 @@ impl TableProvider for AffinitiesTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        // Affinity weights are read at the statement's instant.
         let at = state
             .execution_props()
             .query_execution_start_time
             .map_or_else(|| self.engine.now(), |t| Timestamp(t.timestamp_micros()));
         let part = SocialScan {
             view: self.engine.read(),
-            what: Scan::Affinities,
-            points: key_points(filters, "user_id"),
+            what: self.what,
+            points: key_points(filters, self.key_column()),
             schema: self.schema.clone(),
             at,
         };
