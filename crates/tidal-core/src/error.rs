@@ -87,6 +87,19 @@ pub enum CoreError {
     UnknownRelation { name: String },
     #[error("invalid relationship {name:?}: {reason}")]
     BadRelationship { name: String, reason: String },
+    #[error("invalid COHORTS on signal {signal:?}: {reason}")]
+    BadCohorts { signal: String, reason: String },
+    #[error("invalid WITHIN COHORT: {reason}")]
+    BadCohortScope { reason: String },
+    #[error(
+        "users column {column:?} is a cohort dimension and already has the maximum of {max} \
+         distinct values; a new value {value:?} cannot be added"
+    )]
+    CohortValuesExceeded {
+        column: String,
+        value: String,
+        max: usize,
+    },
     #[error("malformed encoded data: {0}")]
     Decode(&'static str),
 }
@@ -125,6 +138,8 @@ pub enum ErrorClass {
     Conflict,
     /// Other objects depend on the one being dropped (2BP01).
     DependentObjects,
+    /// A named limit of the database was reached (54000).
+    LimitExceeded,
 }
 
 impl CoreError {
@@ -143,7 +158,10 @@ impl CoreError {
             BadIndex { .. }
             | BadPreference { .. }
             | BadAffinity { .. }
+            | BadCohorts { .. }
+            | BadCohortScope { .. }
             | BadRelationship { .. } => ErrorClass::InvalidParameter,
+            CohortValuesExceeded { .. } => ErrorClass::LimitExceeded,
             DependentObjects { .. } => ErrorClass::DependentObjects,
             BadProfile { .. } => ErrorClass::InvalidParameter,
             UnknownSignal { .. }

@@ -36,9 +36,10 @@ pub use event::{FUTURE_SKEW_MICROS_MAX, SignalEvent};
 pub use id::{EntityId, EntityKind};
 pub use profile::{PROFILES_MAX, ProfileDef};
 pub use schema::{
-    AFFINITY_DELTA_ABS_MAX, ColumnDef, ColumnType, Mark, RELATIONSHIPS_MAX, RelationshipDef,
-    Schema, SchemaChange, SignalDef, SignalId, TEXT_BOOST_MAX, TEXT_FIELDS_MAX, TableDef,
-    TextAnalyzer, VECTOR_DIMENSIONS_MAX, VECTOR_INDEXES_MAX, VectorIndexDef, VectorMetric,
+    AFFINITY_DELTA_ABS_MAX, COHORT_COMPOSITE_COLUMNS_MAX, COHORT_DIMENSIONS_MAX, COHORT_VALUES_MAX,
+    CohortDim, ColumnDef, ColumnType, Mark, RELATIONSHIPS_MAX, RelationshipDef, Schema,
+    SchemaChange, SignalDef, SignalId, TEXT_BOOST_MAX, TEXT_FIELDS_MAX, TableDef, TextAnalyzer,
+    VECTOR_DIMENSIONS_MAX, VECTOR_INDEXES_MAX, VectorIndexDef, VectorMetric,
 };
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use value::{Row, Value, decode_row, encode_row};

@@ -117,6 +117,58 @@ pub struct SignalDef {
     /// signal's half-life, to the user's affinity for the item's creator (SQL.md §8).
     /// Only on item signals.
     pub affinity: Option<f64>,
+    /// `COHORTS (region, age_group, (region, age_group))`: per value of each dimension,
+    /// the same state the ledger keeps globally, over the events of users with that
+    /// value (SQL.md §9). Empty for none.
+    pub cohorts: Vec<CohortDim>,
+}
+
+/// Most cohort dimensions (single columns and composites) one signal may declare.
+pub const COHORT_DIMENSIONS_MAX: usize = 8;
+/// Most columns in one composite cohort dimension.
+pub const COHORT_COMPOSITE_COLUMNS_MAX: usize = 3;
+/// Most distinct values a users column that is a cohort dimension may take; a write
+/// that would add one more fails (54000). Bounds every cohort dictionary and, with the
+/// composite width, the number of cohorts per signal.
+pub const COHORT_VALUES_MAX: usize = 1_024;
+
+/// One cohort dimension: a users column, or a composite of several (an exact
+/// conjunction). Column names are lower-case, in declaration order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CohortDim {
+    pub columns: Vec<String>,
+}
+
+impl CohortDim {
+    pub fn new(columns: Vec<String>) -> CohortDim {
+        CohortDim {
+            columns: columns
+                .into_iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// The name shown in `cohort_windows.dimension` and `cohorts`: the columns joined
+    /// by commas (`region`, `region,age_group`).
+    pub fn name(&self) -> String {
+        self.columns.join(",")
+    }
+
+    /// The columns sorted: two dimensions over the same columns are the same cohort.
+    pub fn column_set(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// `region` or `(region, age_group)`, as written in COHORTS.
+    pub fn sql(&self) -> String {
+        match self.columns.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
+        }
+    }
 }
 
 /// Largest `|δ|` of `AFFINITY δ`.
@@ -154,7 +206,78 @@ impl SignalDef {
             marks: None,
             preference: None,
             affinity: None,
+            cohorts: Vec::new(),
         })
+    }
+
+    /// Adds `COHORTS (...)`: checks counts, identifiers, composite widths and
+    /// duplicates. Whether the columns exist on the users table is checked when the
+    /// change is prepared against the schema ([`Schema::prepare`]).
+    pub fn with_cohorts(mut self, dims: Vec<CohortDim>) -> Result<SignalDef, CoreError> {
+        let bad = |reason: String| CoreError::BadCohorts {
+            signal: self.name.clone(),
+            reason,
+        };
+        if dims.is_empty() {
+            return Err(bad("COHORTS needs at least one users column".into()));
+        }
+        if dims.len() > COHORT_DIMENSIONS_MAX {
+            return Err(bad(format!(
+                "{} dimensions given; a signal may declare at most {COHORT_DIMENSIONS_MAX}",
+                dims.len()
+            )));
+        }
+        if self.kind == EntityKind::User {
+            return Err(bad(
+                "cohorts split an item's or creator's events by the audience (the users \
+                 who sent them), so they need a signal ON items or ON creators, not ON users"
+                    .into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &dims {
+            for c in &d.columns {
+                validate_identifier(c)?;
+            }
+            if d.columns.len() > COHORT_COMPOSITE_COLUMNS_MAX {
+                return Err(bad(format!(
+                    "composite {} has {} columns; at most {COHORT_COMPOSITE_COLUMNS_MAX}",
+                    d.sql(),
+                    d.columns.len()
+                )));
+            }
+            let set = d.column_set();
+            if set.windows(2).any(|w| w[0] == w[1]) {
+                return Err(bad(format!("composite {} names a column twice", d.sql())));
+            }
+            if d.columns.len() == 1 && d.columns[0] == "id" {
+                return Err(bad(
+                    "id names one user, not an audience: cohort dimensions are attributes \
+                     such as region or age_group"
+                        .into(),
+                ));
+            }
+            if !seen.insert(set.join(",")) {
+                return Err(bad(format!("dimension {} is declared twice", d.sql())));
+            }
+        }
+        self.cohorts = dims;
+        Ok(self)
+    }
+
+    /// The declared dimension over exactly these columns (in any order), by index.
+    pub fn cohort_index(&self, columns: &[&str]) -> Option<usize> {
+        let mut want: Vec<&str> = columns.to_vec();
+        want.sort_unstable();
+        self.cohorts.iter().position(|d| d.column_set() == want)
+    }
+
+    /// Every users column any of the signal's cohort dimensions reads.
+    pub fn cohort_columns(&self) -> std::collections::BTreeSet<&str> {
+        self.cohorts
+            .iter()
+            .flat_map(|d| d.columns.iter().map(String::as_str))
+            .collect()
     }
 
     /// Adds `AFFINITY δ`: a finite, non-zero weight within ±[`AFFINITY_DELTA_ABS_MAX`],
@@ -256,12 +379,24 @@ impl SignalDef {
         if self.affinity.is_some() {
             marks |= AFFINITY_FLAG;
         }
+        if !self.cohorts.is_empty() {
+            marks |= COHORTS_FLAG;
+        }
         e.u8(marks);
         if let Some(lr) = self.preference {
             e.f64(lr);
         }
         if let Some(delta) = self.affinity {
             e.f64(delta);
+        }
+        if !self.cohorts.is_empty() {
+            e.u8(self.cohorts.len() as u8);
+            for d in &self.cohorts {
+                e.u8(d.columns.len() as u8);
+                for c in &d.columns {
+                    e.str(c);
+                }
+            }
         }
     }
 
@@ -284,7 +419,7 @@ impl SignalDef {
             windows.push(Window::from_code(d.u32()?).ok_or(CoreError::Decode("bad window"))?);
         }
         let byte = d.u8()?;
-        let marks = match byte & !(PREFERENCE_FLAG | AFFINITY_FLAG) {
+        let marks = match byte & !(PREFERENCE_FLAG | AFFINITY_FLAG | COHORTS_FLAG) {
             0 => None,
             t => Some(Mark::from_tag(t).ok_or(CoreError::Decode("bad mark"))?),
         };
@@ -306,6 +441,24 @@ impl SignalDef {
         } else {
             None
         };
+        let mut cohorts = Vec::new();
+        if byte & COHORTS_FLAG != 0 {
+            let n = d.u8()? as usize;
+            if n == 0 || n > COHORT_DIMENSIONS_MAX {
+                return Err(CoreError::Decode("bad cohort dimension count"));
+            }
+            for _ in 0..n {
+                let k = d.u8()? as usize;
+                if k == 0 || k > COHORT_COMPOSITE_COLUMNS_MAX {
+                    return Err(CoreError::Decode("bad cohort composite width"));
+                }
+                let mut columns = Vec::with_capacity(k);
+                for _ in 0..k {
+                    columns.push(d.str()?.to_string());
+                }
+                cohorts.push(CohortDim { columns });
+            }
+        }
         Ok(SignalDef {
             id,
             name,
@@ -315,6 +468,7 @@ impl SignalDef {
             marks,
             preference,
             affinity,
+            cohorts,
         })
     }
 }
@@ -323,6 +477,8 @@ impl SignalDef {
 const PREFERENCE_FLAG: u8 = 0x80;
 /// In a signal's encoded marks byte: an affinity weight follows (after the rate).
 const AFFINITY_FLAG: u8 = 0x40;
+/// In a signal's encoded marks byte: cohort dimensions follow (after the weight).
+const COHORTS_FLAG: u8 = 0x20;
 
 /// Column types an entity table may declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1138,6 +1294,41 @@ impl Schema {
 
     /// Checks a change against this schema without applying it. For CREATE SIGNAL the
     /// returned change carries the id the signal will get.
+    /// A signal's cohort dimensions must be users columns of a type with a text form
+    /// (TEXT, BIGINT, INT, BOOLEAN).
+    fn check_cohort_columns(&self, s: &SignalDef) -> Result<(), CoreError> {
+        if s.cohorts.is_empty() {
+            return Ok(());
+        }
+        let bad = |reason: String| CoreError::BadCohorts {
+            signal: s.name.clone(),
+            reason,
+        };
+        let users = self.table(EntityKind::User).map_err(|_| {
+            bad("cohort dimensions are columns of the users table, which does not exist".into())
+        })?;
+        for c in s.cohort_columns() {
+            let col = users
+                .columns
+                .iter()
+                .find(|col| col.name.eq_ignore_ascii_case(c))
+                .ok_or_else(|| CoreError::UnknownColumn {
+                    table: "users".into(),
+                    column: c.to_string(),
+                })?;
+            if !matches!(
+                col.ty,
+                ColumnType::Text | ColumnType::BigInt | ColumnType::Int | ColumnType::Boolean
+            ) {
+                return Err(bad(format!(
+                    "users column {c:?} is {}: a cohort dimension is TEXT, BIGINT, INT or BOOLEAN",
+                    col.ty
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn prepare(&self, change: SchemaChange) -> Result<SchemaChange, CoreError> {
         match change {
             SchemaChange::CreateSignal(mut s) => {
@@ -1152,6 +1343,7 @@ impl Schema {
                         reason: "the database already has the maximum of 4096 signals",
                     });
                 }
+                self.check_cohort_columns(&s)?;
                 s.id = SignalId(self.next_signal_id);
                 Ok(SchemaChange::CreateSignal(s))
             }
@@ -1180,6 +1372,20 @@ impl Schema {
             }
             SchemaChange::DropTable { kind } => {
                 self.table(kind)?;
+                if kind == EntityKind::User {
+                    let users: Vec<&str> = self
+                        .signals
+                        .values()
+                        .filter(|s| !s.cohorts.is_empty())
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    if !users.is_empty() {
+                        return Err(CoreError::DependentObjects {
+                            object: "table users".into(),
+                            dependents: format!("the COHORTS of signal {}", users.join(", ")),
+                        });
+                    }
+                }
                 let users: Vec<&str> = self
                     .profiles
                     .values()

@@ -100,6 +100,7 @@ impl Engine {
             "schema",
             "ledger",
             crate::marks::MARKS_SECTION,
+            crate::cohort::COHORTS_SECTION,
             crate::registry::HISTORY_SECTION,
             "text",
             "vector",
@@ -113,11 +114,13 @@ impl Engine {
         }
         let store = EntityStore::open(&dir.join("store"))?;
         let history = History::open(&dir.join("history"))?;
+        let cohorts = Arc::new(crate::cohort::CohortMaterializer::new(store.clone()));
         let shared = Arc::new(Shared {
             schema: RwLock::new(Arc::new(Schema::new())),
             store,
             ledger: Arc::new(LedgerMaterializer::default()),
             marks: Arc::new(MarksMaterializer::default()),
+            cohorts,
             text: Arc::new(TextMaterializer::new(dir.join("text"))),
             vectors: Arc::new(VectorMaterializer::new(dir.join("vector"))),
             history,
@@ -700,7 +703,15 @@ impl WriteTxn<'_> {
 
     /// Makes the transaction durable and applied, all or nothing.
     pub fn commit(self) -> Result<WriteOutcome, EngineError> {
+        // A new signal with cohorts starts tracking users columns from the store; a
+        // checkpoint right after keeps replay from crossing that read (cohort.rs).
+        let cohorts = self.ops.iter().any(
+            |op| matches!(op, Op::Schema(SchemaChange::CreateSignal(d)) if !d.cohorts.is_empty()),
+        );
         let committed = self.engine.commit_ops(self.ops)?;
+        if cohorts && let Err(e) = checkpoint_inner(&self.engine.inner) {
+            tracing::warn!(error = %e, "checkpoint after a COHORTS signal failed");
+        }
         drop(self.ddl);
         Ok(WriteOutcome {
             lsn: committed.lsn,

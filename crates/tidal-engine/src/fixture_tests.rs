@@ -576,6 +576,7 @@ fn check_schema(engine: &Engine) {
         marks,
         preference: None,
         affinity: None,
+        cohorts: Vec::new(),
     };
     let (item, user, all) = (EntityKind::Item, EntityKind::User, Window::All);
     let want = [

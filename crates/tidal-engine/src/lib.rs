@@ -38,6 +38,7 @@
 //! one transaction ≤ 256 MiB encoded ([`TXN_BYTES_MAX`]).
 
 mod checkpoint;
+mod cohort;
 mod config;
 mod engine;
 mod error;
@@ -55,6 +56,9 @@ mod tests;
 mod text;
 mod vector;
 
+pub use cohort::{
+    COHORT_INVERSE_MAPS_MAX, CohortEntry, CohortRead, CohortStats, Cohorts, cohort_value_text,
+};
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
 pub use engine::{CheckpointStats, Engine, PendingTxn, TxnMark, WriteOutcome, WriteTxn};
 pub use error::EngineError;

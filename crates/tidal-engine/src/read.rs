@@ -184,6 +184,13 @@ impl ReadView {
         }
     }
 
+    /// Runs `f` with shared access to the global ledger and the cohort state (SQL.md
+    /// §9), for vectorized cohort readers. Locks the ledger first, then the cohorts.
+    pub fn with_cohorts<R>(&self, f: impl FnOnce(&crate::CohortRead<'_>) -> R) -> R {
+        let ledger = self.shared.ledger.ledger.read();
+        self.shared.cohorts.read(&ledger, f)
+    }
+
     /// Runs `f` with shared access to the ledger, for vectorized readers.
     pub fn with_ledger<R>(&self, f: impl FnOnce(&tidal_ledger::Ledger) -> R) -> R {
         f(&self.shared.ledger.ledger.read())

@@ -13,6 +13,7 @@ use tidal_wal::{Applier, CommittedTxn, Lsn, Op};
 
 use crate::EngineError;
 use crate::checkpoint::Checkpoint;
+use crate::cohort::CohortMaterializer;
 use crate::history::History;
 use crate::marks::MarksMaterializer;
 use crate::store::EntityStore;
@@ -54,6 +55,7 @@ pub(crate) struct Shared {
     pub store: EntityStore,
     pub ledger: Arc<LedgerMaterializer>,
     pub marks: Arc<MarksMaterializer>,
+    pub cohorts: Arc<CohortMaterializer>,
     pub text: Arc<TextMaterializer>,
     pub vectors: Arc<VectorMaterializer>,
     pub history: History,
@@ -65,6 +67,7 @@ impl Shared {
         [
             self.ledger.as_ref() as &dyn Materializer,
             self.marks.as_ref() as &dyn Materializer,
+            self.cohorts.as_ref() as &dyn Materializer,
             self.text.as_ref() as &dyn Materializer,
         ]
         .into_iter()
@@ -270,6 +273,14 @@ impl Applier for Registry {
                 _ => {}
             }
         }
+        // Cohort dictionaries are bounded: refuse a new value past the limit now.
+        self.shared.cohorts.check(
+            ops,
+            schema
+                .as_ref()
+                .or(self.pending_schema.as_ref())
+                .unwrap_or(&current),
+        )?;
         if let Some(s) = schema {
             self.pending_schema = Some(s);
         }
@@ -333,6 +344,7 @@ impl Applier for Registry {
     fn batch_done(&mut self) {
         self.pending_rows.clear();
         self.pending_schema = None;
+        self.shared.cohorts.batch_done();
     }
 }
 

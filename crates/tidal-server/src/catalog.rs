@@ -974,7 +974,7 @@ fn namespace_name(oid: i64) -> Option<&'static str> {
 }
 
 /// Tables of `public` in a fixed order, so their OIDs stay put across restarts.
-const KNOWN_TABLES: [&str; 7] = [
+const KNOWN_TABLES: [&str; 9] = [
     "items",
     "users",
     "creators",
@@ -982,6 +982,8 @@ const KNOWN_TABLES: [&str; 7] = [
     "signal_state",
     "signal_windows",
     "affinities",
+    "cohort_windows",
+    "cohorts",
 ];
 
 /// The shared state behind the catalog tables and functions.

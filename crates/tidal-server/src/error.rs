@@ -204,6 +204,7 @@ fn class_state(class: ErrorClass, message: &str) -> &'static str {
         ErrorClass::Unavailable => "58030",
         ErrorClass::Conflict => "40001",
         ErrorClass::DependentObjects => "2BP01",
+        ErrorClass::LimitExceeded => "54000",
         _ => "XX000",
     }
 }

@@ -51,6 +51,7 @@
 //! ```
 
 mod ann;
+mod cohort;
 mod coop;
 mod error;
 mod explore;
@@ -83,6 +84,10 @@ pub use ann::{
     AnnRule, AnnScanExec, AnnTable, HNSW_EF_SEARCH_DEFAULT, HNSW_EF_SEARCH_DEFAULT_TEXT,
     HNSW_EF_SEARCH_MAX, HnswOptions, VECTOR_EXACT_COST_RATIO, VECTOR_EXACT_FALLBACK_ROWS_MAX,
     VECTOR_EXACT_PASSING_ROWS_MAX, parse_ef_search, with_ef_search,
+};
+pub use cohort::{
+    COHORT_SCOPE_TERMS_MAX, COHORT_WINDOWS_TABLE, COHORTS_TABLE, CohortScope, CohortSignalUdf,
+    CohortTable,
 };
 pub use error::SqlError;
 pub use explore::{EXPLORE_COLD_EVENTS_MIN, EXPLORED_COLUMN};

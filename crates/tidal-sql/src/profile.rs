@@ -95,6 +95,8 @@ pub struct Retrieve {
     pub max_per_creator: Option<u32>,
     /// `EXPLORE fraction` (overrides the profile's).
     pub explore: Option<f64>,
+    /// `WITHIN COHORT …`: the profile's signal functions read this cohort.
+    pub cohort: Option<crate::cohort::CohortScope>,
     pub limit: usize,
     pub at: Option<Timestamp>,
 }
@@ -365,16 +367,26 @@ pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
         filters: Vec::new(),
         max_per_creator: None,
         explore: None,
+        cohort: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
         at: None,
     };
     let mut seen = BTreeSet::new();
     while let Some(clause) = next_clause(
         p,
-        &["WHERE", "FILTER", "DIVERSITY", "EXPLORE", "LIMIT", "AT"],
+        &[
+            "WHERE",
+            "WITHIN",
+            "FILTER",
+            "DIVERSITY",
+            "EXPLORE",
+            "LIMIT",
+            "AT",
+        ],
         &mut seen,
     )? {
         match clause.as_str() {
+            "WITHIN" => r.cohort = Some(within_cohort(p)?),
             "WHERE" => r.predicate = Some(where_clause(p)?),
             "FILTER" => r.filters = filter_terms(p)?,
             "DIVERSITY" => r.max_per_creator = Some(max_per_creator(p)?),
@@ -387,6 +399,12 @@ pub(crate) fn parse_retrieve(p: &mut Parser<'_>) -> Result<Retrieve, SqlError> {
     end(p)?;
     require_user_for_filter(&r.filters, r.user)?;
     Ok(r)
+}
+
+/// `COHORT pred` after `WITHIN`.
+pub(crate) fn within_cohort(p: &mut Parser<'_>) -> Result<crate::cohort::CohortScope, SqlError> {
+    expect_word(p, "COHORT")?;
+    crate::cohort::CohortScope::parse(p)
 }
 
 fn str_lit(e: &SqlExpr) -> Option<&str> {
@@ -421,6 +439,8 @@ pub(crate) struct Binding<'a> {
     pub preference: Option<&'a [f32]>,
     /// Whether `affinity()` reads a FOR USER user's pairs (else it is 0).
     pub affinity: bool,
+    /// `WITHIN COHORT`: signal functions read this cohort's state.
+    pub cohort: Option<&'a crate::cohort::CohortScope>,
 }
 
 /// What the statement's FOR USER user brings to a profile's binding.
@@ -429,6 +449,8 @@ pub(crate) struct UserState {
     pub preference: Option<Vec<f32>>,
     /// The user's affinity pairs, read at planning; `None` without a user or pairs.
     pub affinity: Option<std::sync::Arc<crate::social::UserAffinity>>,
+    /// The statement's `WITHIN COHORT` (not the user's, but bound the same way).
+    pub cohort: Option<crate::cohort::CohortScope>,
 }
 
 impl Binding<'_> {
@@ -464,6 +486,17 @@ impl Binding<'_> {
                     error = Some(err);
                     return ControlFlow::Break(());
                 }
+                if let Some(scope) = self.cohort
+                    && let Some(sf) = SignalFn::ALL.into_iter().find(|f| f.name() == name)
+                {
+                    match self.cohort_call(sf, &list.args, scope) {
+                        Ok(call) => *e = call,
+                        Err(err) => {
+                            error = Some(err);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
             }
             ControlFlow::Continue(())
         });
@@ -471,6 +504,20 @@ impl Binding<'_> {
             Some(e) => Err(e),
             None => Ok(signals),
         }
+    }
+
+    /// A bound signal function call `(signal, id, [window], [at])` as its cohort read.
+    fn cohort_call(
+        &self,
+        f: SignalFn,
+        args: &[FunctionArg],
+        scope: &crate::cohort::CohortScope,
+    ) -> Result<SqlExpr, SqlError> {
+        let lit = |i: usize| args.get(i).and_then(arg_expr).and_then(str_lit);
+        let signal = lit(0).unwrap_or_default();
+        let def = self.schema.signal(signal)?;
+        let window = if f.has_window() { lit(2) } else { None };
+        crate::cohort::scoped_call(f, def, window, scope, self.at.as_ref())
     }
 
     /// `affinity()` (SQL.md §8): the FOR USER user's affinity for the row's creator, as
@@ -705,6 +752,7 @@ pub(crate) fn bind_profile(
         at,
         preference: user.preference.as_deref(),
         affinity: user.affinity.is_some(),
+        cohort: user.cohort.as_ref(),
     };
     let mut signals = BTreeSet::new();
     let mut bind = |text: &str| -> Result<String, SqlError> {

@@ -255,6 +255,8 @@ impl SchemaProvider for TidalSchema {
                 StateTable::State.name(),
                 StateTable::Windows.name(),
                 crate::social::AFFINITIES_TABLE,
+                crate::cohort::COHORT_WINDOWS_TABLE,
+                crate::cohort::COHORTS_TABLE,
             ]
             .map(String::from),
         );
@@ -273,6 +275,16 @@ impl SchemaProvider for TidalSchema {
                     t,
                 ))));
             }
+        }
+        if name.eq_ignore_ascii_case(crate::cohort::COHORT_WINDOWS_TABLE) {
+            return Ok(Some(Arc::new(crate::cohort::CohortTable::windows(
+                self.engine.clone(),
+            ))));
+        }
+        if name.eq_ignore_ascii_case(crate::cohort::COHORTS_TABLE) {
+            return Ok(Some(Arc::new(crate::cohort::CohortTable::catalogue(
+                self.engine.clone(),
+            ))));
         }
         if name.eq_ignore_ascii_case(crate::social::AFFINITIES_TABLE) {
             return Ok(Some(Arc::new(crate::social::SocialTable::affinities(

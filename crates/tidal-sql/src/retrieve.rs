@@ -65,7 +65,8 @@ pub(crate) async fn plan_retrieve(
     let schema = view.schema().clone();
     let def = crate::profile::profile_on(&schema, &r.profile, r.kind, "RETRIEVE")?;
     let table = schema.table(r.kind)?.clone();
-    let user = user_state(&view, r.user, def)?;
+    let mut user = user_state(&view, r.user, def)?;
+    user.cohort = r.cohort.clone();
     let bound = bind_profile(def, &schema, None, &user)?;
     let max_per_creator = r.max_per_creator.or(def.max_per_creator);
     if max_per_creator.is_some() {
@@ -155,6 +156,7 @@ pub(crate) fn user_state(
     Ok(crate::profile::UserState {
         preference,
         affinity,
+        cohort: None,
     })
 }
 
@@ -1106,6 +1108,7 @@ pub(crate) async fn check_profile(session: &SqlSession, def: &ProfileDef) -> Res
             preference: Some(&probe),
             // affinity() is checked as it runs for a user with pairs.
             affinity: true,
+            cohort: None,
         }
         .bind(&mut e)?;
         Ok(e.to_string())

@@ -102,6 +102,8 @@ pub struct Search {
     /// `EXPLORE fraction` (overrides the profile's; needs USING PROFILE).
     pub explore: Option<f64>,
     pub fusion: Option<Fusion>,
+    /// `WITHIN COHORT …` (needs USING PROFILE): the profile reads this cohort.
+    pub cohort: Option<crate::cohort::CohortScope>,
     pub limit: usize,
     pub at: Option<Timestamp>,
 }
@@ -143,6 +145,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         filters: Vec::new(),
         max_per_creator: None,
         explore: None,
+        cohort: None,
         fusion: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
         at: None,
@@ -154,6 +157,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
         "FILTER",
         "DIVERSITY",
         "EXPLORE",
+        "WITHIN",
         "FUSION",
         "LIMIT",
         "AT",
@@ -173,6 +177,7 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
             "FILTER" => s.filters = filter_terms(p)?,
             "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
             "EXPLORE" => s.explore = Some(crate::profile::explore_clause(p, "SEARCH")?),
+            "WITHIN" => s.cohort = Some(crate::profile::within_cohort(p)?),
             "FUSION" => s.fusion = Some(fusion(p, "SEARCH", "the relevance weight")?),
             "LIMIT" => s.limit = limit(p, "SEARCH")?,
             "AT" => s.at = Some(at_clause(p)?),
@@ -189,6 +194,11 @@ pub(crate) fn parse_search(p: &mut Parser<'_>) -> Result<Search, SqlError> {
     if s.fusion.is_some() && s.profile.is_none() {
         return Err(syntax(
             "FUSION combines relevance with a profile's score: it needs USING PROFILE",
+        ));
+    }
+    if s.cohort.is_some() && s.profile.is_none() {
+        return Err(syntax(
+            "WITHIN COHORT makes a profile's signal functions read a cohort: it needs USING PROFILE",
         ));
     }
     Ok(s)
@@ -504,7 +514,8 @@ pub(crate) async fn plan_search(session: &SqlSession, s: &Search) -> Result<Data
     let profile = match &s.profile {
         Some(name) => {
             let def = crate::profile::profile_on(&schema, name, s.kind, "SEARCH")?;
-            let user = crate::retrieve::user_state(&view, s.user, def)?;
+            let mut user = crate::retrieve::user_state(&view, s.user, def)?;
+            user.cohort = s.cohort.clone();
             Some((def.clone(), bind_profile(def, &schema, None, &user)?))
         }
         None => None,

@@ -25,8 +25,8 @@ use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use tidal_core::{
-    ColumnType, CoreError, DecaySpec, EntityKind, Mark, ProfileDef, SchemaChange, SignalDef,
-    SignalId, TableDef, Window,
+    CohortDim, ColumnType, CoreError, DecaySpec, EntityKind, Mark, ProfileDef, SchemaChange,
+    SignalDef, SignalId, TableDef, Window,
 };
 use tidal_engine::Engine;
 
@@ -979,8 +979,54 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         let delta = crate::search::number(p, "the weight after AFFINITY")?;
         def = def.with_affinity(delta)?;
     }
+    if is_word(&p.peek_token_ref().token, "COHORTS") {
+        p.next_token();
+        def = def.with_cohorts(cohort_dims(p)?)?;
+    }
     end(p)?;
     Ok(Some(TidalStatement::CreateSignal { def, if_not_exists }))
+}
+
+/// `(region, age_group, (region, age_group))` after `COHORTS`.
+pub(crate) fn cohort_dims(p: &mut Parser<'_>) -> Result<Vec<CohortDim>, SqlError> {
+    let open = |p: &mut Parser<'_>| {
+        p.expect_token(&Token::LParen)
+            .map_err(|e| syntax(format!("COHORTS: {e}")))
+    };
+    open(p)?;
+    let mut dims = Vec::new();
+    loop {
+        if p.peek_token_ref().token == Token::LParen {
+            p.next_token();
+            let mut columns = Vec::new();
+            loop {
+                columns.push(ident(p, "a users column")?);
+                match p.next_token().token {
+                    Token::Comma => continue,
+                    Token::RParen => break,
+                    t => {
+                        return Err(syntax(format!(
+                            "expected , or ) in a composite cohort, found \"{t}\""
+                        )));
+                    }
+                }
+            }
+            if columns.len() < 2 {
+                return Err(syntax(
+                    "a composite cohort names two or more columns: (region, age_group)",
+                ));
+            }
+            dims.push(CohortDim::new(columns));
+        } else {
+            dims.push(CohortDim::new(vec![ident(p, "a users column")?]));
+        }
+        match p.next_token().token {
+            Token::Comma => continue,
+            Token::RParen => break,
+            t => return Err(syntax(format!("expected , or ) in COHORTS, found \"{t}\""))),
+        }
+    }
+    Ok(dims)
 }
 
 /// `CREATE INDEX … USING hnsw (column opclass) WITH (m = 16, ef_construction = 64)`,
@@ -1331,6 +1377,18 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
     let marks: StringArray = signals.iter().map(|s| s.marks.map(Mark::as_str)).collect();
     let preference: Float64Array = signals.iter().map(|s| s.preference).collect();
     let affinity: Float64Array = signals.iter().map(|s| s.affinity).collect();
+    let cohorts: StringArray = signals
+        .iter()
+        .map(|s| {
+            (!s.cohorts.is_empty()).then(|| {
+                s.cohorts
+                    .iter()
+                    .map(CohortDim::sql)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+        })
+        .collect();
     let out = Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("entity", DataType::Utf8, false),
@@ -1340,6 +1398,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         Field::new("marks", DataType::Utf8, true),
         Field::new("preference", DataType::Float64, true),
         Field::new("affinity", DataType::Float64, true),
+        Field::new("cohorts", DataType::Utf8, true),
     ]);
     let columns = vec![
         text(&|s| s.name.clone()),
@@ -1356,6 +1415,7 @@ fn show_signals(engine: &Engine) -> Result<RecordBatch, SqlError> {
         Arc::new(marks) as ArrayRef,
         Arc::new(preference) as ArrayRef,
         Arc::new(affinity) as ArrayRef,
+        Arc::new(cohorts) as ArrayRef,
     ];
     Ok(RecordBatch::try_new(Arc::new(out), columns)
         .map_err(datafusion::error::DataFusionError::from)?)

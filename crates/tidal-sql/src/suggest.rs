@@ -83,6 +83,8 @@ pub struct Suggest {
     pub explore: Option<f64>,
     pub fusion: Option<Fusion>,
     pub candidates: Option<usize>,
+    /// `WITHIN COHORT …` (needs USING PROFILE): the profile reads this cohort.
+    pub cohort: Option<crate::cohort::CohortScope>,
     pub limit: usize,
     pub at: Option<Timestamp>,
 }
@@ -116,6 +118,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
         filters: Vec::new(),
         max_per_creator: None,
         explore: None,
+        cohort: None,
         fusion: None,
         candidates: None,
         limit: RETRIEVE_LIMIT_DEFAULT,
@@ -127,6 +130,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
         "FILTER",
         "DIVERSITY",
         "EXPLORE",
+        "WITHIN",
         "FUSION",
         "CANDIDATES",
         "LIMIT",
@@ -143,6 +147,7 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
             "FILTER" => s.filters = filter_terms(p)?,
             "DIVERSITY" => s.max_per_creator = Some(diversity(p)?),
             "EXPLORE" => s.explore = Some(crate::profile::explore_clause(p, "SUGGEST")?),
+            "WITHIN" => s.cohort = Some(crate::profile::within_cohort(p)?),
             "FUSION" => s.fusion = Some(fusion(p, "SUGGEST", "the similarity weight")?),
             "CANDIDATES" => {
                 let n = limit(p, "SUGGEST")?;
@@ -169,6 +174,11 @@ pub(crate) fn parse_suggest(p: &mut Parser<'_>) -> Result<Suggest, SqlError> {
     if s.fusion.is_some() && s.profile.is_none() {
         return Err(syntax(
             "FUSION combines similarity with a profile's score: it needs USING PROFILE",
+        ));
+    }
+    if s.cohort.is_some() && s.profile.is_none() {
+        return Err(syntax(
+            "WITHIN COHORT makes a profile's signal functions read a cohort: it needs USING PROFILE",
         ));
     }
     Ok(s)
@@ -306,6 +316,7 @@ async fn plan(session: &SqlSession, s: &Suggest) -> Result<Planned, SqlError> {
         .map(|d| {
             let mut user = crate::retrieve::user_state(&view, Some(s.user), d)?;
             user.preference = Some(preference.clone());
+            user.cohort = s.cohort.clone();
             bind_profile(d, &schema, None, &user)
         })
         .transpose()?;
@@ -414,6 +425,7 @@ async fn fallback(session: &SqlSession, s: &Suggest, profile: &str) -> Result<Da
         filters: s.filters.clone(),
         max_per_creator: s.max_per_creator,
         explore: s.explore,
+        cohort: s.cohort.clone(),
         limit: s.limit,
         at: s.at,
     };

@@ -149,6 +149,8 @@ impl SignalUdf {
                     memo.clone(),
                 ))
             })
+            // WITHIN COHORT's reads share the memo: a cohort read maps the same ordinals.
+            .chain(crate::cohort::CohortSignalUdf::pair(engine, &memo))
             .collect()
     }
 }
@@ -416,7 +418,7 @@ fn evaluate(
     Ok(Arc::new(arr))
 }
 
-fn read_ords(
+pub(crate) fn read_ords(
     l: &Ledger,
     f: SignalFn,
     sig: SignalId,
@@ -473,7 +475,7 @@ struct MemoEntry {
 }
 
 impl OrdinalMemo {
-    fn ordinals(
+    pub(crate) fn ordinals(
         &self,
         l: &Ledger,
         kind: tidal_core::EntityKind,
