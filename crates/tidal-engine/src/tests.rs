@@ -1724,7 +1724,10 @@ fn check_cohorts(engine: &Engine, model: &CohortModel, at: Timestamp) {
         let ev = model.events.iter().filter(|e| e.1 == Some(r));
         cohorts.push((0, vec![region], ev.map(|e| (e.0, e.3, e.4)).collect()));
         for (a, age) in COHORT_AGES.iter().enumerate() {
-            let ev = model.events.iter().filter(|e| e.1 == Some(r) && e.2 == Some(a));
+            let ev = model
+                .events
+                .iter()
+                .filter(|e| e.1 == Some(r) && e.2 == Some(a));
             cohorts.push((2, vec![region, age], ev.map(|e| (e.0, e.3, e.4)).collect()));
         }
     }
@@ -1751,18 +1754,32 @@ fn check_cohorts(engine: &Engine, model: &CohortModel, at: Timestamp) {
                 .and_then(|k| r.state.ledger(def.id, *dim, k));
             for item in 0..5u64 {
                 let e = EntityId(item);
-                let mine: Vec<&(u64, f64, i64)> =
-                    events.iter().filter(|x| x.0 == item).collect();
+                let mine: Vec<&(u64, f64, i64)> = events.iter().filter(|x| x.0 == item).collect();
                 let (decay, total, last) = match got {
-                    Some(l) => (l.decay(def.id, e, at), l.total(def.id, e), l.last(def.id, e)),
+                    Some(l) => (
+                        l.decay(def.id, e, at),
+                        l.total(def.id, e),
+                        l.last(def.id, e),
+                    ),
                     None => (0.0, 0.0, None),
                 };
-                assert_eq!(decay.to_bits(), reference.decay(def.id, e, at).to_bits(), "{values:?} item {item}");
-                assert_eq!(total.to_bits(), reference.total(def.id, e).to_bits(), "{values:?} item {item}");
+                assert_eq!(
+                    decay.to_bits(),
+                    reference.decay(def.id, e, at).to_bits(),
+                    "{values:?} item {item}"
+                );
+                assert_eq!(
+                    total.to_bits(),
+                    reference.total(def.id, e).to_bits(),
+                    "{values:?} item {item}"
+                );
                 assert_eq!(last, reference.last(def.id, e), "{values:?} item {item}");
                 for w in windows {
                     let got_w = got.map_or(0.0, |l| l.window_count(def.id, e, w, at));
-                    assert_eq!(got_w.to_bits(), reference.window_count(def.id, e, w, at).to_bits());
+                    assert_eq!(
+                        got_w.to_bits(),
+                        reference.window_count(def.id, e, w, at).to_bits()
+                    );
                 }
                 let formula: f64 = mine
                     .iter()
@@ -1772,7 +1789,10 @@ fn check_cohorts(engine: &Engine, model: &CohortModel, at: Timestamp) {
                     .iter()
                     .map(|&&(_, w, ts)| w.abs() * 2f64.powf(-((at.0 - ts) as f64) / 3.6e9))
                     .sum();
-                assert!((decay - formula).abs() <= 1e-9 * scale.max(1e-300), "{values:?} item {item}: {decay} vs {formula}");
+                assert!(
+                    (decay - formula).abs() <= 1e-9 * scale.max(1e-300),
+                    "{values:?} item {item}: {decay} vs {formula}"
+                );
             }
         }
     });

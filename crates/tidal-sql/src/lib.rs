@@ -74,6 +74,8 @@ mod udf;
 mod vector;
 
 #[cfg(test)]
+mod cohort_tests;
+#[cfg(test)]
 mod ranking_tests;
 #[cfg(test)]
 mod tests;
