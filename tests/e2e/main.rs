@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod child;
+mod crash_cohorts;
 mod crash_during_ingest;
 mod restart_equivalence;
 mod sql_logic;
