@@ -1705,11 +1705,17 @@ fn cohort_step() -> impl proptest::strategy::Strategy<Value = CohortStep> {
     ]
 }
 
-/// Every event as `(item, region at the event, age at the event, weight, ts)`.
+/// `(item, region at the event, age at the event, weight, ts)`.
+type CohortEvent = (u64, Option<usize>, Option<usize>, f64, i64);
+
+/// Every event with its user's cohorts at the time.
 #[derive(Debug, Clone, Default)]
 struct CohortModel {
-    events: Vec<(u64, Option<usize>, Option<usize>, f64, i64)>,
+    events: Vec<CohortEvent>,
 }
+
+/// `(dimension index, values, the cohort's (item, weight, ts) events)`.
+type ModelCohort<'a> = (usize, Vec<&'a str>, Vec<(u64, f64, i64)>);
 
 /// The cohort state equals, for every dimension and value, a ledger fed exactly the
 /// model's events of that cohort (same structure, so equal to the last bit), and its
@@ -1719,7 +1725,7 @@ fn check_cohorts(engine: &Engine, model: &CohortModel, at: Timestamp) {
     let def = view.signal("view").unwrap().clone();
     let windows = [Window::parse("1h").unwrap(), Window::parse("24h").unwrap()];
     // (dimension index, values) → the cohort's events.
-    let mut cohorts: Vec<(usize, Vec<&str>, Vec<(u64, f64, i64)>)> = Vec::new();
+    let mut cohorts: Vec<ModelCohort<'_>> = Vec::new();
     for (r, region) in COHORT_REGIONS.iter().enumerate() {
         let ev = model.events.iter().filter(|e| e.1 == Some(r));
         cohorts.push((0, vec![region], ev.map(|e| (e.0, e.3, e.4)).collect()));
