@@ -38,7 +38,11 @@ fn region(cycle: u64, thread: u64, batch: u64) -> &'static str {
 }
 
 fn tier(batch: u64) -> &'static str {
-    if (batch / 3) % 2 == 0 { "a" } else { "b" }
+    if (batch / 3).is_multiple_of(2) {
+        "a"
+    } else {
+        "b"
+    }
 }
 
 fn batch_len(item: u64) -> u64 {
@@ -168,7 +172,10 @@ fn cohorts_survive_sigkill() {
         }
         verify(dir.path(), cycle, &acked);
     }
-    eprintln!("cohort crash test: {cycles} SIGKILL cycles, {} acknowledged batches", acked.len());
+    eprintln!(
+        "cohort crash test: {cycles} SIGKILL cycles, {} acknowledged batches",
+        acked.len()
+    );
     assert!(
         acked.len() as u64 > cycles,
         "too few acknowledged batches: {}",

@@ -17,11 +17,14 @@ const REGIONS: [&str; 3] = ["US", "DE", "FR"];
 const AGES: [&str; 2] = ["18-24", "25-34"];
 const WORDS: [&str; 3] = ["piano", "guitar", "drums"];
 
-/// Per (signal, item): every event as `(region, age, weight)` at the time it was sent.
+/// An event's `(region, age, weight)` at the time it was sent.
+type Sent = (Option<usize>, Option<usize>, f64);
+
+/// Per (signal, item): every event sent.
 #[derive(Default)]
 struct World {
     titles: BTreeMap<i64, String>,
-    events: HashMap<(&'static str, i64), Vec<(Option<usize>, Option<usize>, f64)>>,
+    events: HashMap<(&'static str, i64), Vec<Sent>>,
 }
 
 impl World {
