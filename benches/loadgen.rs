@@ -264,6 +264,16 @@ struct Args {
     /// `like … MARKS liked AFFINITY 0.15` — so the events fill marks and affinities.
     #[arg(long)]
     personal: bool,
+    /// rank-setup: a users table for every user of the events (region: one of 50,
+    /// zipf(1.0); age_group: one of 8, uniform), loaded before the events; on tidal the
+    /// three signals declare `COHORTS (region, age_group, (region, age_group))` unless
+    /// `--cohort-signals none`. The events are the same with or without it.
+    #[arg(long)]
+    cohorts: bool,
+    /// rank-setup with --cohorts (tidal): `all` declares COHORTS on the signals, `none`
+    /// loads the users table alone (the baseline of the cohort ingest cost).
+    #[arg(long, default_value = "all")]
+    cohort_signals: String,
     /// rank-setup: events per COPY (spread over `--copy-streams` connections).
     #[arg(long, default_value_t = 500_000)]
     event_chunk: u64,
@@ -916,6 +926,35 @@ mod rank {
     const CATEGORIES: u64 = 20;
     /// Signal mix of the events: view, like, skip.
     const SIGNALS: [(&str, f64); 3] = [("view", 0.75), ("like", 0.20), ("skip", 0.05)];
+    /// `--cohorts`: users 1..=USERS, REGIONS regions (zipf) and AGE_GROUPS age groups.
+    pub const USERS: u64 = 1_000_000;
+    pub const REGIONS: usize = 50;
+    pub const AGE_GROUPS: u64 = 8;
+
+    /// The users table of `--cohorts` as CSV chunks: `id,region,age_group`, from its
+    /// own random stream so the items and events do not change.
+    fn generate_users(args: &Args) -> Vec<Chunk> {
+        let mut rng = StdRng::seed_from_u64(args.seed ^ 0xC0_4027);
+        let regions = Zipf::new(REGIONS, 1.0);
+        let chunk = args.preload_chunk.max(1);
+        let mut out = Vec::new();
+        let mut id = 1u64;
+        while id <= USERS {
+            let hi = (id + chunk).min(USERS + 1);
+            let mut csv = String::with_capacity(((hi - id) * 16) as usize);
+            for u in id..hi {
+                let r = regions.sample(&mut rng);
+                let a = rng.random_range(0..AGE_GROUPS);
+                let _ = writeln!(csv, "{u},r{r:02},a{a}");
+            }
+            out.push(Chunk {
+                rows: hi - id,
+                text: Bytes::from(csv),
+            });
+            id = hi;
+        }
+        out
+    }
 
     /// The default instant: the last microsecond of the previous full UTC hour.
     pub fn default_at() -> i64 {
@@ -1056,6 +1095,19 @@ mod rank {
                 } else {
                     ("", "")
                 };
+                let declare = args.cohorts && args.cohort_signals != "none";
+                let cohorts = if declare {
+                    "COHORTS (region, age_group, (region, age_group))"
+                } else {
+                    ""
+                };
+                let users = if args.cohorts {
+                    "DROP TABLE IF EXISTS users;
+                     CREATE TABLE users (id BIGINT PRIMARY KEY, region TEXT, age_group TEXT)
+                         WITH (kind = 'user');"
+                } else {
+                    ""
+                };
                 let ddl = format!(
                     "DROP PROFILE IF EXISTS trending;
                      DROP TABLE IF EXISTS items;
@@ -1064,13 +1116,32 @@ mod rank {
                      DROP SIGNAL IF EXISTS skip;
                      CREATE TABLE items (id BIGINT PRIMARY KEY, creator_id BIGINT,
                          created_at TIMESTAMP, category TEXT) WITH (kind = 'item');
-                     CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '1 day'
-                         WINDOWS ('1h', '24h') {view_opts};
-                     CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '7 days'
-                         WINDOWS ('24h') {like_opts};
-                     CREATE SIGNAL skip ON items DECAY EXPONENTIAL HALF_LIFE '{hl_us} microseconds';"
+                     {users}"
                 );
                 c.batch_execute(&ddl).await.context("creating the schema")?;
+                if args.cohorts {
+                    // The users' rows first: cohorts file each event by its user's row.
+                    let t = Instant::now();
+                    let n = copy_chunks(
+                        args,
+                        "COPY users (id, region, age_group) FROM STDIN (FORMAT csv)",
+                        generate_users(args),
+                        1,
+                    )
+                    .await
+                    .context("COPY users")?;
+                    println!("loaded {n} users in {:.1} s", t.elapsed().as_secs_f64());
+                }
+                let signals = format!(
+                    "CREATE SIGNAL view ON items DECAY EXPONENTIAL HALF_LIFE '1 day'
+                         WINDOWS ('1h', '24h') {view_opts} {cohorts};
+                     CREATE SIGNAL like ON items DECAY EXPONENTIAL HALF_LIFE '7 days'
+                         WINDOWS ('24h') {like_opts} {cohorts};
+                     CREATE SIGNAL skip ON items DECAY EXPONENTIAL HALF_LIFE '{hl_us} microseconds' {cohorts};"
+                );
+                c.batch_execute(&signals)
+                    .await
+                    .context("creating the signals")?;
                 ""
             }
             Dialect::Postgres => {
@@ -1110,6 +1181,17 @@ mod rank {
         );
         if let Some(dir) = &args.export_dir {
             export(args, dir, at, hl_us, &items, &events, per_signal)?;
+            if args.cohorts {
+                use std::io::Write as _;
+                let path = dir.join("users.csv");
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+                f.write_all(b"id,region,age_group\n")?;
+                for c in generate_users(args) {
+                    f.write_all(&c.text)?;
+                }
+                f.flush()?;
+                println!("exported users.csv");
+            }
         }
 
         let t = Instant::now();

@@ -44,9 +44,9 @@ use datafusion::execution::context::SessionContext;
 pub use tidal_sql::{SCAN_BATCH_ROWS, SqlError, SqlSession};
 
 pub use tidal_core::{
-    Clock, ColumnDef, ColumnType, CoreError, DecaySpec, EntityId, EntityKind, ErrorClass,
-    ManualClock, Mark, Row, Schema, SchemaChange, SignalDef, SignalId, SystemClock, TableDef,
-    Timestamp, Value, Window,
+    Clock, CohortDim, ColumnDef, ColumnType, CoreError, DecaySpec, EntityId, EntityKind,
+    ErrorClass, ManualClock, Mark, Row, Schema, SchemaChange, SignalDef, SignalId, SystemClock,
+    TableDef, Timestamp, Value, Window,
 };
 pub use tidal_engine::{
     CheckpointStats, Engine, EngineConfig as Config, EngineError, ReadView, WriteOutcome, WriteTxn,
