@@ -907,6 +907,14 @@ pub enum SchemaChange {
         name: String,
         id: u64,
     },
+    /// `ALTER SIGNAL name ADD COHORTS (...)`: the dimensions are appended to the
+    /// signal's, and the engine builds their state from the history. [`Schema::prepare`]
+    /// fills in the id and checks the combined list.
+    AlterSignalCohorts {
+        name: String,
+        id: SignalId,
+        add: Vec<CohortDim>,
+    },
 }
 
 /// Most vector indexes a database may have.
@@ -1157,6 +1165,18 @@ impl SchemaChange {
                 e.str(name);
                 e.u64(*id);
             }
+            SchemaChange::AlterSignalCohorts { name, id, add } => {
+                e.u8(11);
+                e.str(name);
+                e.u32(id.0);
+                e.u8(add.len() as u8);
+                for d in add {
+                    e.u8(d.columns.len() as u8);
+                    for c in &d.columns {
+                        e.str(c);
+                    }
+                }
+            }
         }
     }
 
@@ -1187,6 +1207,27 @@ impl SchemaChange {
                 name: d.str()?.to_string(),
                 id: d.u64()?,
             },
+            11 => {
+                let name = d.str()?.to_string();
+                let id = SignalId(d.u32()?);
+                let n = d.u8()? as usize;
+                if n == 0 || n > COHORT_DIMENSIONS_MAX {
+                    return Err(CoreError::Decode("bad cohort dimension count"));
+                }
+                let mut add = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = d.u8()? as usize;
+                    if k == 0 || k > COHORT_COMPOSITE_COLUMNS_MAX {
+                        return Err(CoreError::Decode("bad cohort composite width"));
+                    }
+                    let mut columns = Vec::with_capacity(k);
+                    for _ in 0..k {
+                        columns.push(d.str()?.to_string());
+                    }
+                    add.push(CohortDim { columns });
+                }
+                SchemaChange::AlterSignalCohorts { name, id, add }
+            }
             _ => return Err(CoreError::Decode("unknown schema change")),
         })
     }
@@ -1501,6 +1542,18 @@ impl Schema {
                     id: r.id,
                 })
             }
+            SchemaChange::AlterSignalCohorts { name, add, .. } => {
+                let s = self.signal(&name)?;
+                let mut all = s.cohorts.clone();
+                all.extend(add.iter().cloned());
+                let merged = s.clone().with_cohorts(all)?;
+                self.check_cohort_columns(&merged)?;
+                Ok(SchemaChange::AlterSignalCohorts {
+                    name: s.name.clone(),
+                    id: s.id,
+                    add,
+                })
+            }
         }
     }
 
@@ -1559,6 +1612,13 @@ impl Schema {
                 self.relationships
                     .remove(name)
                     .ok_or_else(|| CoreError::UnknownRelationship { name: name.clone() })?;
+            }
+            SchemaChange::AlterSignalCohorts { name, add, .. } => {
+                let s = self
+                    .signals
+                    .get_mut(name)
+                    .ok_or_else(|| CoreError::UnknownSignal { name: name.clone() })?;
+                s.cohorts.extend(add.iter().cloned());
             }
             SchemaChange::CreateProfile { def, .. } => {
                 self.profiles.insert(def.name.clone(), def.clone());

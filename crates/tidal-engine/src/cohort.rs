@@ -670,6 +670,150 @@ impl CohortMaterializer {
         Ok(())
     }
 
+    /// Refuses an `ALTER SIGNAL … ADD COHORTS` that cannot be built exactly: one that
+    /// shares its transaction with events (the backfill reads the history, which would
+    /// already hold them), or whose signal's history no longer sums to its state.
+    pub(crate) fn check_alter(
+        &self,
+        ops: &[Op],
+        history: &crate::history::History,
+        ledger: &Ledger,
+        schema: &Schema,
+    ) -> Result<(), EngineError> {
+        let alters: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Schema(SchemaChange::AlterSignalCohorts { name, .. }) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if alters.is_empty() {
+            return Ok(());
+        }
+        let bad = |signal: &str, reason: String| -> EngineError {
+            CoreError::BadCohorts {
+                signal: signal.to_string(),
+                reason,
+            }
+            .into()
+        };
+        if ops.iter().any(|op| matches!(op, Op::Signals(_))) {
+            return Err(bad(
+                alters[0],
+                "ALTER SIGNAL … ADD COHORTS builds the new cohorts from the event history: \
+                 run it in a transaction without events"
+                    .into(),
+            ));
+        }
+        let snap = history.snapshot()?;
+        for name in alters {
+            let def = schema.signal(name)?;
+            let (mut sum, mut scale) = (0.0f64, 0.0f64);
+            snap.for_each_event(
+                name,
+                |_, _, w, _| {
+                    sum += w;
+                    scale += w.abs();
+                },
+                |_, _| {},
+            )?;
+            let state: f64 = ledger.columns(def.id).map_or(0.0, |c| {
+                c.total
+                    .iter()
+                    .zip(c.last_ts)
+                    .filter(|(_, t)| **t != tidal_ledger::NO_EVENT_TS)
+                    .map(|(w, _)| *w)
+                    .sum()
+            });
+            if (sum - state).abs() > 1e-9 * scale.max(1.0) {
+                return Err(bad(
+                    name,
+                    format!(
+                        "the event history no longer holds every event of the signal (its \
+                         state sums {state}, the history {sum}), so cohort state cannot be \
+                         built from it; create a new signal with COHORTS instead"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the dimensions an `ALTER SIGNAL … ADD COHORTS` in `txn` added from the
+    /// history (which holds exactly the events before it: the ALTER shares its
+    /// transaction with none), filing each event by its user's values now — the log
+    /// does not say where users were before the cohort existed. Progress is logged.
+    pub(crate) fn backfill(
+        &self,
+        txn: &CommittedTxn,
+        history: &crate::history::History,
+    ) -> Result<(), EngineError> {
+        for op in &txn.ops {
+            let Op::Schema(SchemaChange::AlterSignalCohorts { name, id, add }) = op else {
+                continue;
+            };
+            let snap = history.snapshot()?;
+            let mut state = self.state.write();
+            let Some(s) = state.signals.get(id) else {
+                continue;
+            };
+            let first = s.dims.len() - add.len().min(s.dims.len());
+            let started = std::time::Instant::now();
+            let mut last_log = started;
+            let Cohorts { users, signals, .. } = &mut *state;
+            let Some(s) = signals.get_mut(id) else {
+                continue;
+            };
+            let def = s.def.clone();
+            let n = snap.for_each_event(
+                name,
+                |entity, user, weight, ts| {
+                    let Some(codes) = user.and_then(|u| users.get(&EntityId(u))) else {
+                        return;
+                    };
+                    let ev = tidal_core::SignalEvent {
+                        signal: def.id,
+                        entity: EntityId(entity),
+                        user: user.map(EntityId),
+                        weight,
+                        ts: tidal_core::Timestamp(ts),
+                    };
+                    for d in &mut s.dims[first..] {
+                        let Some(key) = pack(d.cols.iter().map(|&c| codes[c])) else {
+                            continue;
+                        };
+                        d.by_key
+                            .entry(key)
+                            .or_insert_with(|| {
+                                let mut l = Ledger::new();
+                                l.define(&def);
+                                l
+                            })
+                            .apply(&ev);
+                    }
+                },
+                |done, of| {
+                    if last_log.elapsed().as_secs() >= 2 || done == of {
+                        last_log = std::time::Instant::now();
+                        let secs = started.elapsed().as_secs_f64();
+                        let eta = if done > 0 { secs * (of - done) as f64 / done as f64 } else { 0.0 };
+                        tracing::info!(
+                            signal = %name,
+                            "cohort backfill: {done}/{of} history parts in {secs:.1} s, ETA {eta:.0} s"
+                        );
+                    }
+                },
+            )?;
+            tracing::info!(
+                signal = %name,
+                events = n,
+                "cohort backfill done in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
     /// Forgets staged values (the batch was applied or abandoned).
     pub(crate) fn batch_done(&self) {
         self.pending.lock().clear();
@@ -741,6 +885,29 @@ impl Materializer for CohortMaterializer {
                                 .collect(),
                         },
                     );
+                    s.retrack(schema, &self.store)?;
+                    positions = None;
+                }
+                Op::Schema(SchemaChange::AlterSignalCohorts { id, add, .. }) => {
+                    // Empty dimensions now; `backfill` fills them from the history.
+                    let Some(def) = schema.signal_by_id(*id) else {
+                        continue;
+                    };
+                    let s = state.get_or_insert_with(|| self.state.write());
+                    let entry = s.signals.entry(*id).or_insert_with(|| SignalCohorts {
+                        def: def.clone(),
+                        dims: Vec::new(),
+                    });
+                    entry.def = def.clone();
+                    for d in add {
+                        entry.dims.push(DimCohorts {
+                            dim: d.clone(),
+                            cols: Vec::new(),
+                            by_key: HashMap::new(),
+                        });
+                    }
+                    // Existing cohort ledgers keep their state; the definition they
+                    // hold differs only in its cohorts.
                     s.retrack(schema, &self.store)?;
                     positions = None;
                 }

@@ -94,6 +94,68 @@ pub struct HistorySnapshot {
     pub batches: Vec<RecordBatch>,
 }
 
+impl HistorySnapshot {
+    /// Calls `f(entity, user, weight, ts)` for every event of `signal` (by name), files
+    /// first, then memory; `progress(done, of)` after each file or batch. Returns the
+    /// number of events.
+    pub fn for_each_event(
+        &self,
+        signal: &str,
+        mut f: impl FnMut(u64, Option<u64>, f64, i64),
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<u64, EngineError> {
+        let mut n = 0u64;
+        let mut visit = |b: &RecordBatch| -> Result<(), EngineError> {
+            let col = |i: usize| b.column(i).as_any();
+            let (Some(sig), Some(ent), Some(usr), Some(w), Some(ts)) = (
+                col(0).downcast_ref::<StringArray>(),
+                col(1).downcast_ref::<Int64Array>(),
+                col(2).downcast_ref::<Int64Array>(),
+                col(3).downcast_ref::<Float64Array>(),
+                col(4).downcast_ref::<TimestampMicrosecondArray>(),
+            ) else {
+                return Err(EngineError::CheckpointCorrupt {
+                    path: "history".into(),
+                    reason: "a history batch does not have the history schema".into(),
+                });
+            };
+            for i in 0..b.num_rows() {
+                if sig.value(i) != signal {
+                    continue;
+                }
+                let user = (!usr.is_null(i)).then(|| usr.value(i) as u64);
+                f(ent.value(i) as u64, user, w.value(i), ts.value(i));
+                n += 1;
+            }
+            Ok(())
+        };
+        let of = self.files.len() + self.batches.len();
+        for (k, file) in self.files.iter().enumerate() {
+            let handle = File::open(&file.path).map_err(|e| EngineError::io(&file.path, e))?;
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(handle)
+                    .and_then(|b| b.build())
+                    .map_err(|e| EngineError::CheckpointCorrupt {
+                        path: file.path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+            for b in reader {
+                let b = b.map_err(|e| EngineError::CheckpointCorrupt {
+                    path: file.path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                visit(&b)?;
+            }
+            progress(k + 1, of);
+        }
+        for (k, b) in self.batches.iter().enumerate() {
+            visit(b)?;
+            progress(self.files.len() + k + 1, of);
+        }
+        Ok(n)
+    }
+}
+
 /// Append buffer for the newest events.
 #[derive(Debug, Default)]
 struct OpenBlock {

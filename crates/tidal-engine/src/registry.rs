@@ -273,13 +273,18 @@ impl Applier for Registry {
                 _ => {}
             }
         }
-        // Cohort dictionaries are bounded: refuse a new value past the limit now.
-        self.shared.cohorts.check(
+        // Cohort dictionaries are bounded: refuse a new value past the limit now; and an
+        // ALTER … ADD COHORTS whose history cannot rebuild it.
+        let after = schema
+            .as_ref()
+            .or(self.pending_schema.as_ref())
+            .unwrap_or(&current);
+        self.shared.cohorts.check(ops, after)?;
+        self.shared.cohorts.check_alter(
             ops,
-            schema
-                .as_ref()
-                .or(self.pending_schema.as_ref())
-                .unwrap_or(&current),
+            &self.shared.history,
+            &self.shared.ledger.ledger.read(),
+            after,
         )?;
         if let Some(s) = schema {
             self.pending_schema = Some(s);
@@ -336,6 +341,10 @@ impl Applier for Registry {
             if feed {
                 m.apply(txn, &schema)?;
             }
+        }
+        if in_memory {
+            // ALTER SIGNAL … ADD COHORTS: the new cohorts from the history.
+            self.shared.cohorts.backfill(txn, &self.shared.history)?;
         }
         self.applied_lsn = self.applied_lsn.max(txn.lsn);
         Ok(())

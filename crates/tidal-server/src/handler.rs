@@ -486,6 +486,7 @@ impl Conn {
             }
             Some(TidalStatement::CreateSignal { .. }) => Some(Tag::new("CREATE SIGNAL")),
             Some(TidalStatement::DropSignal { .. }) => Some(Tag::new("DROP SIGNAL")),
+            Some(TidalStatement::AlterSignalCohorts { .. }) => Some(Tag::new("ALTER SIGNAL")),
             Some(TidalStatement::CreateTable { .. }) => Some(Tag::new("CREATE TABLE")),
             Some(TidalStatement::DropTable { .. }) => Some(Tag::new("DROP TABLE")),
             Some(TidalStatement::CreateProfile { .. }) => Some(Tag::new("CREATE PROFILE")),

@@ -621,6 +621,14 @@ impl SqlSession {
                 format!("DropSignal: {name} if_exists={if_exists}; schema change, {atomic}"),
                 None,
             ),
+            T::AlterSignalCohorts { name, add } => (
+                format!(
+                    "AlterSignalCohorts: {name} ADD COHORTS ({}); schema change, then the new \
+                     cohorts are built from the event history, {atomic}",
+                    add.iter().map(|d| d.sql()).collect::<Vec<_>>().join(", ")
+                ),
+                None,
+            ),
             T::ShowSignals => ("ShowSignals: reads the schema".to_string(), None),
             T::ShowProfiles => ("ShowProfiles: reads the schema".to_string(), None),
             T::CreateProfile { def, replace } => (

@@ -46,6 +46,11 @@ pub enum TidalStatement {
         name: String,
         if_exists: bool,
     },
+    /// `ALTER SIGNAL name ADD COHORTS (...)`.
+    AlterSignalCohorts {
+        name: String,
+        add: Vec<CohortDim>,
+    },
     ShowSignals,
     /// `CREATE TABLE [IF NOT EXISTS]`: with IF NOT EXISTS, an existing table of that
     /// kind is left as it is.
@@ -926,6 +931,16 @@ pub fn parse(sql: &str) -> Result<Option<TidalStatement>, SqlError> {
         end(p)?;
         return Ok(Some(TidalStatement::DropIndex { name, if_exists }));
     }
+    if peek_words(p, &["ALTER", "SIGNAL"]) {
+        p.next_token();
+        p.next_token();
+        let name = ident(p, "a signal name")?;
+        expect_word(p, "ADD")?;
+        expect_word(p, "COHORTS")?;
+        let add = cohort_dims(p)?;
+        end(p)?;
+        return Ok(Some(TidalStatement::AlterSignalCohorts { name, add }));
+    }
     if !peek_words(p, &["CREATE", "SIGNAL"]) {
         return Ok(None);
     }
@@ -1172,6 +1187,16 @@ pub fn execute(engine: &Engine, stmt: TidalStatement) -> Result<Vec<RecordBatch>
             txn.commit()?;
             Ok(Vec::new())
         }
+        TidalStatement::AlterSignalCohorts { name, add } => {
+            let mut txn = engine.begin();
+            txn.schema_change(SchemaChange::AlterSignalCohorts {
+                name,
+                id: SignalId(0),
+                add,
+            })?;
+            txn.commit()?;
+            Ok(Vec::new())
+        }
         TidalStatement::ShowSignals => Ok(vec![show_signals(engine)?]),
         TidalStatement::ShowProfiles => Ok(vec![show_profiles(engine)?]),
         TidalStatement::DropProfile { name, if_exists } => {
@@ -1253,6 +1278,11 @@ pub fn add_statement(
                 id: SignalId(0),
             }
         }
+        TidalStatement::AlterSignalCohorts { name, add } => SchemaChange::AlterSignalCohorts {
+            name,
+            id: SignalId(0),
+            add,
+        },
         TidalStatement::CreateTable { def, if_not_exists } => {
             if if_not_exists && txn.schema().table(def.kind).is_ok() {
                 return Ok(());
