@@ -115,6 +115,13 @@ fn pack(codes: impl Iterator<Item = u16>) -> Option<u64> {
     Some(key)
 }
 
+/// A user's codes for a dimension's columns (NULL for a column it does not track, which
+/// `retrack` never leaves).
+fn code_of<'a>(codes: &'a [u16], cols: &'a [usize]) -> impl Iterator<Item = u16> + 'a {
+    cols.iter()
+        .map(|&c| codes.get(c).copied().unwrap_or(NULL_CODE))
+}
+
 /// One dimension of one signal: its cohorts by key.
 #[derive(Debug, Clone)]
 struct DimCohorts {
@@ -261,17 +268,6 @@ impl Cohorts {
         out
     }
 
-    /// Bytes of the users' value copy and the dictionaries (shared by every signal).
-    pub fn users_bytes(&self) -> usize {
-        let per_user = std::mem::size_of::<(EntityId, Box<[u16]>)>() + 2 * self.columns.len() + 16;
-        self.users.capacity() * per_user
-            + self
-                .columns
-                .iter()
-                .map(|c| c.values.iter().map(|v| 2 * v.len() + 64).sum::<usize>())
-                .sum::<usize>()
-    }
-
     /// Tracked users columns, sorted.
     pub fn tracked_columns(&self) -> Vec<&str> {
         self.columns.iter().map(|c| c.name.as_str()).collect()
@@ -312,7 +308,7 @@ impl Cohorts {
             return;
         };
         for d in &mut s.dims {
-            let Some(key) = pack(d.cols.iter().map(|&c| codes[c])) else {
+            let Some(key) = pack(code_of(codes, &d.cols)) else {
                 continue;
             };
             let l = d.by_key.entry(key).or_insert_with(|| {
@@ -779,7 +775,7 @@ impl CohortMaterializer {
                         ts: tidal_core::Timestamp(ts),
                     };
                     for d in &mut s.dims[first..] {
-                        let Some(key) = pack(d.cols.iter().map(|&c| codes[c])) else {
+                        let Some(key) = pack(code_of(codes, &d.cols)) else {
                             continue;
                         };
                         d.by_key
@@ -812,6 +808,32 @@ impl CohortMaterializer {
             );
         }
         Ok(())
+    }
+
+    /// Builds the window sums a bulk read of `sig`'s cohorts asked for (as
+    /// `ReadView::prepare_window_sums` does for the global ledger), so a catalogue-wide
+    /// window read does not walk buckets until the next event arrives.
+    pub(crate) fn prepare_window_sums(&self, sig: SignalId) {
+        let wanted = |c: &Cohorts| {
+            c.signals.get(&sig).is_some_and(|s| {
+                s.dims
+                    .iter()
+                    .any(|d| d.by_key.values().any(Ledger::window_sums_wanted))
+            })
+        };
+        if !wanted(&self.state.read()) {
+            return;
+        }
+        let mut state = self.state.write();
+        if let Some(s) = state.signals.get_mut(&sig) {
+            for d in &mut s.dims {
+                for l in d.by_key.values_mut() {
+                    if l.window_sums_wanted() {
+                        l.enable_wanted_window_sums();
+                    }
+                }
+            }
+        }
     }
 
     /// Forgets staged values (the batch was applied or abandoned).

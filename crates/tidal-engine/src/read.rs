@@ -184,6 +184,11 @@ impl ReadView {
         }
     }
 
+    /// Builds the window sums bulk reads of `sig`'s cohorts asked for.
+    pub fn prepare_cohort_window_sums(&self, sig: SignalId) {
+        self.shared.cohorts.prepare_window_sums(sig);
+    }
+
     /// Runs `f` with shared access to the global ledger and the cohort state (SQL.md
     /// §9), for vectorized cohort readers. Locks the ledger first, then the cohorts.
     pub fn with_cohorts<R>(&self, f: impl FnOnce(&crate::CohortRead<'_>) -> R) -> R {

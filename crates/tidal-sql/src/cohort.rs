@@ -392,6 +392,7 @@ impl ScalarUDFImpl for CohortSignalUdf {
             .collect();
         if matches!(f, SignalFn::WindowCount | SignalFn::Velocity) {
             view.prepare_window_sums();
+            view.prepare_cohort_window_sums(def.id);
         }
         let out = view.with_cohorts(|r| {
             let gords = self.memo.ordinals(r.global(), def.kind, entities, &ids);
