@@ -270,8 +270,9 @@ struct Args {
     /// `--cohort-signals none`. The events are the same with or without it.
     #[arg(long)]
     cohorts: bool,
-    /// rank-setup with --cohorts (tidal): `all` declares COHORTS on the signals, `none`
-    /// loads the users table alone (the baseline of the cohort ingest cost).
+    /// rank-setup with --cohorts (tidal): `all` declares COHORTS (region, age_group,
+    /// (region, age_group)) on the signals, `singles` COHORTS (region, age_group) (a pair
+    /// is then estimated), `none` loads the users table alone (the ingest baseline).
     #[arg(long, default_value = "all")]
     cohort_signals: String,
     /// rank-setup: events per COPY (spread over `--copy-streams` connections).
@@ -1095,11 +1096,13 @@ mod rank {
                 } else {
                     ("", "")
                 };
-                let declare = args.cohorts && args.cohort_signals != "none";
-                let cohorts = if declare {
-                    "COHORTS (region, age_group, (region, age_group))"
-                } else {
-                    ""
+                let cohorts = match (args.cohorts, args.cohort_signals.as_str()) {
+                    (false, _) | (true, "none") => "",
+                    (true, "singles") => "COHORTS (region, age_group)",
+                    (true, "all") => "COHORTS (region, age_group, (region, age_group))",
+                    (true, other) => {
+                        anyhow::bail!("--cohort-signals takes all, singles or none, not {other}")
+                    }
                 };
                 let users = if args.cohorts {
                     "DROP TABLE IF EXISTS users;

@@ -24,6 +24,7 @@
 # Environment (defaults in brackets):
 #   ITEMS [1000000] EVENTS [10000000] CREATORS [50000] SPAN_HOURS [48] SEED [1]
 #   RUNS [100] TIDAL_PORT [5433] REDIS_PORT [6390] QUIET_CORES [0.3] QUIET_WAIT [900]
+#   PHASES ["none all peers singles"]  which of the loads (and the peers) to run
 #   WORK [mktemp -d under /tmp]  removed unless KEEP=1
 set -euo pipefail
 
@@ -41,7 +42,9 @@ REDIS_PORT=${REDIS_PORT:-6390}
 QUIET_CORES=${QUIET_CORES:-0.3}
 QUIET_WAIT=${QUIET_WAIT:-900}
 KEEP=${KEEP:-0}
+PHASES=${PHASES:-"none all peers singles"}
 TICK=$(getconf CLK_TCK)
+has() { [[ " $PHASES " == *" $1 "* ]]; }
 . "$PEERS/measure.sh"
 
 WORK=${WORK:-$(mktemp -d /tmp/cohort-bench.XXXXXX)}
@@ -124,28 +127,36 @@ queries() { # variant
     done
 }
 
-load none
-load all
-log "cohorts: $(q "SELECT signal || ' ' || dimension || ': ' || distinct_values || ' values, ' || active_pairs || ' pairs, ' || bytes || ' B' FROM cohorts ORDER BY signal, dimension" | tr '\n' ';')"
-echo "system=tidal_all workload=cohort_memory $(q "SELECT 'pairs=' || sum(active_pairs) || ' bytes=' || sum(bytes) || ' bytes_per_pair=' || round(sum(bytes) / sum(active_pairs), 1) FROM cohorts")" >>"$RESULTS"
-queries all
-PEER_Q="RETRIEVE items USING PROFILE views24 WITHIN COHORT region = 'r00' LIMIT 50 AT '$AT'"
-measure tidal_all "$URL" tidal --workload query --label peer_question --protocol simple \
-    --clients 1 --runs "$RUNS" --expect-rows 50 --result-csv "$WORK/tidal_peer.csv" --sql "$PEER_Q"
-stop_tidal
-
-log "Redis and DuckDB on the same question"
-redis-server --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
-sleep 1
-python3 "$PEERS/cohort_peers.py" "$WORK/data" --region r00 --runs "$RUNS" \
-    --redis-port "$REDIS_PORT" --compare "tidal=$WORK/tidal_peer.csv" 2>&1 | tee -a "$WORK/peers.txt" >&2
-grep '^RESULT' "$WORK/peers.txt" | sed 's/^RESULT //' >>"$RESULTS"
-kill "$REDIS_PID" 2>/dev/null || true
-REDIS_PID=""
-
-load singles
-queries singles
-cat "$WORK/explain_pair_all.txt" "$WORK/explain_pair_singles.txt" >&2
+if has none; then load none; fi
+if has all; then
+    load all
+    log "cohorts: $(q "SELECT signal || ' ' || dimension || ': ' || distinct_values || ' values, ' || active_pairs || ' pairs, ' || bytes || ' B' FROM cohorts ORDER BY signal, dimension" | tr '\n' ';')"
+    echo "system=tidal_all workload=cohort_memory $(q "SELECT 'pairs=' || sum(active_pairs) || ' bytes=' || sum(bytes) || ' bytes_per_pair=' || round(sum(bytes) / sum(active_pairs), 1) FROM cohorts")" >>"$RESULTS"
+    queries all
+    PEER_Q="RETRIEVE items USING PROFILE views24 WITHIN COHORT region = 'r00' LIMIT 50 AT '$AT'"
+    measure tidal_all "$URL" tidal --workload query --label peer_question --protocol simple \
+        --clients 1 --runs "$RUNS" --expect-rows 50 --result-csv "$WORK/tidal_peer.csv" --sql "$PEER_Q"
+    # After a restart the state is rebuilt from the checkpoint with exact capacities.
+    stop_tidal
+    start_tidal
+    echo "system=tidal_all workload=cohort_memory_after_restart $(q "SELECT 'pairs=' || sum(active_pairs) || ' bytes=' || sum(bytes) || ' bytes_per_pair=' || round(sum(bytes) / sum(active_pairs), 1) FROM cohorts") rss_kib=$(rss_kib)" >>"$RESULTS"
+    stop_tidal
+fi
+if has peers; then
+    log "Redis and DuckDB on the same question"
+    redis-server --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    sleep 1
+    python3 "$PEERS/cohort_peers.py" "$WORK/data" --region r00 --runs "$RUNS" \
+        --redis-port "$REDIS_PORT" --compare "tidal=$WORK/tidal_peer.csv" 2>&1 | tee -a "$WORK/peers.txt" >&2
+    grep '^RESULT' "$WORK/peers.txt" | sed 's/^RESULT //' >>"$RESULTS"
+    kill "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=""
+fi
+if has singles; then
+    load singles
+    queries singles
+fi
+cat "$WORK"/explain_pair_*.txt >&2
 log "results:"
 cat "$RESULTS"
