@@ -228,7 +228,9 @@ async fn driver_metadata_queries() {
             "signals",
             "signal_state",
             "signal_windows",
-            "affinities"
+            "affinities",
+            "cohort_windows",
+            "cohorts"
         ]
     );
     assert_eq!(
@@ -262,6 +264,8 @@ async fn driver_metadata_queries() {
         .await,
         strs(&[
             &["affinities", "VIEW"],
+            &["cohort_windows", "VIEW"],
+            &["cohorts", "VIEW"],
             &["items", "BASE TABLE"],
             &["signal_state", "VIEW"],
             &["signal_windows", "VIEW"],
