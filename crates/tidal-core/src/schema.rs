@@ -162,6 +162,38 @@ impl CohortDim {
         v
     }
 
+    /// `[count u8]`, then per dimension `[columns u8]` and the column names.
+    pub fn encode_list(dims: &[CohortDim], e: &mut Encoder) {
+        e.u8(dims.len() as u8);
+        for d in dims {
+            e.u8(d.columns.len() as u8);
+            for c in &d.columns {
+                e.str(c);
+            }
+        }
+    }
+
+    /// The inverse of [`CohortDim::encode_list`]; counts are checked against the limits.
+    pub fn decode_list(d: &mut Decoder<'_>) -> Result<Vec<CohortDim>, CoreError> {
+        let n = d.u8()? as usize;
+        if n == 0 || n > COHORT_DIMENSIONS_MAX {
+            return Err(CoreError::Decode("bad cohort dimension count"));
+        }
+        let mut dims = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = d.u8()? as usize;
+            if k == 0 || k > COHORT_COMPOSITE_COLUMNS_MAX {
+                return Err(CoreError::Decode("bad cohort composite width"));
+            }
+            let mut columns = Vec::with_capacity(k);
+            for _ in 0..k {
+                columns.push(d.str()?.to_string());
+            }
+            dims.push(CohortDim { columns });
+        }
+        Ok(dims)
+    }
+
     /// `region` or `(region, age_group)`, as written in COHORTS.
     pub fn sql(&self) -> String {
         match self.columns.as_slice() {
@@ -390,13 +422,7 @@ impl SignalDef {
             e.f64(delta);
         }
         if !self.cohorts.is_empty() {
-            e.u8(self.cohorts.len() as u8);
-            for d in &self.cohorts {
-                e.u8(d.columns.len() as u8);
-                for c in &d.columns {
-                    e.str(c);
-                }
-            }
+            CohortDim::encode_list(&self.cohorts, e);
         }
     }
 
@@ -441,24 +467,11 @@ impl SignalDef {
         } else {
             None
         };
-        let mut cohorts = Vec::new();
-        if byte & COHORTS_FLAG != 0 {
-            let n = d.u8()? as usize;
-            if n == 0 || n > COHORT_DIMENSIONS_MAX {
-                return Err(CoreError::Decode("bad cohort dimension count"));
-            }
-            for _ in 0..n {
-                let k = d.u8()? as usize;
-                if k == 0 || k > COHORT_COMPOSITE_COLUMNS_MAX {
-                    return Err(CoreError::Decode("bad cohort composite width"));
-                }
-                let mut columns = Vec::with_capacity(k);
-                for _ in 0..k {
-                    columns.push(d.str()?.to_string());
-                }
-                cohorts.push(CohortDim { columns });
-            }
-        }
+        let cohorts = if byte & COHORTS_FLAG != 0 {
+            CohortDim::decode_list(d)?
+        } else {
+            Vec::new()
+        };
         Ok(SignalDef {
             id,
             name,
@@ -1169,13 +1182,7 @@ impl SchemaChange {
                 e.u8(11);
                 e.str(name);
                 e.u32(id.0);
-                e.u8(add.len() as u8);
-                for d in add {
-                    e.u8(d.columns.len() as u8);
-                    for c in &d.columns {
-                        e.str(c);
-                    }
-                }
+                CohortDim::encode_list(add, e);
             }
         }
     }
@@ -1210,22 +1217,7 @@ impl SchemaChange {
             11 => {
                 let name = d.str()?.to_string();
                 let id = SignalId(d.u32()?);
-                let n = d.u8()? as usize;
-                if n == 0 || n > COHORT_DIMENSIONS_MAX {
-                    return Err(CoreError::Decode("bad cohort dimension count"));
-                }
-                let mut add = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = d.u8()? as usize;
-                    if k == 0 || k > COHORT_COMPOSITE_COLUMNS_MAX {
-                        return Err(CoreError::Decode("bad cohort composite width"));
-                    }
-                    let mut columns = Vec::with_capacity(k);
-                    for _ in 0..k {
-                        columns.push(d.str()?.to_string());
-                    }
-                    add.push(CohortDim { columns });
-                }
+                let add = CohortDim::decode_list(d)?;
                 SchemaChange::AlterSignalCohorts { name, id, add }
             }
             _ => return Err(CoreError::Decode("unknown schema change")),
