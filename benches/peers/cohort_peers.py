@@ -30,12 +30,10 @@ import time
 import duckdb
 import redis
 
+# Nearest-rank percentiles and the result comparison of the RETRIEVE peer.
+from duckdb_retrieve import compare, percentile, read_result
+
 HOUR_US = 3_600_000_000
-
-
-def percentile(sorted_vals, p):
-    idx = int(math.floor(p / 100.0 * (len(sorted_vals) - 1) + 0.5))
-    return sorted_vals[min(idx, len(sorted_vals) - 1)]
 
 
 def timed(fn, runs, warmup=3):
@@ -68,24 +66,6 @@ def write_csv(path, rows):
         w = csv.writer(f)
         w.writerow(["id", "score"])
         w.writerows(rows)
-
-
-def read_csv_result(path):
-    with open(path, newline="") as f:
-        return [(int(r["id"]), float(r["score"])) for r in csv.DictReader(f)]
-
-
-def compare(name, got, want, want_name):
-    got_ids = [r[0] for r in got]
-    want_ids = [r[0] for r in want]
-    same_rank = sum(1 for a, b in zip(got_ids, want_ids) if a == b)
-    overlap = len(set(got_ids) & set(want_ids))
-    want_s = dict(want)
-    same_scores = all(abs(s - want_s.get(i, math.nan)) <= 1e-9 * max(1.0, abs(s)) for i, s in got)
-    return (
-        f"{name} vs {want_name}: {len(got)}/{len(want)} rows, {same_rank} same id at the same rank, "
-        f"{overlap} ids in common, scores equal: {same_scores}"
-    )
 
 
 def main():
@@ -203,7 +183,7 @@ def main():
     print(compare("redis", results["redis"], results["duckdb"], "duckdb"))
     for spec in args.compare:
         name, path = spec.split("=", 1)
-        other = read_csv_result(path)
+        other = read_result(path)
         print(compare(name, other, results["duckdb"], "duckdb"))
 
 
