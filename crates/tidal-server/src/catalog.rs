@@ -106,8 +106,10 @@ const REG_TYPES: [&str; 8] = [
 pub fn rewrite(sql: &str) -> Cow<'_, str> {
     // Cheap pre-check, so that ordinary statements (large INSERTs above all) are not
     // tokenized once more.
-    const HINTS: [&str; 13] = [
+    const HINTS: [&str; 15] = [
         "pg_",
+        " as reg",
+        " as oid",
         "information_schema",
         "::reg",
         "::oid",
@@ -129,10 +131,90 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
         // Not ours to report: the planner will say what is wrong with it.
         return Cow::Borrowed(sql);
     };
+    let (tokens, casts) = rewrite_casts(tokens);
     match rewrite_tokens(&tokens) {
         Some(out) => Cow::Owned(out.iter().map(|t| t.to_string()).collect()),
+        None if casts => Cow::Owned(tokens.iter().map(|t| t.to_string()).collect()),
         None => Cow::Borrowed(sql),
     }
+}
+
+/// `CAST(x AS regclass)` (any of [`REG_TYPES`]) → `regclass(x)`, and `CAST(x AS oid)`
+/// → `CAST(x AS BIGINT)`: the `::` forms' rewrite for the standard spelling, which
+/// SQLAlchemy uses; and `generate_subscripts(a, d)` (see below). Returns the tokens and
+/// whether anything changed.
+fn rewrite_casts(mut tokens: Vec<Token>) -> (Vec<Token>, bool) {
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        if !is_word(&tokens[i], "cast") && !is_word(&tokens[i], "generate_subscripts") {
+            i += 1;
+            continue;
+        }
+        let Some(open) = next_sig(&tokens, i + 1).filter(|&k| tokens[k] == Token::LParen) else {
+            i += 1;
+            continue;
+        };
+        let Some(close) = matching_paren(&tokens, open) else {
+            break;
+        };
+        if is_word(&tokens[i], "generate_subscripts") {
+            // The set-returning generate_subscripts(a, d) in a select list, as the
+            // unnest of the subscripts list: unnest(range(1, array_length(a, d) + 1)).
+            // Both zip row by row with a neighbouring unnest(a), as in PostgreSQL.
+            let inner: String = tokens[open + 1..close]
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            let text = format!("unnest(range(1, CAST(array_length({inner}) AS BIGINT) + 1))");
+            if let Ok(new) = Tokenizer::new(&PostgreSqlDialect {}, &text).tokenize() {
+                tokens.splice(i..=close, new);
+                changed = true;
+            }
+            i += 1;
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut as_at = None;
+        for (k, t) in tokens.iter().enumerate().take(close).skip(open + 1) {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                t if depth == 0 && is_word(t, "as") => as_at = Some(k),
+                _ => {}
+            }
+        }
+        let ty: Vec<usize> = as_at
+            .map(|a| (a + 1..close).filter(|&k| !is_ws(&tokens[k])).collect())
+            .unwrap_or_default();
+        let name = match ty.as_slice() {
+            [w] => Some(*w),
+            [q, dot, w] if is_word(&tokens[*q], PG_CATALOG) && tokens[*dot] == Token::Period => {
+                Some(*w)
+            }
+            _ => None,
+        };
+        let (Some(as_at), Some(name)) = (as_at, name) else {
+            i += 1;
+            continue;
+        };
+        let Token::Word(w) = &tokens[name] else {
+            i += 1;
+            continue;
+        };
+        let lower = w.value.to_ascii_lowercase();
+        if w.quote_style.is_none() && REG_TYPES.contains(&lower.as_str()) {
+            // CAST ( x AS t ) → t ( x )
+            tokens.splice(as_at..close, std::iter::empty());
+            tokens[i] = Token::make_word(&lower, None);
+            changed = true;
+        } else if w.quote_style.is_none() && lower == "oid" {
+            tokens.splice(ty[0]..=name, [Token::make_keyword("BIGINT")]);
+            changed = true;
+        }
+        i += 1;
+    }
+    (tokens, changed)
 }
 
 fn is_word(t: &Token, w: &str) -> bool {
@@ -362,7 +444,18 @@ fn wrap_scalar_subqueries(tokens: &[Token]) -> Option<Vec<Token>> {
             None,
             vec![Token::make_word(agg, None), Token::LParen],
         ));
-        let end = (first..from)
+        // The expression ends before its alias (`e AS name`), which stays outside.
+        let mut depth = 0usize;
+        let mut alias = None;
+        for (k, t) in tokens.iter().enumerate().take(from).skip(first) {
+            match t {
+                Token::LParen => depth += 1,
+                Token::RParen => depth = depth.saturating_sub(1),
+                t if depth == 0 && is_word(t, "as") => alias = Some(k),
+                _ => {}
+            }
+        }
+        let end = (first..alias.unwrap_or(from))
             .rev()
             .find(|&k| !is_ws(&tokens[k]))
             .unwrap_or(first);
@@ -625,10 +718,11 @@ fn empty_query(tokens: &[Token]) -> Option<Vec<Vec<usize>>> {
     first_items
 }
 
-/// Catalog tables that are always empty in tidalDB (no column defaults, inheritance,
+/// Catalog tables that are always empty in tidalDB (no column defaults, sequences, inheritance,
 /// triggers, rules, policies, comments, extended statistics, publications, ...).
-const EMPTY_TABLES: [&str; 17] = [
+const EMPTY_TABLES: [&str; 18] = [
     "pg_attrdef",
+    "pg_sequence",
     "pg_range",
     "pg_inherits",
     "pg_trigger",
@@ -1596,6 +1690,22 @@ const CATALOG_TABLES: &[TableSpec] = &[
         rows: pg_language,
     },
     TableSpec {
+        name: "pg_opclass",
+        oid: 2616,
+        view: false,
+        cols: "oid oid, opcmethod oid, opcname name, opcnamespace oid, opcowner oid, \
+               opcfamily oid, opcintype oid, opcdefault bool, opckeytype oid",
+        rows: pg_opclass,
+    },
+    TableSpec {
+        name: "pg_sequence",
+        oid: 2224,
+        view: false,
+        cols: "seqrelid oid, seqtypid oid, seqstart int8, seqincrement int8, seqmax int8, \
+               seqmin int8, seqcache int8, seqcycle bool",
+        rows: none,
+    },
+    TableSpec {
         name: "pg_trigger",
         oid: 2620,
         view: false,
@@ -2073,6 +2183,22 @@ fn pg_constraint(snap: &Snap) -> Rows {
             ]
         })
         .collect()
+}
+
+/// The one operator class the primary-key indexes use (`pg_index.indclass`):
+/// btree `int8_ops`, PostgreSQL's OIDs.
+fn pg_opclass(_: &Snap) -> Rows {
+    vec![vec![
+        V::I(1980),
+        V::I(AM_BTREE),
+        s("int8_ops"),
+        V::I(NSP_CATALOG),
+        V::I(ROLE_OID),
+        V::I(1976),
+        V::I(20),
+        V::B(true),
+        V::I(0),
+    ]]
 }
 
 fn pg_am(_: &Snap) -> Rows {
@@ -3140,6 +3266,17 @@ fn catalog_functions(cat: &Arc<Catalog>) -> Vec<ScalarUDF> {
     let mut fns = vec![
         pg_fn(cat, "pg_table_is_visible", &[Int], 1, Ret::Bool, visible),
         pg_fn(cat, "pg_type_is_visible", &[Int], 1, Ret::Bool, exists),
+        // Every collation lives in pg_catalog, which is on every search path.
+        pg_fn(cat, "pg_collation_is_visible", &[Int], 1, Ret::Bool, exists),
+        // tidalDB has no sequences (ids are the application's).
+        pg_fn(
+            cat,
+            "pg_get_serial_sequence",
+            &[Text, Text],
+            2,
+            Ret::Text,
+            no_text,
+        ),
         pg_fn(cat, "pg_function_is_visible", &[Int], 1, Ret::Bool, |c| {
             opt_b(c.int(0).map(|oid| {
                 c.snap

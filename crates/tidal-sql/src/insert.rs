@@ -363,7 +363,7 @@ fn column_values(
 }
 
 /// PostgreSQL's text form of a text array: `{a,b,"c d"}` (quotes and backslashes honoured).
-fn parse_text_array(column: &str, s: &str) -> Result<Vec<String>, SqlError> {
+pub(crate) fn parse_text_array(column: &str, s: &str) -> Result<Vec<String>, SqlError> {
     let inner = s
         .trim()
         .strip_prefix('{')

@@ -57,6 +57,8 @@ mod error;
 mod explore;
 mod history;
 mod insert;
+mod json;
+mod like;
 mod mask;
 mod profile;
 mod provider;

@@ -104,6 +104,16 @@ impl SqlSession {
         // (an array function, also registered as `dot_product`) must not come back
         // over ours.
         ctx.add_analyzer_rule(Arc::new(crate::vector::VectorCasts::default()));
+        // LIKE with an escape other than the backslash (SQLAlchemy's reflection uses '/').
+        ctx.add_analyzer_rule(Arc::new(crate::like::LikeEscapes::default()));
+        // '{a,b}'::TEXT[] parses the array literal (psycopg/SQLAlchemy send arrays so).
+        ctx.add_analyzer_rule(Arc::new(crate::like::TextArrayCasts::default()));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::like::LikeEscapeUdf::default(),
+        ));
+        ctx.register_udf(ScalarUDF::new_from_impl(
+            crate::json::JsonBuildObjectUdf::default(),
+        ));
         // Last, after DataFusion's rules have merged LIMIT into the sort.
         ctx.add_optimizer_rule(Arc::new(crate::ann::AnnRule));
         datafusion::execution::FunctionRegistry::register_expr_planner(

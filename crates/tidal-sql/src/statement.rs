@@ -662,6 +662,7 @@ fn create_table(
             c.name.value.to_ascii_lowercase()
         };
         let ty = column_type(&cname, &c.data_type.to_string())?;
+        column_options(&cname, &c.options)?;
         columns.push(tidal_core::ColumnDef::new(&cname, ty));
     }
     if text_fields.is_empty() && analyzer != tidal_core::TextAnalyzer::Default {
@@ -671,6 +672,32 @@ fn create_table(
         def: TableDef::new(kind, columns, text_fields)?.with_text_options(analyzer, boosts)?,
         if_not_exists: ct.if_not_exists,
     })
+}
+
+/// Refuses column options tidalDB would otherwise ignore: a constraint that is
+/// accepted must be enforced. `id` is the primary key and never NULL; every other
+/// column is nullable and has no default.
+fn column_options(
+    column: &str,
+    options: &[datafusion::sql::sqlparser::ast::ColumnOptionDef],
+) -> Result<(), SqlError> {
+    use datafusion::sql::sqlparser::ast::ColumnOption;
+    for o in options {
+        match &o.option {
+            ColumnOption::Null => {}
+            ColumnOption::NotNull | ColumnOption::PrimaryKey(_) if column == "id" => {}
+            other => {
+                return Err(SqlError::DataFusion(
+                    datafusion::error::DataFusionError::NotImplemented(format!(
+                        "column option {other} on {column} is not supported: id is the primary \
+                     key; other columns are nullable, without defaults or constraints \
+                     (check values in the application, or remove the option)"
+                    )),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `'title^2, body'` → the field names (lower case) and their boosts (1 unless given).

@@ -150,7 +150,7 @@ async fn psql_catalog_queries_plan_and_answer() {
     // DDL shows up in the next query.
     client
         .batch_execute(
-            "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL) WITH (kind = 'user')",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NULL) WITH (kind = 'user')",
         )
         .await
         .unwrap();

@@ -1,5 +1,5 @@
-//! Other languages' drivers against the server: psycopg 3 (Python), node-postgres and
-//! pgjdbc. Each runs a check program from `tests/drivers/` (it exits non-zero on the
+//! Other languages' drivers and tools against the server: psycopg 3, pgvector-python,
+//! and SQLAlchemy 2 + pandas (Python), node-postgres and pgjdbc. Each runs a check program from `tests/drivers/` (it exits non-zero on the
 //! first mismatch) against a fresh server.
 //!
 //! A driver that is not installed is skipped with a message saying how to install it;
@@ -103,42 +103,54 @@ async fn run_check(mut cmd: Command, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg() {
-    let ok = runs(Command::new("python3").args(["-c", "import psycopg"]));
-    if !present(ok, "psycopg 3", "pip install 'psycopg[binary]'") {
-        return;
-    }
-    let server = start().await;
-    let mut cmd = Command::new("python3");
-    cmd.arg(checks_dir().join("psycopg_check.py")).env(
-        "TIDAL_URL",
-        format!("postgresql://tidal@{}/tidal", server.addr),
-    );
-    run_check(cmd, "psycopg_check.py").await;
-    server.stop().await;
+    python_check(
+        "psycopg_check.py",
+        "psycopg",
+        "psycopg 3",
+        "pip install 'psycopg[binary]'",
+    )
+    .await;
 }
 
 /// pgvector-python's adapters (psycopg and asyncpg), unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgvector() {
-    let ok = runs(Command::new("python3").args([
-        "-c",
-        "import psycopg, asyncpg, numpy, pgvector.psycopg, pgvector.asyncpg",
-    ]));
-    if !present(
-        ok,
+    python_check(
+        "pgvector_check.py",
+        "psycopg, asyncpg, numpy, pgvector.psycopg, pgvector.asyncpg",
         "pgvector-python with psycopg and asyncpg",
         "pip install 'psycopg[binary]' asyncpg numpy pgvector",
-    ) {
+    )
+    .await;
+}
+
+/// Runs the Python check `script` against a fresh server, or skips it when `imports`
+/// cannot be imported (`install` says how to get them).
+async fn python_check(script: &str, imports: &str, what: &str, install: &str) {
+    let ok = runs(Command::new("python3").args(["-c", &format!("import {imports}")]));
+    if !present(ok, what, install) {
         return;
     }
     let server = start().await;
     let mut cmd = Command::new("python3");
-    cmd.arg(checks_dir().join("pgvector_check.py")).env(
+    cmd.arg(checks_dir().join(script)).env(
         "TIDAL_URL",
         format!("postgresql://tidal@{}/tidal", server.addr),
     );
-    run_check(cmd, "pgvector_check.py").await;
+    run_check(cmd, script).await;
     server.stop().await;
+}
+
+/// SQLAlchemy 2 reflection, Core and ORM, and pandas' `read_sql` / `read_sql_table`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlalchemy_pandas() {
+    python_check(
+        "sqlalchemy_check.py",
+        "psycopg, sqlalchemy, pandas",
+        "SQLAlchemy 2 and pandas",
+        "pip install 'psycopg[binary]' 'sqlalchemy>=2,<3' pandas",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
