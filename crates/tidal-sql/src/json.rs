@@ -59,7 +59,7 @@ impl ScalarUDFImpl for JsonBuildObjectUdf {
         &self.signature
     }
     fn return_type(&self, args: &[DataType]) -> Result<DataType> {
-        if args.len() % 2 != 0 {
+        if !args.len().is_multiple_of(2) {
             return exec_err!("json_build_object: argument list must have even number of elements");
         }
         if args.len() > JSON_BUILD_OBJECT_ARGS_MAX {

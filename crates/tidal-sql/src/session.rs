@@ -107,7 +107,7 @@ impl SqlSession {
         // LIKE with an escape other than the backslash (SQLAlchemy's reflection uses '/').
         ctx.add_analyzer_rule(Arc::new(crate::like::LikeEscapes::default()));
         // '{a,b}'::TEXT[] parses the array literal (psycopg/SQLAlchemy send arrays so).
-        ctx.add_analyzer_rule(Arc::new(crate::like::TextArrayCasts::default()));
+        ctx.add_analyzer_rule(Arc::new(crate::like::TextArrayCasts));
         ctx.register_udf(ScalarUDF::new_from_impl(
             crate::like::LikeEscapeUdf::default(),
         ));
