@@ -14,11 +14,10 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{ScalarValue, exec_err};
 use datafusion::error::Result;
 use datafusion::logical_expr::expr::ScalarFunction;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
     ColumnarValue, Expr, Like, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
     Signature, TypeSignature, Volatility, lit,
@@ -205,15 +204,7 @@ impl LikeEscapes {
 
 impl AnalyzerRule for LikeEscapes {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|plan| {
-            let names = NamePreserver::new(&plan);
-            plan.map_expressions(|e| {
-                let saved = names.save(&e);
-                let t = e.transform_up(|e| self.rewrite(e))?;
-                Ok(t.update_data(|e| saved.restore(e)))
-            })
-        })
-        .data()
+        crate::vector::rewrite_plan_expressions(plan, |e| self.rewrite(e))
     }
 
     fn name(&self) -> &str {
@@ -322,28 +313,17 @@ pub struct TextArrayCasts;
 impl AnalyzerRule for TextArrayCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
         use datafusion::logical_expr::{Cast, TryCast};
-        plan.transform_up_with_subqueries(|plan| {
-            let names = NamePreserver::new(&plan);
-            plan.map_expressions(|e| {
-                let saved = names.save(&e);
-                let t = e.transform_up(|e| match e {
-                    Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field })
-                        if matches!(field.data_type(), DataType::List(f) if matches!(f.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)) =>
-                    {
-                        let udf = ScalarUDF::new_from_impl(TextArrayCastUdf::new(
-                            field.data_type().clone(),
-                        ));
-                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                            Arc::new(udf),
-                            vec![*expr],
-                        ))))
-                    }
-                    e => Ok(Transformed::no(e)),
-                })?;
-                Ok(t.update_data(|e| saved.restore(e)))
-            })
+        crate::vector::rewrite_plan_expressions(plan, |e| match e {
+            Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) if matches!(field.data_type(), DataType::List(f) if matches!(f.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8)) =>
+            {
+                let udf =
+                    ScalarUDF::new_from_impl(TextArrayCastUdf::new(field.data_type().clone()));
+                Ok(Transformed::yes(Expr::ScalarFunction(
+                    ScalarFunction::new_udf(Arc::new(udf), vec![*expr]),
+                )))
+            }
+            e => Ok(Transformed::no(e)),
         })
-        .data()
     }
 
     fn name(&self) -> &str {

@@ -641,22 +641,32 @@ impl VectorCasts {
     }
 }
 
+/// Applies `f` bottom-up to every expression of `plan` and its subqueries, keeping
+/// each expression's output name (so the plan's schema names do not change) and
+/// recomputing schemas where something changed. The body of our analyzer rules.
+pub(crate) fn rewrite_plan_expressions(
+    plan: LogicalPlan,
+    f: impl Fn(Expr) -> Result<Transformed<Expr>>,
+) -> Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|plan| {
+        let names = NamePreserver::new(&plan);
+        let t = plan.map_expressions(|e| {
+            let saved = names.save(&e);
+            let t = e.transform_up(&f)?;
+            Ok(t.update_data(|e| saved.restore(e)))
+        })?;
+        if t.transformed {
+            t.map_data(|p| p.recompute_schema())
+        } else {
+            Ok(t)
+        }
+    })
+    .data()
+}
+
 impl AnalyzerRule for VectorCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|plan| {
-            let names = NamePreserver::new(&plan);
-            let t = plan.map_expressions(|e| {
-                let saved = names.save(&e);
-                let t = e.transform_up(|e| self.rewrite(e))?;
-                Ok(t.update_data(|e| saved.restore(e)))
-            })?;
-            if t.transformed {
-                t.map_data(|p| p.recompute_schema())
-            } else {
-                Ok(t)
-            }
-        })
-        .data()
+        rewrite_plan_expressions(plan, |e| self.rewrite(e))
     }
 
     fn name(&self) -> &str {
