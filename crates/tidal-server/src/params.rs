@@ -171,6 +171,14 @@ pub fn infer_from_syntax(sql: &str, params: &mut [Option<Type>]) {
                     set(params, n, cast_type(data_type));
                 }
             }
+            // `x = ANY($n)`: an array. Its element type is the other side's, which the
+            // syntax does not tell; drivers that send a list untyped (psycopg's text
+            // lists) send its text form, which a TEXT[] parses.
+            Expr::AnyOp { right, .. } | Expr::AllOp { right, .. } => {
+                if let Some(n) = placeholder(right) {
+                    set(params, n, Some(Type::TEXT_ARRAY));
+                }
+            }
             // pgvector's operators and functions take vectors, as their signatures
             // type them in PostgreSQL.
             Expr::BinaryOp { left, op, right } if is_vector_operator(op) => {
@@ -337,5 +345,12 @@ mod tests {
         let mut p = vec![None];
         infer_from_syntax("SELECT CAST($1 AS DOUBLE PRECISION)", &mut p);
         assert_eq!(p, vec![Some(Type::FLOAT8)]);
+        // The right side of `= ANY(...)` is an array (pgcli sends `relkind = ANY(%s)`).
+        let mut p = vec![None, Some(Type::INT8_ARRAY)];
+        infer_from_syntax(
+            "SELECT 1 FROM pg_catalog.pg_class WHERE relkind = ANY($1) AND oid = ANY($2)",
+            &mut p,
+        );
+        assert_eq!(p, vec![Some(Type::TEXT_ARRAY), Some(Type::INT8_ARRAY)]);
     }
 }

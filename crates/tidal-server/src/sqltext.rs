@@ -298,6 +298,28 @@ pub fn literal(
                 format!("CAST({} AS TIMESTAMP)", quote(text))
             }
             Type::DATE => format!("CAST({} AS DATE)", quote(text)),
+            // An array in PostgreSQL's text form (`{a,"b c"}`, what psycopg sends for a
+            // Python list): parsed by the TEXT[] cast, then cast to the element type.
+            // Quoted as plain text it would be one string and `x = ANY($1)` would fail.
+            Type::TEXT_ARRAY | Type::VARCHAR_ARRAY | Type::BPCHAR_ARRAY | Type::NAME_ARRAY => {
+                format!("CAST({} AS TEXT[])", quote(text))
+            }
+            Type::BOOL_ARRAY
+            | Type::INT2_ARRAY
+            | Type::INT4_ARRAY
+            | Type::INT8_ARRAY
+            | Type::FLOAT4_ARRAY
+            | Type::FLOAT8_ARRAY => {
+                let element = match *ty {
+                    Type::BOOL_ARRAY => "BOOLEAN",
+                    Type::INT2_ARRAY => "SMALLINT",
+                    Type::INT4_ARRAY => "INT",
+                    Type::INT8_ARRAY => "BIGINT",
+                    Type::FLOAT4_ARRAY => "REAL",
+                    _ => "DOUBLE",
+                };
+                format!("CAST(CAST({} AS TEXT[]) AS {element}[])", quote(text))
+            }
             _ => quote(text),
         });
     }
@@ -1100,6 +1122,17 @@ mod tests {
         );
         let truncated = Bytes::from(b[..b.len() - 1].to_vec());
         assert!(literal(1, &Type::TEXT_ARRAY, Some(&truncated), true).is_err());
+        // Text-format arrays go through the TEXT[] cast (which parses `{...}`).
+        let t = Bytes::from_static(b"{r,\"p q\"}");
+        assert_eq!(
+            literal(1, &Type::TEXT_ARRAY, Some(&t), false).unwrap(),
+            "CAST('{r,\"p q\"}' AS TEXT[])"
+        );
+        let n = Bytes::from_static(b"{1,2}");
+        assert_eq!(
+            literal(1, &Type::INT8_ARRAY, Some(&n), false).unwrap(),
+            "CAST(CAST('{1,2}' AS TEXT[]) AS BIGINT[])"
+        );
         // An empty array has no dimensions.
         let mut e = Vec::new();
         for v in [0i32, 0, Type::INT8.oid() as i32] {

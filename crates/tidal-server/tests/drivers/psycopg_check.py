@@ -121,6 +121,14 @@ def main():
            [10, 11, 12], "range parameters")
         eq(ids("SELECT id FROM items WHERE id = %b", (3_000_000_000,)), [3_000_000_000],
            "binary int8 parameter")
+        # Python lists go as text-format arrays (OID 1009 / 1016): pgcli's
+        # `relkind = ANY(%s)` shape.
+        eq(ids("SELECT id FROM items WHERE title = ANY(%s) ORDER BY id", (["it's ü", "zz"],)),
+           [1], "text[] parameter with ANY")
+        eq(ids("SELECT id FROM items WHERE id = ANY(%s) ORDER BY id", ([10, 12, 99999],)),
+           [10, 12], "int8[] parameter with ANY")
+        eq(conn.execute("SELECT %s::text[]", (['a,b', 'c"d', ''],)).fetchone()[0],
+           ['a,b', 'c"d', ''], "text[] parameter round trip")
 
         # Values of types that only arise from expressions.
         row = conn.execute(
