@@ -669,6 +669,7 @@ fn empty_query(tokens: &[Token]) -> Option<Vec<Vec<usize>>> {
         }
         let mut empty = false;
         let mut outer = false;
+        let mut constraints_inner = false;
         for p in p_from + 1..e {
             if sig[p].1 != 0 {
                 continue;
@@ -695,6 +696,13 @@ fn empty_query(tokens: &[Token]) -> Option<Vec<Vec<usize>>> {
             if !outer && (no_options || EMPTY_TABLES.iter().any(|t| word_at(p, t))) {
                 empty = true;
             }
+            constraints_inner |= !outer && word_at(p, "pg_constraint");
+        }
+        // `pg_constraint` holds primary keys only: a top-level conjunct `contype = 'f'`
+        // (foreign keys, checks, ...) selects nothing (pgcli's foreign-key query, whose
+        // correlated subqueries inside unnest() DataFusion cannot plan).
+        if constraints_inner && !empty {
+            empty = other_constraint_kind(tokens, &sig, p_from, e);
         }
         if !empty {
             return None;
@@ -716,6 +724,46 @@ fn empty_query(tokens: &[Token]) -> Option<Vec<Vec<usize>>> {
         }
     }
     first_items
+}
+
+/// Whether the top-level WHERE of the branch `(p_from, e)` (significant tokens `sig`)
+/// is a conjunction with a term `[x.]contype = 'c'` for a kind other than `'p'`.
+fn other_constraint_kind(
+    tokens: &[Token],
+    sig: &[(usize, usize)],
+    p_from: usize,
+    e: usize,
+) -> bool {
+    let word_at = |p: usize, w: &str| sig.get(p).is_some_and(|(k, _)| is_word(&tokens[*k], w));
+    let Some(p_where) = (p_from..e).find(|&p| sig[p].1 == 0 && word_at(p, "where")) else {
+        return false;
+    };
+    let end = (p_where..e)
+        .find(|&p| {
+            sig[p].1 == 0
+                && ["group", "having", "order", "limit", "offset", "window"]
+                    .iter()
+                    .any(|w| word_at(p, w))
+        })
+        .unwrap_or(e);
+    let mut found = false;
+    for p in p_where + 1..end {
+        if sig[p].1 != 0 {
+            continue;
+        }
+        if word_at(p, "or") || word_at(p, "not") {
+            return false;
+        }
+        let tok = |q: usize| sig.get(q).map(|(k, _)| &tokens[*k]);
+        if word_at(p, "contype")
+            && p + 2 < end
+            && tok(p + 1) == Some(&Token::Eq)
+            && matches!(tok(p + 2), Some(Token::SingleQuotedString(v)) if v != "p")
+        {
+            found = true;
+        }
+    }
+    found
 }
 
 /// Catalog tables that are always empty in tidalDB (no column defaults, sequences, inheritance,
@@ -3655,7 +3703,21 @@ mod tests {
             ),
             "SELECT NULL AS \"polname\", NULL AS \"roles\", NULL AS \"column3\" WHERE false"
         );
+        // Only primary keys exist: other constraint kinds select nothing.
+        assert_eq!(
+            rewrite(
+                "SELECT s.nspname AS parentschema, unnest((select array_agg(attname) from \
+                 pg_catalog.pg_attribute c WHERE c.attrelid = fk.confrelid)) AS col \
+                 FROM pg_catalog.pg_constraint fk JOIN pg_catalog.pg_namespace s \
+                 ON s.oid = fk.connamespace WHERE fk.contype = 'f';"
+            ),
+            "SELECT NULL AS \"parentschema\", NULL AS \"col\" WHERE false"
+        );
         for kept in [
+            "SELECT conname FROM pg_catalog.pg_constraint WHERE contype = 'p'",
+            "SELECT conname FROM pg_catalog.pg_constraint WHERE contype = 'f' OR contype = 'p'",
+            "SELECT c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_constraint k \
+             ON k.conrelid = c.oid WHERE k.contype = 'f'",
             "SELECT * FROM pg_catalog.pg_policy",
             "SELECT count(*) FROM pg_catalog.pg_inherits",
             "SELECT c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid = c.oid",
