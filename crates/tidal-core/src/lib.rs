@@ -24,6 +24,7 @@ mod decay;
 mod error;
 mod event;
 mod id;
+pub mod metrics;
 pub mod profile;
 pub mod schema;
 pub mod time;

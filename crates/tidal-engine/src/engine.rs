@@ -1,12 +1,14 @@
 //! The [`Engine`]: single owner of the WAL and every piece of derived state.
 
 use std::fs::{self, File};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use tidal_core::metrics::{Histogram, LATENCY_BOUNDS_MICROS, Metric};
 use tidal_core::{EntityId, EntityKind, Row, Schema, SchemaChange, SignalEvent, Timestamp, Value};
 use tidal_wal::{Lsn, Op, Wal, WalOptions};
 
@@ -51,9 +53,27 @@ struct CheckpointState {
     lsn_at_last: Lsn,
 }
 
+/// Figures the engine keeps for [`Engine::metrics`].
+#[derive(Debug)]
+struct EngineMetrics {
+    /// How long [`Engine::open`] took (checkpoint load, index opens, WAL replay).
+    open_micros: u64,
+    checkpoint_micros: Histogram,
+    checkpoint_failures: AtomicU64,
+    checkpoint_last_bytes: AtomicU64,
+    checkpoint_last_lsn: AtomicU64,
+    /// Memory figures walk every warm pair: computed at most once per
+    /// [`MEMORY_METRICS_REFRESH_MS`], however often they are read.
+    memory: Mutex<Option<(Instant, Vec<Metric>)>>,
+}
+
+/// Minimum interval between two walks of the in-memory state for its size.
+pub const MEMORY_METRICS_REFRESH_MS: u64 = 5_000;
+
 #[derive(Debug)]
 struct Inner {
     config: EngineConfig,
+    metrics: EngineMetrics,
     shared: Arc<Shared>,
     /// `None` once shut down. Writers hold the read side while they wait for their
     /// commit, so shutdown (write side) waits for in-flight statements.
@@ -179,6 +199,14 @@ impl Engine {
             stop_cv: Condvar::new(),
             _lock: lock,
             config,
+            metrics: EngineMetrics {
+                open_micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                checkpoint_micros: Histogram::new(LATENCY_BOUNDS_MICROS),
+                checkpoint_failures: AtomicU64::new(0),
+                checkpoint_last_bytes: AtomicU64::new(0),
+                checkpoint_last_lsn: AtomicU64::new(ckpt_lsn),
+                memory: Mutex::new(None),
+            },
         });
         let checkpointer = if inner.config.checkpoint_wal_bytes.is_some() {
             let weak = Arc::downgrade(&inner);
@@ -262,6 +290,159 @@ impl Engine {
         Ok(wal.as_ref().ok_or(EngineError::Closed)?.stats())
     }
 
+    /// Monitoring figures: WAL commits, batch sizes and fsync latency, checkpoints,
+    /// recovery, and the memory of each in-memory structure and index. Cheap to call:
+    /// counters are atomics, and the memory walk is cached (see
+    /// [`MEMORY_METRICS_REFRESH_MS`]).
+    pub fn metrics(&self) -> Vec<Metric> {
+        let m = &self.inner.metrics;
+        let mut out = Vec::with_capacity(32);
+        if let Some(wal) = self.inner.wal.read().as_ref() {
+            let s = wal.stats();
+            out.extend([
+                Metric::counter(
+                    "tidal_wal_commits",
+                    "Transactions committed to the WAL (durable and applied).",
+                    s.txns,
+                ),
+                Metric::counter(
+                    "tidal_wal_batches",
+                    "Group-commit batches: one write and one fdatasync each.",
+                    s.batches,
+                ),
+                Metric::counter("tidal_wal_frames", "WAL frames written.", s.frames),
+                Metric::counter(
+                    "tidal_wal_written_bytes",
+                    "Bytes of frames written to WAL segments.",
+                    s.bytes,
+                ),
+                Metric::counter(
+                    "tidal_signal_events_accepted",
+                    "Signal events written.",
+                    s.events_accepted,
+                ),
+                Metric::counter(
+                    "tidal_signal_events_duplicate",
+                    "Signal events dropped as exact duplicates within the dedup window.",
+                    s.events_duplicate,
+                ),
+                Metric::histogram(
+                    "tidal_wal_fsync_seconds",
+                    "Duration of each batch's fdatasync.",
+                    wal.fsync_seconds(),
+                ),
+                Metric::histogram(
+                    "tidal_wal_batch_transactions",
+                    "Transactions per group-commit batch (sharing one fsync).",
+                    wal.batch_transactions(),
+                ),
+                Metric::gauge(
+                    "tidal_wal_last_lsn",
+                    "LSN of the last committed transaction.",
+                    wal.last_lsn() as f64,
+                ),
+                Metric::gauge(
+                    "tidal_wal_poisoned",
+                    "1 when a failed write or fsync stopped the log; writes fail until a restart.",
+                    if wal.is_poisoned() { 1.0 } else { 0.0 },
+                ),
+                Metric::gauge(
+                    "tidal_recovery_read_transactions",
+                    "Transactions the last open read from the WAL (those a checkpoint covers are skipped).",
+                    s.replayed_txns as f64,
+                ),
+                Metric::gauge(
+                    "tidal_recovery_read_bytes",
+                    "WAL bytes the last open read.",
+                    s.replayed_bytes as f64,
+                ),
+            ]);
+        }
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.extend([
+            Metric::gauge(
+                "tidal_recovery_seconds",
+                "How long the last open took: checkpoint load, index opens, WAL replay.",
+                m.open_micros as f64 * 1e-6,
+            ),
+            Metric::histogram(
+                "tidal_checkpoint_seconds",
+                "Duration of each checkpoint (state snapshot, store flush, history and index flushes).",
+                m.checkpoint_micros.snapshot(1e6),
+            ),
+            Metric::counter(
+                "tidal_checkpoint_failures",
+                "Checkpoints that failed (the WAL keeps everything they would have covered).",
+                get(&m.checkpoint_failures),
+            ),
+            Metric::gauge(
+                "tidal_checkpoint_last_bytes",
+                "Size of the last checkpoint written.",
+                get(&m.checkpoint_last_bytes) as f64,
+            ),
+            Metric::gauge(
+                "tidal_checkpoint_last_lsn",
+                "LSN the last checkpoint covers.",
+                get(&m.checkpoint_last_lsn) as f64,
+            ),
+        ]);
+        let mut memory = m.memory.lock();
+        let fresh = memory
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < Duration::from_millis(MEMORY_METRICS_REFRESH_MS));
+        if !fresh {
+            *memory = Some((Instant::now(), self.memory_metrics()));
+        }
+        if let Some((_, figures)) = memory.as_ref() {
+            out.extend(figures.iter().cloned());
+        }
+        out
+    }
+
+    fn memory_metrics(&self) -> Vec<Metric> {
+        let shared = &self.inner.shared;
+        let part = |name: &'static str, bytes: usize| {
+            Metric::gauge(
+                "tidal_memory_bytes",
+                "Estimated heap bytes of each in-memory structure.",
+                bytes as f64,
+            )
+            .label("part", name)
+        };
+        let view = self.read();
+        let ledger = view.with_ledger(|l| l.memory_bytes());
+        let cohorts: usize = view.with_cohorts(|r| r.state.stats().iter().map(|s| s.bytes).sum());
+        let mut out = vec![
+            part("ledger", ledger),
+            part("cohorts", cohorts),
+            part("text_queue", shared.text.queued_bytes()),
+            Metric::gauge(
+                "tidal_history_tail_events",
+                "Signal events held in memory until the next history flush.",
+                shared.history.memory_events() as f64,
+            ),
+        ];
+        for v in shared.vectors.all() {
+            out.push(
+                Metric::gauge(
+                    "tidal_vector_index_memory_bytes",
+                    "Memory of each HNSW index.",
+                    v.index.memory_bytes() as f64,
+                )
+                .label("index", v.def.name.clone()),
+            );
+            out.push(
+                Metric::gauge(
+                    "tidal_vector_index_vectors",
+                    "Vectors in each HNSW index.",
+                    v.index.len() as f64,
+                )
+                .label("index", v.def.name.clone()),
+            );
+        }
+        out
+    }
+
     /// Clean shutdown: waits for in-flight writes, checkpoints, closes the WAL and makes
     /// the store durable. Idempotent.
     pub fn shutdown(&self) -> Result<(), EngineError> {
@@ -315,6 +496,24 @@ impl Drop for Engine {
 }
 
 fn checkpoint_inner(inner: &Inner) -> Result<CheckpointStats, EngineError> {
+    let started = Instant::now();
+    let result = checkpoint_body(inner);
+    let m = &inner.metrics;
+    match &result {
+        Ok(stats) => {
+            m.checkpoint_micros.observe_duration(started.elapsed());
+            m.checkpoint_last_bytes
+                .store(stats.bytes, Ordering::Relaxed);
+            m.checkpoint_last_lsn.store(stats.lsn, Ordering::Relaxed);
+        }
+        Err(_) => {
+            m.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+fn checkpoint_body(inner: &Inner) -> Result<CheckpointStats, EngineError> {
     let mut state = inner.checkpoint.lock();
     let snapshot = {
         let wal = inner.wal.read();

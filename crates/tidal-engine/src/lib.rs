@@ -60,7 +60,9 @@ pub use cohort::{
     COHORT_INVERSE_MAPS_MAX, CohortEntry, CohortRead, CohortStats, Cohorts, cohort_value_text,
 };
 pub use config::{CHECKPOINT_INTERVAL_MS, CHECKPOINT_WAL_BYTES_MAX, EngineConfig, TXN_BYTES_MAX};
-pub use engine::{CheckpointStats, Engine, PendingTxn, TxnMark, WriteOutcome, WriteTxn};
+pub use engine::{
+    CheckpointStats, Engine, MEMORY_METRICS_REFRESH_MS, PendingTxn, TxnMark, WriteOutcome, WriteTxn,
+};
 pub use error::EngineError;
 pub use history::{
     HISTORY_BLOCK_EVENTS, HISTORY_ROW_GROUP_ROWS, HISTORY_TAIL_EVENTS_MAX, HistoryFile,

@@ -1999,3 +1999,89 @@ fn add_cohorts_backfills_from_the_history_and_survives_crash() {
     check(&open(dir.path(), &clock), 5.0);
     check(&open(copy.path(), &clock), 0.0);
 }
+
+fn metric<'a>(
+    metrics: &'a [tidal_core::metrics::Metric],
+    name: &str,
+) -> &'a tidal_core::metrics::MetricValue {
+    &metrics
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .value
+}
+
+#[test]
+fn metrics_count_commits_fsyncs_checkpoints_and_replay() {
+    use tidal_core::metrics::MetricValue::{Counter, Gauge, Histogram};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = open(dir.path(), &clock);
+    setup(&engine);
+    let mut last = 0;
+    for i in 0..5u64 {
+        let mut txn = engine.begin();
+        txn.signal("view", EntityId(i + 1), None, 1.0, None)
+            .unwrap();
+        last = txn.commit().unwrap().lsn;
+    }
+    let m = engine.metrics();
+    let Counter(commits) = metric(&m, "tidal_wal_commits") else {
+        panic!("commits is not a counter")
+    };
+    let Counter(batches) = metric(&m, "tidal_wal_batches") else {
+        panic!("batches is not a counter")
+    };
+    assert_eq!(*commits, 6, "one schema transaction and five signal writes");
+    let Histogram(fsync) = metric(&m, "tidal_wal_fsync_seconds") else {
+        panic!("fsync is not a histogram")
+    };
+    assert_eq!(fsync.count, *batches, "one fsync per batch");
+    assert!(fsync.sum > 0.0);
+    let Histogram(sizes) = metric(&m, "tidal_wal_batch_transactions") else {
+        panic!("batch sizes is not a histogram")
+    };
+    assert_eq!(sizes.sum as u64, *commits);
+    assert_eq!(metric(&m, "tidal_wal_last_lsn"), &Gauge(last as f64));
+    let ledger = m
+        .iter()
+        .find(|x| x.name == "tidal_memory_bytes" && x.labels == [("part", "ledger".into())])
+        .unwrap();
+    assert!(matches!(ledger.value, Gauge(b) if b > 0.0));
+
+    let stats = engine.checkpoint().unwrap();
+    let m = engine.metrics();
+    let Histogram(ckpt) = metric(&m, "tidal_checkpoint_seconds") else {
+        panic!("checkpoint is not a histogram")
+    };
+    assert_eq!(ckpt.count, 1);
+    assert_eq!(
+        metric(&m, "tidal_checkpoint_last_bytes"),
+        &Gauge(stats.bytes as f64)
+    );
+    assert_eq!(metric(&m, "tidal_checkpoint_failures"), &Counter(0));
+
+    // Two more writes after the checkpoint are what the next open replays.
+    for i in 0..2u64 {
+        let mut txn = engine.begin();
+        txn.signal("view", EntityId(i + 1), None, 1.0, None)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    // A copy of the live directory is what a kill -9 leaves: no shutdown checkpoint.
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    let reopened = open(crashed.path(), &clock);
+    let m = reopened.metrics();
+    // Everything in the retained segments is read; what the checkpoint covers is skipped.
+    assert!(
+        matches!(metric(&m, "tidal_recovery_read_transactions"), Gauge(n) if *n >= 2.0),
+        "{m:?}"
+    );
+    assert!(matches!(metric(&m, "tidal_recovery_seconds"), Gauge(s) if *s > 0.0));
+    assert_eq!(
+        metric(&m, "tidal_wal_commits"),
+        &Counter(0),
+        "counters start at open"
+    );
+}

@@ -1116,7 +1116,7 @@ fn namespace_name(oid: i64) -> Option<&'static str> {
 }
 
 /// Tables of `public` in a fixed order, so their OIDs stay put across restarts.
-const KNOWN_TABLES: [&str; 9] = [
+const KNOWN_TABLES: [&str; 10] = [
     "items",
     "users",
     "creators",
@@ -1126,6 +1126,7 @@ const KNOWN_TABLES: [&str; 9] = [
     "affinities",
     "cohort_windows",
     "cohorts",
+    "tidal_stats",
 ];
 
 /// The shared state behind the catalog tables and functions.

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// change it with `SET statement_timeout`.
     pub statement_timeout: Option<Duration>,
     pub memory_limit_bytes: usize,
+    /// Where to serve Prometheus `/metrics` over HTTP (`None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -48,6 +50,7 @@ impl ServerConfig {
             max_connections: CONNECTIONS_MAX_DEFAULT,
             statement_timeout: None,
             memory_limit_bytes: QUERY_MEMORY_BYTES_DEFAULT,
+            metrics_listen: None,
         }
     }
 }

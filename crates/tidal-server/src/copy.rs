@@ -236,6 +236,16 @@ enum Target {
     },
 }
 
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Signals { .. } => "signals",
+            Target::Entity { kind, .. } => kind.table_name(),
+            Target::Edges { name, .. } => name,
+        }
+    }
+}
+
 /// An in-progress `COPY ... FROM STDIN`.
 #[derive(Debug)]
 pub struct CopyIn {
@@ -249,7 +259,15 @@ pub struct CopyIn {
     bytes: usize,
     ended: bool,
     pub error: Option<ServerError>,
+    /// The COPY statement's timer: it ends when this does (CopyDone or CopyFail).
+    pub timer: Option<crate::metrics::StatementTimer>,
+    started: std::time::Instant,
+    /// Input bytes at which the next progress line is logged.
+    next_report_bytes: usize,
 }
+
+/// A bulk COPY logs its progress (rows, MiB, rate) every this many input bytes.
+pub const COPY_PROGRESS_BYTES: usize = 64 << 20;
 
 const SIGNAL_COLUMNS: [&str; 5] = ["signal", "entity_id", "user_id", "weight", "ts"];
 
@@ -378,6 +396,9 @@ impl CopyIn {
             bytes: 0,
             ended: false,
             error: None,
+            timer: None,
+            started: std::time::Instant::now(),
+            next_report_bytes: COPY_PROGRESS_BYTES,
         })
     }
 
@@ -407,6 +428,18 @@ impl CopyIn {
         self.buf.extend_from_slice(data);
         if let Err(e) = self.drain(false) {
             self.error = Some(e);
+        }
+        if self.bytes >= self.next_report_bytes {
+            self.next_report_bytes = self.bytes + COPY_PROGRESS_BYTES;
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                target_table = self.target.name(),
+                rows = self.rows.len(),
+                mib = self.bytes >> 20,
+                mib_per_s = ((self.bytes >> 20) as f64 / secs) as u64,
+                rows_per_s = (self.rows.len() as f64 / secs) as u64,
+                "COPY progress (applied as one transaction at the end)"
+            );
         }
     }
 
@@ -589,6 +622,17 @@ impl CopyIn {
         }
         txn.commit()
             .map_err(|e| ServerError::Sql(tidal_sql::SqlError::Engine(e)))?;
+        if self.bytes >= COPY_PROGRESS_BYTES {
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(
+                target_table = self.target.name(),
+                rows = n,
+                mib = self.bytes >> 20,
+                rows_per_s = (n as f64 / secs) as u64,
+                elapsed_ms = (secs * 1e3) as u64,
+                "COPY committed"
+            );
+        }
         Ok(n)
     }
 }

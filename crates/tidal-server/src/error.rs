@@ -129,8 +129,11 @@ impl ServerError {
 
     /// The ErrorResponse for this error. Internal failures are logged in full and sent
     /// without their details.
+    /// The ErrorResponse for this error. Every error a client is sent passes here once,
+    /// which is where errors are counted by SQLSTATE.
     pub fn to_error_info(&self) -> ErrorInfo {
         let state = self.sqlstate();
+        crate::metrics::METRICS.error(state);
         let message = if state == "XX000" || state == "58030" {
             tracing::error!(error = %self, "internal error");
             match state {

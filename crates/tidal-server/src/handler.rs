@@ -50,6 +50,7 @@ use crate::config::{QUERY_BYTES_MAX, ServerConfig};
 use crate::copy::{self, CopyCommand, CopyIn};
 use crate::cursor::Cursors;
 use crate::fastpath::{AnnItem, Bound, Fast, FastAnn, FastInsert, FastSelect};
+use crate::metrics::{METRICS, StatementTimer};
 use crate::sqltext::{self, CursorCommand, SessionCommand};
 use crate::{ServerError, encode};
 
@@ -92,7 +93,8 @@ impl AuthSource for ScramSecret {
     }
 }
 
-fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+fn fatal(code: &'static str, message: impl Into<String>) -> PgWireError {
+    METRICS.error(code);
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".into(),
         code.into(),
@@ -313,6 +315,9 @@ impl Debug for Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        if self.permit.lock().is_ok_and(|p| p.is_some()) {
+            METRICS.active(-1);
+        }
         self.shared
             .cancels
             .unregister(self.pid.load(Ordering::SeqCst));
@@ -338,6 +343,9 @@ impl PidSecretKeyGenerator for PidGen {
 impl Conn {
     pub fn new(shared: Arc<Shared>, permit: Option<OwnedSemaphorePermit>) -> Arc<Conn> {
         let timeout = shared.config.statement_timeout;
+        if permit.is_some() {
+            METRICS.active(1);
+        }
         Arc::new_cyclic(|weak: &std::sync::Weak<Conn>| {
             let sasl = shared.scram.as_ref().map(|secret| {
                 let mut scram = ScramAuth::new(secret.clone());
@@ -418,7 +426,12 @@ impl Conn {
             }
             !matches!(st.txn, Txn::None)
         };
-        let r = self.execute_inner(sql, formats, described).await;
+        // Recorded when the statement ends: here, or after the last row of a query
+        // (the timer then travels with the result stream).
+        let mut timer = Some(StatementTimer::start(sql));
+        let r = self
+            .execute_inner(sql, formats, described, &mut timer)
+            .await;
         if r.is_err() && in_block {
             self.lock().txn.fail();
         }
@@ -430,6 +443,7 @@ impl Conn {
         sql: &str,
         formats: &Format,
         described: Option<&SchemaRef>,
+        timer: &mut Option<StatementTimer>,
     ) -> Result<Response, ServerError> {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(ServerError::ShuttingDown);
@@ -466,7 +480,7 @@ impl Conn {
             return self.cursor_command(cmd, formats, described).await;
         }
         if let Some(cmd) = copy::parse(sql)? {
-            return self.start_copy(cmd).await;
+            return self.start_copy(cmd, timer).await;
         }
         let guard = Running::new(self.shared.clone());
         let stmt = tidal_sql::parse_tidal_statement(sql)?;
@@ -577,6 +591,8 @@ impl Conn {
             deadline,
             failed: self.stream_failed.clone(),
         };
+        let mut guard = guard;
+        guard.timer = timer.take();
         let rows = row_stream(stream, target, fields.clone(), ctl, guard);
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
@@ -911,7 +927,11 @@ impl Conn {
         }
     }
 
-    async fn start_copy(&self, cmd: CopyCommand) -> Result<Response, ServerError> {
+    async fn start_copy(
+        &self,
+        cmd: CopyCommand,
+        timer: &mut Option<StatementTimer>,
+    ) -> Result<Response, ServerError> {
         match cmd {
             CopyCommand::In {
                 table,
@@ -926,7 +946,8 @@ impl Conn {
                     ));
                 }
                 let schema = self.shared.session.engine().schema();
-                let copy = CopyIn::new(&schema, &table, &columns, format)?;
+                let mut copy = CopyIn::new(&schema, &table, &columns, format)?;
+                copy.timer = timer.take();
                 let n = copy.columns();
                 *self.copy.lock().unwrap_or_else(|p| p.into_inner()) = Some(copy);
                 Ok(Response::CopyIn(CopyResponse::new(
@@ -1235,19 +1256,27 @@ fn count_of(batches: &[RecordBatch]) -> usize {
 }
 
 /// Counts a statement as running until dropped.
-struct Running(Arc<Shared>);
+struct Running {
+    shared: Arc<Shared>,
+    /// The statement's timer, when its end is this guard's drop (a result stream).
+    timer: Option<StatementTimer>,
+}
 
 impl Running {
     fn new(shared: Arc<Shared>) -> Running {
         shared.running.fetch_add(1, Ordering::SeqCst);
-        Running(shared)
+        Running {
+            shared,
+            timer: None,
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.running_done.notify_waiters();
+        drop(self.timer.take());
+        if self.shared.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.shared.running_done.notify_waiters();
         }
     }
 }
@@ -1989,6 +2018,7 @@ impl ExtendedQueryHandler for Conn {
     {
         let stmt = &portal.statement.statement;
         let format = |i| portal.parameter_format.format_for(i);
+        let timer = stmt.fast.as_ref().map(|_| StatementTimer::start(&stmt.sql));
         let fast = match &stmt.fast {
             Some(Fast::Insert(plan)) => match plan.bind(&stmt.params, &portal.parameters, format) {
                 Some(events) => self.insert_fast(events).await,
@@ -2005,6 +2035,7 @@ impl ExtendedQueryHandler for Conn {
             None => None,
         };
         if let Some(result) = fast {
+            drop(timer);
             self.send_notices(client).await?;
             return result.map_err(ServerError::into_pg);
         }

@@ -27,6 +27,7 @@ mod fastpath;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;
+mod metrics;
 mod params;
 mod sqltext;
 
@@ -62,6 +63,7 @@ pub struct Server {
     db: Arc<Database>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
     connections: Arc<Semaphore>,
+    metrics: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Server {
@@ -92,7 +94,12 @@ impl Server {
         let db = Arc::new(db);
         let session = SqlSession::with_memory_limit(db.engine_arc(), config.memory_limit_bytes)?;
         register_functions(&session);
+        session.add_metrics_source(Arc::new(|| metrics::METRICS.collect()))?;
         let listener = TcpListener::bind(config.listen).await?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let scram = config.password.as_ref().map(|p| {
             let salt: [u8; 16] = rand::random();
             Arc::new(ScramSecret {
@@ -121,6 +128,15 @@ impl Server {
             db,
             tls,
             connections,
+            metrics,
+        })
+    }
+
+    /// The bound `/metrics` address, when metrics are served.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        Ok(match &self.metrics {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
         })
     }
 
@@ -134,6 +150,13 @@ impl Server {
     /// the database.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let mut tasks = JoinSet::new();
+        let metrics_task = self.metrics.map(|listener| {
+            let session = self.shared.session.clone();
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::new(move || session.metrics()),
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -149,6 +172,10 @@ impl Server {
                     };
                     let _ = socket.set_nodelay(true);
                     let permit = self.connections.clone().try_acquire_owned().ok();
+                    metrics::METRICS.accepted();
+                    if permit.is_none() {
+                        metrics::METRICS.refused();
+                    }
                     let conn = Conn::new(self.shared.clone(), permit);
                     let tls = self.tls.clone();
                     tasks.spawn(async move {
@@ -179,6 +206,9 @@ impl Server {
             tracing::warn!("statements still running after the drain period; closing anyway");
         }
         tasks.shutdown().await;
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         drop(self.listener);
         let db = self.db;
         tokio::task::spawn_blocking(move || db.shutdown())

@@ -54,6 +54,10 @@ struct ServeArgs {
     /// Memory all running queries may use together, e.g. 2GiB (over it: SQLSTATE 53200).
     #[arg(long, default_value = "2GiB")]
     memory_limit: String,
+    /// Serve Prometheus metrics over HTTP at this address, e.g. 127.0.0.1:9187
+    /// (GET /metrics). Off by default.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> Result<()> {
@@ -90,6 +94,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     config.max_connections = args.max_connections.max(1);
     config.statement_timeout = parse_duration(&args.statement_timeout)?;
     config.memory_limit_bytes = parse_bytes(&args.memory_limit)?;
+    config.metrics_listen = args.metrics_listen;
     let has_password = password.is_some();
     config.password = password;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -103,6 +108,10 @@ fn serve(args: ServeArgs) -> Result<()> {
         let host = addr.ip();
         let port = addr.port();
         println!("tidalDB listening on {addr}");
+        if let Some(m) = server.metrics_addr()? {
+            tracing::info!(addr = %m, "serving metrics");
+            println!("metrics: http://{m}/metrics");
+        }
         if has_password {
             println!(
                 "connect: psql \"postgresql://{USER}@{host}:{port}/tidal\"   (password required)"

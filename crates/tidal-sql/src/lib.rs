@@ -70,6 +70,7 @@ mod session;
 mod social;
 mod state;
 mod statement;
+mod stats;
 mod suggest;
 mod types;
 mod udf;
@@ -112,6 +113,7 @@ pub use session::{
 pub use social::{AFFINITIES_TABLE, AffinityUdf, InDegreeUdf, UserAffinityUdf, edge_schema};
 pub use state::{SignalStateTable, StateTable};
 pub use statement::{OnConflict, RowChange, TidalStatement, parse as parse_tidal_statement};
+pub use stats::{METRICS_SOURCES_MAX, MetricsSource, STATS_TABLE};
 pub use suggest::{
     PreferenceSimilarityUdf, PreferenceUdf, SUGGEST_CANDIDATES_MAX, SUGGEST_CANDIDATES_MIN,
     SUGGEST_CANDIDATES_PER_RESULT, Suggest,

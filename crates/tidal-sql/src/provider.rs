@@ -36,21 +36,21 @@ pub const SCAN_BATCH_ROWS: usize = 8_192;
 pub struct TidalSchema {
     engine: Arc<Engine>,
     cache: Arc<ScanCache>,
+    stats: Arc<crate::stats::Stats>,
 }
 
 impl TidalSchema {
-    pub fn new(engine: Arc<Engine>) -> TidalSchema {
+    pub(crate) fn new(engine: Arc<Engine>, stats: Arc<crate::stats::Stats>) -> TidalSchema {
         TidalSchema {
             engine,
-            cache: Arc::new(ScanCache::default()),
+            cache: stats.cache.clone(),
+            stats,
         }
     }
 
     /// How many cached scans were patched instead of re-read so far.
     pub fn scan_cache_patches(&self) -> u64 {
-        self.cache
-            .patches
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.cache.patches()
     }
 }
 
@@ -72,6 +72,7 @@ pub struct ScanCache {
     entries: parking_lot::Mutex<HashMap<CacheKey, CacheEntry>>,
     /// Entries brought up to date by [`ScanCache::patch`] (for tests and diagnostics).
     patches: std::sync::atomic::AtomicU64,
+    counters: crate::stats::ScanCacheCounters,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,6 +104,20 @@ struct CacheEntry {
 }
 
 impl ScanCache {
+    pub(crate) fn counters(&self) -> &crate::stats::ScanCacheCounters {
+        &self.counters
+    }
+
+    pub(crate) fn patches(&self) -> u64 {
+        self.patches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Entries held and their bytes.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        let entries = self.entries.lock();
+        (entries.len(), entries.values().map(|e| e.bytes).sum())
+    }
+
     fn get(
         &self,
         key: &CacheKey,
@@ -257,6 +272,7 @@ impl SchemaProvider for TidalSchema {
                 crate::social::AFFINITIES_TABLE,
                 crate::cohort::COHORT_WINDOWS_TABLE,
                 crate::cohort::COHORTS_TABLE,
+                crate::stats::STATS_TABLE,
             ]
             .map(String::from),
         );
@@ -284,6 +300,11 @@ impl SchemaProvider for TidalSchema {
         if name.eq_ignore_ascii_case(crate::cohort::COHORTS_TABLE) {
             return Ok(Some(Arc::new(crate::cohort::CohortTable::catalogue(
                 self.engine.clone(),
+            ))));
+        }
+        if name.eq_ignore_ascii_case(crate::stats::STATS_TABLE) {
+            return Ok(Some(Arc::new(crate::stats::StatsTable::new(
+                self.stats.clone(),
             ))));
         }
         if name.eq_ignore_ascii_case(crate::social::AFFINITIES_TABLE) {
@@ -621,9 +642,21 @@ impl TableProvider for EntityTable {
             };
             let schema_version = view.schema().version;
             let hit = match cache.get(&key, store_version, schema_version) {
-                Some(b) => Some(b),
+                Some(b) => {
+                    cache
+                        .counters
+                        .hits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Some(b)
+                }
                 None => cache.patch(&key, &view, &self.def, &schema)?,
             };
+            if hit.is_none() {
+                cache
+                    .counters
+                    .misses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(batches) = hit {
                 // Two partitions, so the operators above use both cores.
                 let half = batches.len().div_ceil(2);

@@ -9,7 +9,7 @@ use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SQLOptions, SessionContext};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::physical_plan::memory::MemoryStream;
@@ -36,6 +36,7 @@ pub const SCHEMA_NAME: &str = "public";
 pub struct SqlSession {
     ctx: SessionContext,
     engine: Arc<Engine>,
+    stats: Arc<crate::stats::Stats>,
 }
 
 /// A statement inside a client transaction failed ([`SqlSession::sql_in_transaction`]).
@@ -81,9 +82,17 @@ impl SqlSession {
             .with_option_extension(crate::ann::HnswOptions::default())
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(CATALOG_NAME, SCHEMA_NAME);
+        let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(memory_bytes));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+            .with_memory_pool(pool.clone())
             .build_arc()?;
+        let stats = Arc::new(crate::stats::Stats {
+            engine: engine.clone(),
+            cache: Default::default(),
+            pool,
+            pool_limit_bytes: memory_bytes,
+            sources: Default::default(),
+        });
         let planner = crate::rank::TidalQueryPlanner::new(vec![
             Arc::new(crate::retrieve::FetchPlanner),
             Arc::new(crate::explore::ExplorePlanner),
@@ -137,7 +146,10 @@ impl SqlSession {
         )));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::UserAffinityUdf::default()));
         let catalog = MemoryCatalogProvider::new();
-        catalog.register_schema(SCHEMA_NAME, Arc::new(TidalSchema::new(engine.clone())))?;
+        catalog.register_schema(
+            SCHEMA_NAME,
+            Arc::new(TidalSchema::new(engine.clone(), stats.clone())),
+        )?;
         ctx.register_catalog(CATALOG_NAME, Arc::new(catalog));
         for udf in SignalUdf::all(&engine)
             .into_iter()
@@ -157,7 +169,7 @@ impl SqlSession {
             ctx.state_weak_ref(),
             false,
         )));
-        Ok(SqlSession { ctx, engine })
+        Ok(SqlSession { ctx, engine, stats })
     }
 
     /// The DataFusion context, for callers that embed DataFusion directly.
@@ -168,6 +180,29 @@ impl SqlSession {
     /// The engine underneath.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Every monitoring figure: the engine's, this layer's (scan cache, query memory)
+    /// and those of the sources added with [`SqlSession::add_metrics_source`]. What the
+    /// `tidal_stats` table shows.
+    pub fn metrics(&self) -> Vec<tidal_core::metrics::Metric> {
+        self.stats.collect()
+    }
+
+    /// Adds a producer of metrics (the server adds statements, errors, connections),
+    /// shown in `tidal_stats` and [`SqlSession::metrics`]. At most
+    /// [`crate::METRICS_SOURCES_MAX`]; the source must not hold the session (it is
+    /// called from inside it).
+    pub fn add_metrics_source(&self, source: crate::MetricsSource) -> Result<(), SqlError> {
+        let mut sources = self.stats.sources.write();
+        if sources.len() >= crate::METRICS_SOURCES_MAX {
+            return Err(SqlError::BadArgument {
+                function: "add_metrics_source",
+                reason: format!("at most {} metrics sources", crate::METRICS_SOURCES_MAX),
+            });
+        }
+        sources.push(source);
+        Ok(())
     }
 
     /// Plans one query through DataFusion with DDL and DML refused, so nothing can land

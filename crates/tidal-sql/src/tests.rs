@@ -1481,3 +1481,70 @@ async fn cached_scans_are_patched_with_the_rows_written_since() {
         "small writes should patch the cached scan, not re-read it"
     );
 }
+
+/// `tidal_stats` value of one metric (by exposed name and labels).
+async fn stat(sql: &SqlSession, metric: &str, labels: &str) -> Option<f64> {
+    let q = format!(
+        "SELECT value FROM tidal_stats WHERE metric = '{metric}' AND labels = '{}'",
+        labels.replace('\'', "''")
+    );
+    f64s(&query(sql, &q).await, 0).first().copied().flatten()
+}
+
+#[tokio::test]
+async fn tidal_stats_shows_engine_cache_and_added_figures() {
+    let (_dir, sql) = setup();
+    let hits = stat(&sql, "tidal_scan_cache_hits_total", "").await.unwrap();
+    let misses = stat(&sql, "tidal_scan_cache_misses_total", "")
+        .await
+        .unwrap();
+    query(&sql, "SELECT count(title) FROM items").await;
+    query(&sql, "SELECT count(title) FROM items").await;
+    assert_eq!(
+        stat(&sql, "tidal_scan_cache_misses_total", "").await,
+        Some(misses + 1.0),
+        "the first scan reads the store"
+    );
+    assert_eq!(
+        stat(&sql, "tidal_scan_cache_hits_total", "").await,
+        Some(hits + 1.0),
+        "the second is served from the cache"
+    );
+    // Two transactions in setup: the schema and the rows with their events.
+    assert_eq!(stat(&sql, "tidal_wal_commits_total", "").await, Some(2.0));
+    let ledger = stat(&sql, "tidal_memory_bytes", r#"part="ledger""#).await;
+    assert!(ledger.is_some_and(|b| b > 0.0), "{ledger:?}");
+
+    // Histograms carry their sum and quantiles; other kinds leave them NULL.
+    let b = query(
+        &sql,
+        "SELECT kind, value, sum, p50, p99, max FROM tidal_stats \
+         WHERE metric IN ('tidal_wal_fsync_seconds', 'tidal_wal_commits_total') ORDER BY metric",
+    )
+    .await;
+    let kinds = b[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(kinds.value(0), "counter");
+    assert_eq!(kinds.value(1), "histogram");
+    assert_eq!(f64s(&b, 2)[0], None);
+    let (count, p50, p99, max) = (
+        f64s(&b, 1)[1],
+        f64s(&b, 3)[1],
+        f64s(&b, 4)[1],
+        f64s(&b, 5)[1],
+    );
+    assert!(count.unwrap() >= 1.0);
+    assert!(
+        p50.unwrap() > 0.0 && p50 <= p99 && p99 <= max,
+        "{p50:?} {p99:?} {max:?}"
+    );
+
+    sql.add_metrics_source(Arc::new(|| {
+        vec![tidal_core::metrics::Metric::counter("test_things", "Things.", 7).label("k", "v")]
+    }))
+    .unwrap();
+    assert_eq!(stat(&sql, "test_things_total", r#"k="v""#).await, Some(7.0));
+}

@@ -178,11 +178,16 @@ pub(crate) fn recover<A: Applier>(
         let is_last = i + 1 == files.len();
         segments.push(scan.segment(&buf, path, *first_lsn, is_last)?);
         if report {
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = bytes_read as f64 / secs;
+            let left = bytes_total.saturating_sub(bytes_read) as f64;
             tracing::info!(
                 segment = i + 1,
                 of = files.len(),
                 percent = (bytes_read * 100 / bytes_total.max(1)).min(100),
                 txns = scan.txns,
+                mib_per_s = (rate / (1u64 << 20) as f64) as u64,
+                eta_s = (left / rate.max(1.0)) as u64,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "WAL replay progress"
             );

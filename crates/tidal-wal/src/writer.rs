@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use tidal_core::metrics::{Histogram, HistogramSnapshot, LATENCY_BOUNDS_MICROS, SIZE_BOUNDS};
 use tidal_core::{Clock, Timestamp};
 
 use crate::dedup::{Dedup, HashedKey};
@@ -125,10 +127,14 @@ pub struct WalStats {
     pub events_accepted: u64,
     /// Signal events dropped as exact duplicates.
     pub events_duplicate: u64,
+    /// Transactions replayed by recovery at open.
+    pub replayed_txns: u64,
+    /// Log bytes read by recovery at open.
+    pub replayed_bytes: u64,
 }
 
 /// State shared between the handle and the writer thread.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     poisoned: AtomicBool,
     last_lsn: AtomicU64,
@@ -139,6 +145,32 @@ struct Shared {
     fsyncs: AtomicU64,
     events_accepted: AtomicU64,
     events_duplicate: AtomicU64,
+    replayed_txns: AtomicU64,
+    replayed_bytes: AtomicU64,
+    /// Duration of each batch's `fdatasync`, in microseconds.
+    fsync_micros: Histogram,
+    /// Transactions per batch (how much group commit shares one fsync).
+    batch_txns: Histogram,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            poisoned: AtomicBool::new(false),
+            last_lsn: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            txns: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            events_accepted: AtomicU64::new(0),
+            events_duplicate: AtomicU64::new(0),
+            replayed_txns: AtomicU64::new(0),
+            replayed_bytes: AtomicU64::new(0),
+            fsync_micros: Histogram::new(LATENCY_BOUNDS_MICROS),
+            batch_txns: Histogram::new(SIZE_BOUNDS),
+        }
+    }
 }
 
 impl Shared {
@@ -253,6 +285,12 @@ impl<A: Applier> Wal<A> {
         let active_len = file.metadata()?.len();
         let shared = Arc::new(Shared::default());
         shared.last_lsn.store(rec.last_lsn, Ordering::Release);
+        shared
+            .replayed_txns
+            .store(rec.txns_replayed, Ordering::Relaxed);
+        shared
+            .replayed_bytes
+            .store(rec.bytes_read, Ordering::Relaxed);
         let (ack_tx, ack_rx) = sync_channel::<AckBatch<A>>(ACK_QUEUE_BATCHES_MAX);
         let acker = std::thread::Builder::new()
             .name(ACK_THREAD_NAME.to_string())
@@ -385,7 +423,19 @@ impl<A: Applier> Wal<A> {
             fsyncs: get(&s.fsyncs),
             events_accepted: get(&s.events_accepted),
             events_duplicate: get(&s.events_duplicate),
+            replayed_txns: get(&s.replayed_txns),
+            replayed_bytes: get(&s.replayed_bytes),
         }
+    }
+
+    /// Batch `fdatasync` durations (seconds) since open.
+    pub fn fsync_seconds(&self) -> HistogramSnapshot {
+        self.shared.fsync_micros.snapshot(1e6)
+    }
+
+    /// Transactions per batch since open.
+    pub fn batch_transactions(&self) -> HistogramSnapshot {
+        self.shared.batch_txns.snapshot(1.0)
     }
 
     /// Finishes the queued work, stops the writer thread and releases the directory.
@@ -776,6 +826,7 @@ impl<A: Applier> Writer<A> {
         s.batches.fetch_add(1, Ordering::Relaxed);
         s.fsyncs.fetch_add(1, Ordering::Relaxed);
         s.txns.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+        s.batch_txns.observe(self.batch.len() as u64);
         s.frames.fetch_add(frames as u64, Ordering::Relaxed);
         s.bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         s.events_accepted
@@ -804,7 +855,10 @@ impl<A: Applier> Writer<A> {
         if self.fails(FaultPoint::Sync) {
             return Err(io::Error::other("injected fsync failure"));
         }
-        self.file.sync_data()
+        let started = Instant::now();
+        self.file.sync_data()?;
+        self.shared.fsync_micros.observe_duration(started.elapsed());
+        Ok(())
     }
 
     /// Writes zeros from `end` up to [`WAL_PREALLOC_BYTES`] further (within the segment

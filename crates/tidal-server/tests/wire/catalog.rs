@@ -230,7 +230,8 @@ async fn driver_metadata_queries() {
             "signal_windows",
             "affinities",
             "cohort_windows",
-            "cohorts"
+            "cohorts",
+            "tidal_stats"
         ]
     );
     assert_eq!(
@@ -270,6 +271,7 @@ async fn driver_metadata_queries() {
             &["signal_state", "VIEW"],
             &["signal_windows", "VIEW"],
             &["signals", "BASE TABLE"],
+            &["tidal_stats", "VIEW"],
         ])
     );
     let columns = rows(

@@ -27,6 +27,8 @@ pub const SCHEMA: &str = "
 /// and timers, so such a regression fails a test instead of hanging it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The `/metrics` address, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
     _dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
@@ -52,19 +54,20 @@ pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = runtime.spawn(async move {
         let server = Server::bind(config).await?;
-        let _ = addr_tx.send(server.local_addr()?);
+        let _ = addr_tx.send((server.local_addr()?, server.metrics_addr()?));
         server
             .run(async move {
                 let _ = stop_rx.await;
             })
             .await
     });
-    let addr = match addr_rx.await {
-        Ok(addr) => addr,
+    let (addr, metrics) = match addr_rx.await {
+        Ok(addrs) => addrs,
         Err(_) => panic!("the server did not start: {:?}", task.await),
     };
     TestServer {
         addr,
+        metrics,
         _dir: dir,
         stop: Some(stop_tx),
         task: Some(task),

@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod feedback;
 mod limits;
+mod metrics;
 mod preference;
 mod protocol;
 mod psql;
