@@ -106,8 +106,9 @@ const REG_TYPES: [&str; 8] = [
 pub fn rewrite(sql: &str) -> Cow<'_, str> {
     // Cheap pre-check, so that ordinary statements (large INSERTs above all) are not
     // tokenized once more.
-    const HINTS: [&str; 15] = [
+    const HINTS: [&str; 16] = [
         "pg_",
+        "'{",
         " as reg",
         " as oid",
         "information_schema",
@@ -144,7 +145,7 @@ pub fn rewrite(sql: &str) -> Cow<'_, str> {
 /// SQLAlchemy uses; and `generate_subscripts(a, d)` (see below). Returns the tokens and
 /// whether anything changed.
 fn rewrite_casts(mut tokens: Vec<Token>) -> (Vec<Token>, bool) {
-    let mut changed = false;
+    let mut changed = untyped_array_literals(&mut tokens);
     let mut i = 0;
     while i < tokens.len() {
         if !is_word(&tokens[i], "cast") && !is_word(&tokens[i], "generate_subscripts") {
@@ -217,6 +218,45 @@ fn rewrite_casts(mut tokens: Vec<Token>) -> (Vec<Token>, bool) {
     (tokens, changed)
 }
 
+/// `= ANY('{a,b}')` / `ALL('{…}')`: PostgreSQL types the untyped literal as an array
+/// of the left side's type; psycopg renders Python lists so (pgspecial's `\dt`). The
+/// literal becomes `CAST('{a,b}' AS TEXT[])`, which the TEXT[] cast rule parses.
+fn untyped_array_literals(tokens: &mut Vec<Token>) -> bool {
+    let mut changed = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        if !(is_word(&tokens[i], "any") || is_word(&tokens[i], "all")) {
+            i += 1;
+            continue;
+        }
+        let open = next_sig(tokens, i + 1).filter(|&k| tokens[k] == Token::LParen);
+        let lit = open.and_then(|o| next_sig(tokens, o + 1)).filter(
+            |&k| matches!(&tokens[k], Token::SingleQuotedString(v) if v.trim_start().starts_with('{')),
+        );
+        let close = lit
+            .and_then(|l| next_sig(tokens, l + 1))
+            .filter(|&k| tokens[k] == Token::RParen);
+        if let (Some(lit), Some(_)) = (lit, close) {
+            let cast = [
+                Token::make_keyword("CAST"),
+                Token::LParen,
+                tokens[lit].clone(),
+                Token::Whitespace(Whitespace::Space),
+                Token::make_keyword("AS"),
+                Token::Whitespace(Whitespace::Space),
+                Token::make_keyword("TEXT"),
+                Token::LBracket,
+                Token::RBracket,
+                Token::RParen,
+            ];
+            tokens.splice(lit..=lit, cast);
+            changed = true;
+        }
+        i += 1;
+    }
+    changed
+}
+
 fn is_word(t: &Token, w: &str) -> bool {
     matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
 }
@@ -254,6 +294,52 @@ fn matching_paren(tokens: &[Token], open: usize) -> Option<usize> {
 
 /// Where the operand of a postfix `::` cast starts in the tokens emitted so far: a
 /// literal, a (qualified) name, a parenthesized expression or a function call.
+fn is_comparison(t: &Token) -> bool {
+    matches!(
+        t,
+        Token::Eq | Token::Neq | Token::Lt | Token::Gt | Token::LtEq | Token::GtEq
+    )
+}
+
+/// Whether `tokens[from..]` is `<comparison> 'text'::[pg_catalog.]regtype` (not `[]`).
+fn compared_to_regtype_literal(tokens: &[Token], from: usize) -> bool {
+    let Some(op) = next_sig(tokens, from).filter(|&k| is_comparison(&tokens[k])) else {
+        return false;
+    };
+    let Some(lit) =
+        next_sig(tokens, op + 1).filter(|&k| matches!(tokens[k], Token::SingleQuotedString(_)))
+    else {
+        return false;
+    };
+    let Some(mut k) = next_sig(tokens, lit + 1).filter(|&k| tokens[k] == Token::DoubleColon) else {
+        return false;
+    };
+    k = match next_sig(tokens, k + 1) {
+        Some(q) if is_word(&tokens[q], PG_CATALOG) && tokens.get(q + 1) == Some(&Token::Period) => {
+            q + 2
+        }
+        Some(q) => q,
+        None => return false,
+    };
+    is_word(&tokens[k], "regtype") && tokens.get(k + 1) != Some(&Token::LBracket)
+}
+
+/// Whether the rewritten output before `start` ends with `regtype('text') <comparison>`.
+fn follows_regtype_literal_comparison(out: &[Token], start: Option<usize>) -> bool {
+    let Some(start) = start else { return false };
+    let sig: Vec<&Token> = out[..start]
+        .iter()
+        .rev()
+        .filter(|t| !is_ws(t))
+        .take(5)
+        .collect();
+    matches!(
+        sig.as_slice(),
+        [op, Token::RParen, Token::SingleQuotedString(_), Token::LParen, f]
+            if is_comparison(op) && is_word(f, "regtype")
+    )
+}
+
 fn operand_start(out: &[Token]) -> Option<usize> {
     let mut k = last_sig(out)?;
     match &out[k] {
@@ -927,7 +1013,35 @@ fn rewrite_tokens(tokens: &[Token]) -> Option<Vec<Token>> {
                 } else {
                     w.value.to_ascii_lowercase()
                 };
+                // x::regtype[] → regtype_array(x): OIDs to type names, element-wise.
+                let array = name == "regtype"
+                    && tokens.get(k + 1) == Some(&Token::LBracket)
+                    && tokens.get(k + 2) == Some(&Token::RBracket);
+                if array && let Some(start) = operand_start(&out) {
+                    let operand: Vec<Token> = out.drain(start..).collect();
+                    out.push(Token::make_word("regtype_array", None));
+                    out.push(Token::LParen);
+                    out.extend(operand);
+                    out.push(Token::RParen);
+                    i = k + 3;
+                    changed = true;
+                    continue;
+                }
+                // `col::regtype <> 'trigger'::regtype` (either way round) compares
+                // OIDs: the column side keeps its OID instead of becoming a name.
+                if name == "regtype"
+                    && !array
+                    && operand_start(&out)
+                        .is_some_and(|st| !matches!(out[st], Token::SingleQuotedString(_)))
+                    && (compared_to_regtype_literal(tokens, k + 1)
+                        || follows_regtype_literal_comparison(&out, operand_start(&out)))
+                {
+                    i = k + 1;
+                    changed = true;
+                    continue;
+                }
                 if REG_TYPES.contains(&name.as_str())
+                    && !array
                     && let Some(start) = operand_start(&out)
                 {
                     let operand: Vec<Token> = out.drain(start..).collect();
@@ -1329,6 +1443,7 @@ const TYPES: &[TypeRow] = &[
     (2276, "any", "\"any\"", 4, 'P', 0, "any_in"),
     (2277, "anyarray", "anyarray", -1, 'P', 0, "anyarray_in"),
     (2278, "void", "void", 4, 'P', 0, "void_in"),
+    (2279, "trigger", "trigger", 4, 'P', 0, "trigger_in"),
     (2283, "anyelement", "anyelement", 4, 'P', 0, "anyelement_in"),
     (2950, "uuid", "uuid", 16, 'U', 2951, "uuid_in"),
     (3802, "jsonb", "jsonb", -1, 'U', 3807, "jsonb_in"),
@@ -3067,6 +3182,22 @@ impl Call<'_> {
         }
     }
 
+    /// The integer elements of a list argument (NULL elements as `None`).
+    fn list_ints(&self, i: usize) -> Option<Vec<Option<i64>>> {
+        let a = self.args.get(i)?;
+        if a.is_null(self.row) {
+            return None;
+        }
+        let values = match a.data_type() {
+            DataType::List(_) => a.as_list::<i32>().value(self.row),
+            DataType::LargeList(_) => a.as_list::<i64>().value(self.row),
+            _ => return None,
+        };
+        let values = cast(&values, &DataType::Int64).ok()?;
+        let values = values.as_primitive_opt::<Int64Type>()?;
+        Some(values.iter().collect())
+    }
+
     fn boolean(&self, i: usize) -> Option<bool> {
         let a = self.args.get(i)?;
         if a.is_null(self.row) {
@@ -3507,6 +3638,22 @@ fn catalog_functions(cat: &Arc<Catalog>) -> Vec<ScalarUDF> {
                 })),
             }
         }),
+        // `oids::regtype[]` (rewritten): each type's name, as `regtype` prints it.
+        pg_fn(cat, "regtype_array", &[Arg::Array], 1, Ret::TextArr, |c| {
+            c.list_ints(0).map_or(V::N, |oids| {
+                V::A(
+                    oids.into_iter()
+                        .map(|oid| match oid {
+                            Some(oid) if type_name(oid).is_some() => format_type(oid, None),
+                            Some(oid) => oid.to_string(),
+                            // What PostgreSQL prints for OID 0; text arrays here
+                            // cannot hold a NULL element.
+                            None => "-".to_string(),
+                        })
+                        .collect(),
+                )
+            })
+        }),
         pg_fn(cat, "to_regtype", &[Text], 1, Ret::Int, |c| {
             c.text(0).and_then(type_oid).map_or(V::N, V::I)
         }),
@@ -3658,6 +3805,30 @@ mod tests {
         assert_eq!(
             rewrite("SELECT pg_catalog.format_type(t.oid, NULL)::regtype FROM pg_type t"),
             "SELECT regtype(format_type(t.oid, NULL)) FROM pg_catalog.pg_type t"
+        );
+        assert_eq!(
+            rewrite(
+                "SELECT COALESCE(p.proallargtypes::regtype[], p.proargtypes::regtype[])::text[] FROM pg_proc p"
+            ),
+            "SELECT COALESCE(regtype_array(p.proallargtypes), regtype_array(p.proargtypes))::text[] FROM pg_catalog.pg_proc p"
+        );
+        assert_eq!(
+            rewrite("SELECT 1 FROM t WHERE c.relkind = ANY('{r,p}') AND x <> ALL ( '{}' )"),
+            "SELECT 1 FROM t WHERE c.relkind = ANY(CAST('{r,p}' AS TEXT[])) AND x <> ALL ( CAST('{}' AS TEXT[]) )"
+        );
+        assert_eq!(rewrite("SELECT '{a}' = ANY(x)"), "SELECT '{a}' = ANY(x)");
+        // Comparing regtypes compares OIDs: the column keeps its OID.
+        assert_eq!(
+            rewrite("SELECT 1 FROM pg_proc p WHERE p.prorettype::regtype != 'trigger'::regtype"),
+            "SELECT 1 FROM pg_catalog.pg_proc p WHERE p.prorettype <> regtype('trigger')"
+        );
+        assert_eq!(
+            rewrite("SELECT 1 FROM pg_type t WHERE 'int8'::regtype = t.oid::regtype"),
+            "SELECT 1 FROM pg_catalog.pg_type t WHERE regtype('int8') = t.oid"
+        );
+        assert_eq!(
+            rewrite("SELECT t.oid::regtype, 'int8'::regtype = 'bigint'::regtype FROM pg_type t"),
+            "SELECT regtype(t.oid), regtype('int8') = regtype('bigint') FROM pg_catalog.pg_type t"
         );
         assert_eq!(
             rewrite("SELECT current_user, session_user, a::\"char\""),

@@ -255,6 +255,16 @@ async fn driver_metadata_queries() {
     assert_eq!(typed.len(), 9);
     assert_eq!(typed[8].get::<_, &str>(1), "vector(3)");
 
+    // `::regtype[]` maps OIDs to type names element-wise (pgcli's function list).
+    assert_eq!(
+        rows(
+            &client,
+            "SELECT array_to_string(make_array(20, 25, 1009)::regtype[]::text[], ',')"
+        )
+        .await,
+        strs(&[&["bigint,text,text[]"]])
+    );
+
     // information_schema lists the tables of `public`.
     assert_eq!(
         rows(

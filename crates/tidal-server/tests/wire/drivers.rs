@@ -153,6 +153,19 @@ async fn sqlalchemy_pandas() {
     .await;
 }
 
+/// pgcli's start-up: its completion refresher's catalog queries and pgspecial's
+/// `\l`, `\dt`, `\d`, `\dn`, `\df`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgcli() {
+    python_check(
+        "pgcli_check.py",
+        "pgcli.pgexecute, pgspecial",
+        "pgcli 4",
+        "pip install 'pgcli>=4,<5'",
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_pg() {
     let ok = runs(
